@@ -1,0 +1,5 @@
+"""`python -m study` runs the CLI."""
+
+from study.cli import main
+
+raise SystemExit(main())

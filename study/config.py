@@ -1,0 +1,131 @@
+"""`TrialConfig`: one training configuration, checked once where it enters."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from study.errors import StudyError
+from study.losses import LOSSES
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("none", "cosine")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """A trial's hyperparameters. Defaults are the homework lab's, so no flags reproduce it."""
+
+    loss: str = "ce"  # bce: one logit + BCEWithLogits; ce: two logits + CrossEntropy
+    batch_size: int = 32
+    depth: int = 3  # hidden layers
+    width: int | tuple[int, ...] = 64  # one width for all layers, or one per layer
+    dropout: float = 0.5
+    batchnorm: bool = True
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # learning-rate schedule over the epochs
+    epochs: int = 30
+    seed: int = 0  # model init and batch order; the data split has its own fixed seed
+    image_size: int | None = None  # None: the data's own size; only ever downsamples
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> TrialConfig:
+        """Build a config from a plain dict (Ray's config, a YAML file), naming bad keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise StudyError(
+                f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}"
+            )
+        values = dict(values)
+        if isinstance(values.get("width"), list):
+            values["width"] = tuple(values["width"])
+        if isinstance(values.get("width"), tuple) and "depth" not in values:
+            values["depth"] = len(values["width"])
+        try:
+            return cls(**values)
+        except StudyError as exc:
+            raise StudyError(f"{where}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (width tuples become lists)."""
+        out = asdict(self)
+        if isinstance(out["width"], tuple):
+            out["width"] = list(out["width"])
+        return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(c: TrialConfig) -> None:
+    """Raise StudyError naming the first invalid field and its value."""
+    if c.loss not in LOSSES:
+        raise StudyError(f"loss must be one of {', '.join(LOSSES)}, got {c.loss!r}")
+    if c.optimizer not in OPTIMIZERS:
+        raise StudyError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
+    if c.schedule not in SCHEDULES:
+        raise StudyError(f"schedule must be one of {', '.join(SCHEDULES)}, got {c.schedule!r}")
+    if not _is_int(c.batch_size) or c.batch_size < 1:
+        raise StudyError(f"batch_size must be an integer >= 1, got {c.batch_size!r}")
+    if not _is_int(c.depth) or c.depth < 0:
+        raise StudyError(f"depth must be an integer >= 0, got {c.depth!r}")
+    if isinstance(c.width, tuple):
+        if len(c.width) != c.depth or not all(_is_int(w) and w >= 1 for w in c.width):
+            raise StudyError(
+                f"width must be one integer >= 1 or a list of depth={c.depth} of them, "
+                f"got {list(c.width)}"
+            )
+    elif not _is_int(c.width) or c.width < 1:
+        raise StudyError(f"width must be an integer >= 1, got {c.width!r}")
+    if not _is_number(c.dropout) or not 0 <= c.dropout < 1:
+        raise StudyError(f"dropout must lie in [0, 1), got {c.dropout!r}")
+    if not isinstance(c.batchnorm, bool):
+        raise StudyError(f"batchnorm must be true or false, got {c.batchnorm!r}")
+    if not _is_number(c.lr) or not c.lr > 0:
+        raise StudyError(f"lr must be > 0, got {c.lr!r}")
+    if not _is_number(c.weight_decay) or c.weight_decay < 0:
+        raise StudyError(f"weight_decay must be >= 0, got {c.weight_decay!r}")
+    if not _is_int(c.epochs) or c.epochs < 1:
+        raise StudyError(f"epochs must be an integer >= 1, got {c.epochs!r}")
+    if not _is_int(c.seed) or c.seed < 0:
+        raise StudyError(f"seed must be an integer >= 0, got {c.seed!r}")
+    if c.image_size is not None and (not _is_int(c.image_size) or c.image_size < 1):
+        raise StudyError(f"image_size must be an integer >= 1, got {c.image_size!r}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file (`study train --config`) into a dict of TrialConfig keys.
+
+    A `best_config.yaml` written by `study run` keeps the config under `config:` beside its
+    metrics; such files are accepted as they are.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise StudyError(f"--config {path}: cannot be read ({exc.strerror})") from None
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0]
+        raise StudyError(f"--config {path}: not valid YAML/JSON ({first})") from None
+    if isinstance(values, dict) and isinstance(values.get("config"), dict):
+        values = values["config"]
+    if not isinstance(values, dict):
+        raise StudyError(f"--config {path}: expected a mapping of config keys, got {values!r}")
+    return values
