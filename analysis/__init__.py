@@ -1,0 +1,1 @@
+"""Reading finished, partial or copied experiments from disk: tables, statistics, figures."""

@@ -1,0 +1,198 @@
+"""Read a Ray Tune experiment folder from disk: one table of trials, one of epochs.
+
+Works without Ray running, on finished, partial (errored, unfinished) and copied experiments:
+it reads only JSON files (`result.json`, `params.json`, `experiment_state-*.json`, the study's
+`study.json`) and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from study.errors import StudyError
+
+META_FILE = "study.json"
+CONFIG_KEYS = ("loss", "batch_size", "depth", "width", "dropout", "batchnorm", "optimizer", "lr",
+               "weight_decay", "schedule", "epochs", "seed", "image_size")
+
+
+def column_name(config_key: str) -> str:
+    """Table column of a config key: `epochs` is the planned budget, `planned_epochs`, since
+    `epochs` in the trial table counts the epochs actually trained."""
+    return "planned_epochs" if config_key == "epochs" else config_key
+
+
+def read_meta(exp_dir: Path) -> dict[str, Any]:
+    """Return the study's own record (study.json), or {} for a plain Ray Tune experiment."""
+    path = Path(exp_dir) / META_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StudyError(f"{path}: cannot be read as JSON ({exc})") from None
+
+
+def trial_dirs(exp_dir: Path) -> list[Path]:
+    """Return the trial folders of an experiment (those holding params.json), sorted by name."""
+    return sorted(p.parent for p in Path(exp_dir).glob("*/params.json"))
+
+
+def check_experiment(exp_dir: Path) -> None:
+    """Raise StudyError unless `exp_dir` looks like a Ray Tune experiment folder."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        raise StudyError(f"{exp_dir}: no such folder")
+    has_state = any(exp_dir.glob("experiment_state-*.json"))
+    if not (has_state or trial_dirs(exp_dir) or (exp_dir / META_FILE).exists()):
+        raise StudyError(
+            f"{exp_dir}: not a study experiment folder (no study.json, experiment_state-*.json "
+            "or trial folders with params.json)"
+        )
+
+
+def _ray_statuses(exp_dir: Path) -> dict[str, dict[str, Any]]:
+    """trial_id -> {status, dir, error} from Ray's experiment state (JSON parts only)."""
+    states = sorted(Path(exp_dir).glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        raw = json.loads(states[-1].read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for entry in raw.get("trial_data", []):
+        try:
+            trial = json.loads(entry[0]) if isinstance(entry, list) else entry
+            runtime = json.loads(entry[1]) if isinstance(entry, list) and len(entry) > 1 else {}
+        except (TypeError, json.JSONDecodeError):
+            continue
+        if isinstance(trial, dict) and "trial_id" in trial:
+            out[trial["trial_id"]] = {"status": trial.get("status", ""),
+                                      "dir": trial.get("relative_logdir"),
+                                      "failures": (runtime or {}).get("num_failures", 0)}
+    return out
+
+
+def _read_results(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short by a crash: keep what came before it
+    return rows
+
+
+def _hashable(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def _trial_id(trial_dir: Path, results: list[dict[str, Any]]) -> str:
+    if results and "trial_id" in results[-1]:
+        return str(results[-1]["trial_id"])
+    # Ray names trial folders <trainable>_<trial_id>_<index>_...
+    parts = trial_dir.name.split("_")
+    return parts[2] if len(parts) > 2 and parts[0] == "train" else trial_dir.name
+
+
+def _status(last: dict[str, Any] | None, config: dict[str, Any], ray_status: str,
+            error_file: Path) -> tuple[str, str]:
+    """Return (status, reason) for one trial."""
+    if error_file.exists():
+        text = error_file.read_text(errors="replace").strip().splitlines()
+        return "error", (text[-1] if text else "error")[:300]
+    if last and last.get("diverged"):
+        return "diverged", f"train_loss={last.get('train_loss')} at epoch {last.get('epoch')}"
+    if ray_status == "ERROR":
+        return "error", "trial errored (no error.txt)"
+    if ray_status in ("RUNNING", "PENDING", "PAUSED"):
+        return ray_status.lower(), "not finished"
+    if last is None:
+        return "no_results", "no epoch reported"
+    planned = config.get("epochs")
+    if planned is not None and last.get("epoch", 0) < planned:
+        if ray_status == "TERMINATED":
+            return "stopped", f"stopped by the scheduler after {last.get('epoch')}/{planned} epochs"
+        return "unfinished", f"{last.get('epoch')}/{planned} epochs when the study stopped"
+    return "completed", ""
+
+
+def collect_epochs(exp_dir: Path) -> pd.DataFrame:
+    """Return one row per reported epoch: trial_id, epoch, metrics, and the trial's config."""
+    frames = []
+    for trial_dir in trial_dirs(exp_dir):
+        results = _read_results(trial_dir / "result.json")
+        if not results:
+            continue
+        df = pd.DataFrame(results)
+        config = results[-1].get("config", {})
+        df = df.drop(columns=[c for c in ("config",) if c in df])
+        for key in CONFIG_KEYS:
+            if key in config and key not in df:
+                df[key] = _hashable(config[key])
+        df["trial_id"] = _trial_id(trial_dir, results)
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=["trial_id", "epoch"])
+    out = pd.concat(frames, ignore_index=True)
+    # PBT and restarts may report an epoch twice; keep the latest report of each.
+    return out.drop_duplicates(["trial_id", "epoch"], keep="last").reset_index(drop=True)
+
+
+def collect_trials(exp_dir: Path) -> pd.DataFrame:
+    """Return one row per trial: id, status, reason, epochs trained, seed, node, config, metrics.
+
+    Metrics are those of the last reported epoch (what the scheduler and searcher saw), plus
+    `best_val_accuracy` over epochs and the test metrics reported at the end of the trial.
+    """
+    exp_dir = Path(exp_dir)
+    check_experiment(exp_dir)
+    statuses = _ray_statuses(exp_dir)
+    rows = []
+    for trial_dir in trial_dirs(exp_dir):
+        results = _read_results(trial_dir / "result.json")
+        last = results[-1] if results else None
+        try:
+            params = json.loads((trial_dir / "params.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            params = {}
+        config = (last or {}).get("config") or params
+        trial_id = _trial_id(trial_dir, results)
+        ray_info = statuses.get(trial_id, {})
+        status, reason = _status(last, config, ray_info.get("status", ""),
+                                 trial_dir / "error.txt")
+        row: dict[str, Any] = {"trial_id": trial_id, "status": status, "reason": reason,
+                               "epochs": int(last.get("epoch", 0)) if last else 0}
+        row["seed"] = (last or {}).get("seed", config.get("seed"))
+        row["node_id"] = (last or {}).get("node_id")
+        for key in CONFIG_KEYS:
+            if key in config and key != "seed":
+                row[column_name(key)] = _hashable(config[key])
+        for key in ("val_accuracy", "val_loss", "val_auroc", "train_accuracy", "train_loss",
+                    "test_accuracy", "test_auroc", "test_sensitivity", "test_specificity"):
+            value = (last or {}).get(key)
+            row[key] = value if isinstance(value, (int, float)) else math.nan
+        accs = [r["val_accuracy"] for r in results if isinstance(r.get("val_accuracy"), float)]
+        row["best_val_accuracy"] = max(accs) if accs else math.nan
+        row["time_total_s"] = (last or {}).get("time_total_s", math.nan)
+        row["failures"] = ray_info.get("failures", 0)
+        row["trial_dir"] = trial_dir.name
+        rows.append(row)
+    # Trials Ray knows of that never made a folder (pending when the study stopped).
+    seen = {r["trial_id"] for r in rows}
+    for trial_id, info in statuses.items():
+        if trial_id not in seen:
+            rows.append({"trial_id": trial_id, "status": info["status"].lower() or "pending",
+                         "reason": "never started", "epochs": 0})
+    return pd.DataFrame(rows)

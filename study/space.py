@@ -1,0 +1,380 @@
+"""YAML search spaces -> Optuna define-by-run functions, Ray Tune domains or grids.
+
+Schema (loaded with `yaml.safe_load`):
+
+    metric: val_accuracy          # what selection maximises or minimises (validation only)
+    mode: max
+    params:                       # searched
+      loss: {choice: [bce, ce]}
+      depth: {int: [1, 5]}        # inclusive; `log: true` and `step: N` allowed
+      dropout: {uniform: [0.0, 0.7]}
+      lr: {loguniform: [1.0e-5, 1.0e-1]}
+      width: {per_layer: {choice: [32, 64, 128]}}   # one value per hidden layer, after depth
+      optimizer: adam             # a plain value is fixed
+    fixed:                        # held constant
+      epochs: 15
+      width: {by_depth: {3: 64, 5: [256, 128, 64, 64, 64]}}   # a value chosen by depth
+
+Parameter names are `TrialConfig` fields; every value is checked against it when loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from study.config import TrialConfig
+from study.errors import StudyError
+
+METRICS = ("val_accuracy", "val_loss", "val_auroc")
+MODES = ("max", "min")
+KINDS = ("choice", "int", "uniform", "loguniform", "per_layer", "by_depth")
+PARAM_NAMES = tuple(f.name for f in fields(TrialConfig))
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: `kind` in KINDS or `fixed`, and its arguments."""
+
+    name: str
+    kind: str
+    values: tuple[Any, ...] = ()  # choice values
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: int = 1
+    inner: Param | None = None  # per_layer: the distribution of each layer's value
+    table: tuple[tuple[int, Any], ...] = ()  # by_depth: (depth, value) pairs
+    value: Any = None  # fixed
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A loaded, checked search space."""
+
+    metric: str
+    mode: str
+    params: dict[str, Param]  # searched (and fixed values written under params)
+    fixed: dict[str, Param]
+    source: str  # file path, for messages and reports
+    raw: dict[str, Any]  # the YAML as loaded, kept in the study's metadata
+
+    def with_fixed(self, **overrides: Any) -> SearchSpace:
+        """Return a copy with `overrides` fixed (e.g. `--max-epochs`), no longer searched."""
+        params = {k: v for k, v in self.params.items() if k not in overrides}
+        fixed = dict(self.fixed)
+        for name, value in overrides.items():
+            _check_value(name, value, f"override {name}")
+            fixed[name] = Param(name, "fixed", value=value)
+        return SearchSpace(self.metric, self.mode, params, fixed, self.source, self.raw)
+
+    @property
+    def searched(self) -> list[str]:
+        """Names of the parameters that vary between trials."""
+        return [n for n, p in self.params.items() if p.kind != "fixed"]
+
+
+def _check_value(name: str, value: Any, where: str) -> None:
+    if name not in PARAM_NAMES:
+        raise StudyError(f"{where}: unknown parameter {name!r}; known: {', '.join(PARAM_NAMES)}")
+    if isinstance(value, list):
+        value = tuple(value)
+    values = {name: value}
+    if name == "width" and isinstance(value, tuple):
+        values["depth"] = len(value)
+    try:
+        TrialConfig(**values)
+    except StudyError as exc:
+        raise StudyError(f"{where}: {exc}") from None
+    except TypeError as exc:
+        raise StudyError(f"{where}: invalid value {value!r} ({exc})") from None
+
+
+def _number(value: Any, where: str, integer: bool = False) -> float:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool) or (not integer and not math.isfinite(value)):
+        kind = "an integer" if integer else "a finite number"
+        raise StudyError(f"{where}: bound must be {kind}, got {value!r}")
+    return value
+
+
+def _parse_param(name: str, spec: Any, where: str) -> Param:
+    if not isinstance(spec, dict):
+        _check_value(name, spec, where)
+        return Param(name, "fixed", value=tuple(spec) if isinstance(spec, list) else spec)
+    kinds = [k for k in spec if k in KINDS]
+    extra = sorted(set(spec) - set(KINDS) - {"log", "step"})
+    if len(kinds) != 1 or extra:
+        raise StudyError(
+            f"{where}: expected exactly one of {', '.join(KINDS)}, got keys {sorted(spec)}"
+        )
+    kind = kinds[0]
+    arg = spec[kind]
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise StudyError(f"{where}.choice: must be a non-empty list, got {arg!r}")
+        for value in arg:
+            _check_value(name, value, f"{where}.choice")
+        return Param(name, kind, values=tuple(tuple(v) if isinstance(v, list) else v for v in arg))
+    if kind == "per_layer":
+        if name != "width":
+            raise StudyError(f"{where}: per_layer applies to width only, not {name!r}")
+        inner = _parse_param(name, arg, f"{where}.per_layer")
+        if inner.kind not in ("choice", "int"):
+            raise StudyError(f"{where}.per_layer: must be a choice or int range, got {inner.kind}")
+        return Param(name, kind, inner=inner)
+    if kind == "by_depth":
+        if not isinstance(arg, dict) or not arg:
+            raise StudyError(f"{where}.by_depth: must map depths to values, got {arg!r}")
+        table = []
+        for depth, value in arg.items():
+            _number(depth, f"{where}.by_depth key", integer=True)
+            if name == "width" and isinstance(value, list) and len(value) != depth:
+                raise StudyError(
+                    f"{where}.by_depth.{depth}: needs {depth} widths, got {value!r}"
+                )
+            _check_value(name, value, f"{where}.by_depth.{depth}")
+            table.append((depth, tuple(value) if isinstance(value, list) else value))
+        return Param(name, kind, table=tuple(sorted(table)))
+    if not isinstance(arg, list) or len(arg) != 2:
+        raise StudyError(f"{where}.{kind}: must be [low, high], got {arg!r}")
+    low = _number(arg[0], f"{where}.{kind}", integer=kind == "int")
+    high = _number(arg[1], f"{where}.{kind}", integer=kind == "int")
+    if low > high:
+        raise StudyError(f"{where}.{kind}: low <= high must hold, got low={low}, high={high}")
+    log = kind == "loguniform" or bool(spec.get("log", False))
+    if log and low <= 0:
+        raise StudyError(f"{where}.{kind}: log bounds must be > 0, got low={low}")
+    step = spec.get("step", 1)
+    if kind == "int" and (not isinstance(step, int) or step < 1):
+        raise StudyError(f"{where}.step: must be an integer >= 1, got {step!r}")
+    for bound in (low, high):
+        _check_value(name, int(bound) if kind == "int" else float(bound), f"{where}.{kind}")
+    return Param(name, kind, low=low, high=high, log=log, step=step)
+
+
+def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
+    """Check a loaded YAML document and return the SearchSpace."""
+    if not isinstance(raw, dict):
+        raise StudyError(f"{source}: a search space must be a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - {"metric", "mode", "params", "fixed"})
+    if unknown:
+        raise StudyError(
+            f"{source}: unknown top-level key {unknown[0]!r}; expected metric, mode, params, fixed"
+        )
+    metric = raw.get("metric", "val_accuracy")
+    if metric not in METRICS:
+        raise StudyError(f"{source}: metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    mode = raw.get("mode", "min" if metric == "val_loss" else "max")
+    if mode not in MODES:
+        raise StudyError(f"{source}: mode must be max or min, got {mode!r}")
+    sections: dict[str, dict[str, Param]] = {}
+    for section in ("params", "fixed"):
+        body = raw.get(section) or {}
+        if not isinstance(body, dict):
+            raise StudyError(f"{source}: {section} must be a mapping, got {body!r}")
+        parsed = {}
+        for name, spec in body.items():
+            where = f"{source}: {section}.{name}"
+            if name not in PARAM_NAMES:
+                raise StudyError(
+                    f"{where}: unknown parameter {name!r}; known: {', '.join(PARAM_NAMES)}"
+                )
+            param = _parse_param(name, spec, where)
+            if section == "fixed" and param.kind not in ("fixed", "by_depth"):
+                raise StudyError(f"{where}: fixed values cannot be {param.kind} ranges")
+            parsed[name] = param
+        sections[section] = parsed
+    both = sorted(set(sections["params"]) & set(sections["fixed"]))
+    if both:
+        raise StudyError(f"{source}: {both[0]!r} is both searched (params) and fixed")
+    space = SearchSpace(metric, mode, sections["params"], sections["fixed"], source, raw)
+    _check_depth_rules(space)
+    return space
+
+
+def _check_depth_rules(space: SearchSpace) -> None:
+    everything = {**space.params, **space.fixed}
+    depth = everything.get("depth")
+    depths: set[int] = set()
+    if depth is None:
+        depths = {TrialConfig().depth}
+    elif depth.kind == "fixed":
+        depths = {depth.value}
+    elif depth.kind == "choice":
+        depths = set(depth.values)
+    elif depth.kind == "int":
+        depths = set(range(int(depth.low), int(depth.high) + 1, depth.step))
+    for param in everything.values():
+        if param.kind == "by_depth":
+            missing = sorted(depths - {d for d, _ in param.table})
+            if missing:
+                raise StudyError(
+                    f"{space.source}: {param.name}.by_depth has no value for depth {missing[0]}"
+                )
+    width = everything.get("width")
+    if width is not None and width.kind in ("fixed", "choice"):
+        lists = [v for v in (width.values or (width.value,)) if isinstance(v, tuple)]
+        if lists and (depth is not None and depth.kind != "fixed"):
+            raise StudyError(
+                f"{space.source}: width lists fix the depth; use width.by_depth or per_layer "
+                "when depth is searched"
+            )
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and check a YAML search space file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise StudyError(f"--space {path}: cannot be read ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise StudyError(f"--space {path}: not valid YAML{at} ({problem})") from None
+    return parse_space(raw, source=str(path))
+
+
+# --- Optuna -----------------------------------------------------------------------------
+
+
+def _suggest(trial: Any, name: str, p: Param) -> Any:
+    if p.kind == "choice":
+        # Optuna's categorical values must be None/bool/int/float/str: suggest an index for lists.
+        if any(isinstance(v, tuple) for v in p.values):
+            index = trial.suggest_categorical(name + "_index", list(range(len(p.values))))
+            return list(p.values[index])
+        return trial.suggest_categorical(name, list(p.values))
+    if p.kind == "int":
+        return trial.suggest_int(name, int(p.low), int(p.high), step=p.step, log=p.log)
+    return trial.suggest_float(name, p.low, p.high, log=p.log)
+
+
+class OptunaSpace:
+    """A define-by-run function for `OptunaSearch(space=...)` (a class, so Ray can pickle it).
+
+    Plain parameters are suggested by name; per-layer widths are suggested after the depth
+    (`width_0`, `width_1`, ...); fixed and by-depth values are returned as constants.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.params = {**space.params, **space.fixed}
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        chosen: dict[str, Any] = {}
+        constants: dict[str, Any] = {}
+        for name, p in self.params.items():
+            if p.kind in ("choice", "int", "uniform", "loguniform"):
+                value = _suggest(trial, name, p)
+                chosen[name] = value
+                if isinstance(value, list):
+                    constants[name] = value
+            elif p.kind == "fixed":
+                constants[name] = list(p.value) if isinstance(p.value, tuple) else p.value
+        depth = chosen.get("depth", constants.get("depth", TrialConfig().depth))
+        for name, p in self.params.items():
+            if p.kind == "per_layer":
+                assert p.inner is not None
+                constants[name] = [_suggest(trial, f"{name}_{i}", p.inner) for i in range(depth)]
+            elif p.kind == "by_depth":
+                value = dict(p.table)[depth]
+                constants[name] = list(value) if isinstance(value, tuple) else value
+        return constants
+
+
+def optuna_space(space: SearchSpace) -> OptunaSpace:
+    """Return the define-by-run function of `space` for `OptunaSearch`."""
+    return OptunaSpace(space)
+
+
+# --- Ray Tune ---------------------------------------------------------------------------
+
+
+def _depth_lookup(p: Param) -> Callable[[Any], Any]:
+    table = {d: list(v) if isinstance(v, tuple) else v for d, v in p.table}
+    default_depth = TrialConfig().depth
+    return lambda spec: table[spec.config.get("depth", default_depth)]
+
+
+def tune_space(space: SearchSpace) -> dict[str, Any]:
+    """Return Ray Tune domains for random search (BasicVariantGenerator)."""
+    import random
+
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    everything = {**space.params, **space.fixed}
+    for name, p in everything.items():
+        if p.kind == "choice":
+            out[name] = tune.choice([list(v) if isinstance(v, tuple) else v for v in p.values])
+        elif p.kind == "int":
+            high = int(p.high) + 1  # tune's randint excludes the upper bound
+            out[name] = (tune.lograndint(int(p.low), high) if p.log
+                         else tune.qrandint(int(p.low), int(p.high), p.step)
+                         if p.step > 1 else tune.randint(int(p.low), high))
+        elif p.kind == "uniform":
+            out[name] = tune.uniform(p.low, p.high)
+        elif p.kind == "loguniform":
+            out[name] = tune.loguniform(p.low, p.high)
+        elif p.kind == "fixed":
+            out[name] = list(p.value) if isinstance(p.value, tuple) else p.value
+        elif p.kind == "by_depth":
+            out[name] = tune.sample_from(_depth_lookup(p))
+        elif p.kind == "per_layer":
+            inner = p.inner
+            assert inner is not None
+            default_depth = TrialConfig().depth
+
+            def layers(spec: Any, inner: Param = inner) -> list[int]:
+                depth = spec.config.get("depth", default_depth)
+                if inner.kind == "choice":
+                    return [random.choice(inner.values) for _ in range(depth)]
+                return [random.randint(int(inner.low), int(inner.high)) for _ in range(depth)]
+
+            out[name] = tune.sample_from(layers)
+    return out
+
+
+def grid_space(space: SearchSpace) -> dict[str, Any]:
+    """Return a grid (`tune.grid_search` for every searched parameter) for `--search grid`."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    everything = {**space.params, **space.fixed}
+    for name, p in everything.items():
+        if p.kind == "choice":
+            out[name] = tune.grid_search(
+                [list(v) if isinstance(v, tuple) else v for v in p.values]
+            )
+        elif p.kind == "int" and not p.log:
+            out[name] = tune.grid_search(list(range(int(p.low), int(p.high) + 1, p.step)))
+        elif p.kind == "fixed":
+            out[name] = list(p.value) if isinstance(p.value, tuple) else p.value
+        elif p.kind == "by_depth":
+            out[name] = tune.sample_from(_depth_lookup(p))
+        else:
+            raise StudyError(
+                f"{space.source}: params.{name}: grid search needs a choice or an int range, "
+                f"got {p.kind}"
+            )
+    return out
+
+
+def grid_size(space: SearchSpace) -> int:
+    """Number of grid points of `grid_space(space)`."""
+    size = 1
+    for p in space.params.values():
+        if p.kind == "choice":
+            size *= len(p.values)
+        elif p.kind == "int":
+            size *= len(range(int(p.low), int(p.high) + 1, p.step))
+    return size

@@ -1,0 +1,93 @@
+"""The Ray Tune trainable: a thin wrapper that runs `fit` and reports once per epoch.
+
+Data arrives through `tune.with_parameters` (Ray's object store, once per node, zero-copy).
+With actor reuse, one worker process runs many trials; the device copy of the data (on the GPU
+where there is one) is kept in `_RESIDENT` so later trials of that actor skip the copy.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from study.config import TrialConfig
+from study.data import Dataset
+from study.train import DeviceData, TrainState, fit, new_state, resolve_device, to_device
+
+STATE_FILE = "state.pt"
+
+# Per worker process: (data_key, image_size, device) -> device-resident data. A cache, not
+# configuration: every trial still receives its data explicitly through `tune.with_parameters`.
+_RESIDENT: dict[tuple[str, int | None, str], DeviceData] = {}
+
+
+def resident_data(data: Dataset, data_key: str, image_size: int | None,
+                  device: torch.device) -> DeviceData:
+    """Return the data on `device` at `image_size`, copying it there once per process."""
+    key = (data_key, image_size, str(device))
+    if key not in _RESIDENT:
+        for old in [k for k in _RESIDENT if k[0] != data_key]:
+            del _RESIDENT[old]  # another study's data: free it
+        _RESIDENT[key] = to_device(data, device, image_size)
+    return _RESIDENT[key]
+
+
+def trial_config(config: dict[str, Any]) -> TrialConfig:
+    """Turn Ray's config dict into a TrialConfig (once, at the trainable's entry).
+
+    `Repeater` marks repeats with `__trial_index__`; each repeat trains with seed + index.
+    """
+    values = {k: v for k, v in config.items() if not k.startswith("__")}
+    index = config.get("__trial_index__")
+    if index is not None:
+        values["seed"] = int(values.get("seed", 0)) + int(index)
+    return TrialConfig.from_dict(values, where="trial config")
+
+
+def load_state(state: TrainState, checkpoint: Any, device: torch.device) -> None:
+    """Continue `state` from a Ray checkpoint written by `train_trial`."""
+    with checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
+    state.load_state_dict(saved)
+
+
+def train_trial(
+    config: dict[str, Any],
+    data: Dataset,
+    data_key: str = "",
+    checkpoint_every: int = 5,
+    threads: int = 1,
+) -> None:
+    """Train one trial; report metrics each epoch and checkpoint every few epochs and at the end."""
+    import ray
+    from ray import tune
+
+    torch.set_num_threads(max(1, threads))
+    cfg = trial_config(config)
+    device = resolve_device("auto")
+    device_data = resident_data(data, data_key, cfg.image_size, device)
+    state = new_state(cfg, device_data)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        load_state(state, checkpoint, device)
+    extra = {
+        "seed": cfg.seed,
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "image_size": device_data.image_size,
+        "device": device.type,
+    }
+
+    def report(metrics: dict[str, float], state: TrainState) -> None:
+        last = state.epoch >= cfg.epochs or "diverged" in metrics
+        if not (last or (checkpoint_every > 0 and state.epoch % checkpoint_every == 0)):
+            tune.report({**metrics, **extra})
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state.state_dict(), Path(folder) / STATE_FILE)
+            tune.report({**metrics, **extra},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+    fit(cfg, device_data, on_epoch=report, state=state)

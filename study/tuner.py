@@ -1,0 +1,430 @@
+"""Builds and runs the Ray Tune study: search, scheduler, resources, storage, resume.
+
+Only this module (called from the CLI) starts Ray. metric and mode are set in one place,
+`TuneConfig`; schedulers and searchers inherit them from there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from study.data import Dataset, load_data, resolve_spec
+from study.errors import StudyError
+from study.space import SearchSpace, grid_size, grid_space, load_space, optuna_space, tune_space
+
+log = logging.getLogger(__name__)
+
+SEARCHES = ("optuna", "random", "grid")
+SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
+META_FILE = "study.json"  # the study's own record beside Ray's files; read by analysis/
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+DEFAULT_SAMPLES = 20
+PBT_MUTATIONS = {"lr": ("loguniform", 1e-5, 1e-1), "dropout": ("uniform", 0.0, 0.7),
+                 "weight_decay": ("loguniform", 1e-6, 1e-2)}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything `study run` was asked for (the CLI's flags, checked by `check_options`)."""
+
+    space: str = "default"
+    data: str = "synthetic"
+    search: str | None = None  # None: optuna, or random under PBT (PBT takes no searcher)
+    scheduler: str = "asha"
+    num_samples: int | None = None  # None: 20 for optuna/random, 1 pass for grid
+    max_epochs: int | None = None
+    image_size: int | None = None
+    repeats: int = 1
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    address: str | None = None
+    storage_path: str = "./results"
+    shared_storage: bool = False
+    name: str | None = None
+    resume: bool = False
+    seed: int = 0
+    max_failures: int = 0
+    checkpoint_every: int = 5
+    num_cpus: int | None = None  # local Ray only: CPUs to offer (default: all)
+    verbose: int = 1
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """A finished (or interrupted) study: where it lives and how its trials ended."""
+
+    path: Path  # the experiment folder: Ray's files plus study.json and summary/
+    num_trials: int
+    num_errors: int
+    interrupted: bool
+
+
+def space_path(space: str) -> Path:
+    """Resolve `--space`: a file, or the name of a shipped space (`default`, `homework`)."""
+    path = Path(space).expanduser()
+    if not path.exists() and (SPACES_DIR / f"{space}.yaml").exists():
+        path = SPACES_DIR / f"{space}.yaml"
+    return path.resolve() if path.exists() else path
+
+
+def check_options(opts: RunOptions) -> None:
+    """Refuse impossible requests with one line naming the flag and the value."""
+    if opts.search is not None and opts.search not in SEARCHES:
+        raise StudyError(f"--search must be one of {', '.join(SEARCHES)}, got {opts.search!r}")
+    if opts.scheduler not in SCHEDULERS:
+        raise StudyError(
+            f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {opts.scheduler!r}"
+        )
+    if opts.scheduler == "pbt" and opts.search in ("grid", "optuna"):
+        raise StudyError(
+            f"--scheduler pbt cannot be combined with --search {opts.search}: PBT evolves a "
+            "randomly sampled population itself; use --search random (the default under PBT)"
+        )
+    for flag, value, low in (("--num-samples", opts.num_samples, 1), ("--repeats", opts.repeats, 1),
+                             ("--max-epochs", opts.max_epochs, 1),
+                             ("--image-size", opts.image_size, 1),
+                             ("--max-concurrent", opts.max_concurrent, 1),
+                             ("--max-failures", opts.max_failures, 0),
+                             ("--checkpoint-every", opts.checkpoint_every, 0),
+                             ("--seed", opts.seed, 0)):
+        if value is not None and value < low:
+            raise StudyError(f"{flag} must be >= {low}, got {value}")
+    for flag, value in (("--cpus-per-trial", opts.cpus_per_trial),
+                        ("--gpus-per-trial", opts.gpus_per_trial)):
+        if not math.isfinite(value) or value < 0:
+            raise StudyError(f"{flag} must be a number >= 0, got {value:g}")
+    if opts.cpus_per_trial == 0 and opts.gpus_per_trial == 0:
+        raise StudyError("--cpus-per-trial and --gpus-per-trial are both 0: a trial needs one")
+    if opts.name is not None and (not opts.name or "/" in opts.name or "\\" in opts.name
+                                  or opts.name in (".", "..")):
+        raise StudyError(f"--name must be a plain folder name without path separators, "
+                         f"got {opts.name!r}")
+    if opts.resume and not opts.name:
+        raise StudyError("--resume needs --name: the experiment to continue")
+
+
+def storage_root(storage_path: str) -> str:
+    """Return the storage path as Ray should get it: URIs as they are, local paths absolute."""
+    from study.cluster import is_local_path
+
+    if not is_local_path(storage_path):
+        return storage_path
+    path = storage_path[len("file://"):] if storage_path.startswith("file://") else storage_path
+    return str(Path(path).expanduser().resolve())
+
+
+def check_writable(root: Path) -> None:
+    """Fail before any trial starts if results cannot be written under `root`."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-check-{uuid.uuid4().hex}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise StudyError(
+            f"--storage-path {root}: results cannot be written there ({exc.strerror})"
+        ) from None
+
+
+def prepared_space(opts: RunOptions) -> SearchSpace:
+    """Load `--space` and apply `--max-epochs` / `--image-size` and the trial seed."""
+    space = load_space(space_path(opts.space))
+    overrides: dict[str, Any] = {}
+    if opts.max_epochs is not None:
+        overrides["epochs"] = opts.max_epochs
+    if opts.image_size is not None:
+        overrides["image_size"] = opts.image_size
+    if "seed" not in space.params and "seed" not in space.fixed:
+        overrides["seed"] = opts.seed
+    return space.with_fixed(**overrides)
+
+
+def _epochs(space: SearchSpace) -> int:
+    p = space.fixed.get("epochs") or space.params.get("epochs")
+    if p is None:
+        from study.config import TrialConfig
+
+        return TrialConfig().epochs
+    if p.kind != "fixed":
+        raise StudyError(f"{space.source}: epochs must be fixed (schedulers need a budget)")
+    return int(p.value)
+
+
+def make_scheduler(opts: RunOptions, space: SearchSpace, epochs: int) -> Any:
+    """Return the trial scheduler for `--scheduler` (metric/mode come from TuneConfig)."""
+    from ray import tune
+    from ray.tune.schedulers import (
+        ASHAScheduler,
+        FIFOScheduler,
+        HyperBandScheduler,
+        MedianStoppingRule,
+        PopulationBasedTraining,
+    )
+
+    grace = max(1, epochs // 5)
+    if opts.scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=grace,
+                             reduction_factor=3)
+    if opts.scheduler == "hyperband":
+        return HyperBandScheduler(time_attr="training_iteration", max_t=epochs,
+                                  reduction_factor=3)
+    if opts.scheduler == "median":
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=grace,
+                                  min_samples_required=3)
+    if opts.scheduler == "pbt":
+        mutations = {}
+        for name, (kind, low, high) in PBT_MUTATIONS.items():
+            p = space.params.get(name)
+            if p is not None and p.kind in ("uniform", "loguniform"):
+                kind, low, high = p.kind, p.low, p.high
+            mutations[name] = (tune.loguniform(low, high) if kind == "loguniform"
+                               else tune.uniform(low, high))
+        return PopulationBasedTraining(time_attr="training_iteration",
+                                       perturbation_interval=pbt_interval(epochs),
+                                       hyperparam_mutations=mutations, quantile_fraction=0.25,
+                                       seed=opts.seed)
+    return FIFOScheduler()
+
+
+def pbt_interval(epochs: int) -> int:
+    """Epochs between PBT perturbations (and so between checkpoints under PBT)."""
+    return max(1, epochs // 5)
+
+
+def _optuna_searcher(space: SearchSpace, opts: RunOptions, num_samples: int) -> Any:
+    import optuna
+
+    from study.searcher import StudyOptunaSearch
+
+    startup = max(4, min(10, num_samples // 3))
+    sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=startup,
+                                         multivariate=True, group=True, constant_liar=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Ray never hands TuneConfig's metric/mode to a searcher built with a define-by-run space
+    # (it has no param_space to pass), so OptunaSearch takes them from the same SearchSpace.
+    return StudyOptunaSearch(space=optuna_space(space), sampler=sampler, metric=space.metric,
+                             mode=space.mode)
+
+
+def build_search(opts: RunOptions, space: SearchSpace, slots: int
+                 ) -> tuple[Any, dict[str, Any], int]:
+    """Return (search algorithm, param_space, num_samples) for the Tuner."""
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater
+
+    search = opts.search or ("random" if opts.scheduler == "pbt" else "optuna")
+    seeds = list(range(opts.seed, opts.seed + opts.repeats))
+    if search == "optuna":
+        n = opts.num_samples or DEFAULT_SAMPLES
+        searcher = _optuna_searcher(space, opts, n)
+        if opts.repeats > 1:
+            # Each configuration Optuna proposes trains with `repeats` seeds (seed + index);
+            # Optuna is told the mean over them.
+            searcher = Repeater(searcher, repeat=opts.repeats, set_index=True)
+        limit = opts.max_concurrent or max(slots, 1)
+        return ConcurrencyLimiter(searcher, max_concurrent=limit), {}, n * opts.repeats
+    if search == "grid":
+        param_space = grid_space(space)
+        n = opts.num_samples or 1
+    else:
+        param_space = tune_space(space)
+        n = opts.num_samples or DEFAULT_SAMPLES
+    if opts.repeats > 1:
+        param_space["seed"] = tune.grid_search(seeds)
+    # constant_grid_search: a random sample is held fixed across the seed grid (repeats).
+    generator = BasicVariantGenerator(random_state=opts.seed, constant_grid_search=True,
+                                      max_concurrent=opts.max_concurrent or 0)
+    return generator, param_space, n
+
+
+def expected_trials(opts: RunOptions, space: SearchSpace) -> int:
+    """Number of trials the study will run."""
+    search = opts.search or ("random" if opts.scheduler == "pbt" else "optuna")
+    if search == "grid":
+        return grid_size(space) * (opts.num_samples or 1) * opts.repeats
+    return (opts.num_samples or DEFAULT_SAMPLES) * opts.repeats
+
+
+def _init_ray(opts: RunOptions) -> bool:
+    """Connect to `--address` or start a local Ray on 127.0.0.1; return True if we started it."""
+    import ray
+
+    from study.cluster import check_address
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    check_address(opts.address)
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                              "log_to_driver": opts.verbose > 1}
+    if opts.address is None:
+        ray.init(num_cpus=opts.num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+        return True
+    try:
+        ray.init(address=opts.address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StudyError(f"--address {opts.address!r}: cannot connect to Ray ({first})") from None
+    return True
+
+
+def _meta(opts: RunOptions, space: SearchSpace, data: Dataset, expected: int) -> dict[str, Any]:
+    import ray
+
+    return {
+        "command": "study " + " ".join(sys.argv[1:]) if sys.argv[1:] else "study run",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "options": asdict(opts),
+        "search": opts.search or ("random" if opts.scheduler == "pbt" else "optuna"),
+        "scheduler": opts.scheduler,
+        "space_file": space.source,
+        "space": space.raw,
+        "searched": space.searched,
+        "metric": space.metric,
+        "mode": space.mode,
+        "epochs": _epochs(space),
+        "repeats": opts.repeats,
+        "expected_trials": expected,
+        "data": data.source,
+        "data_image_size": data.image_size,
+        "data_sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "ray_version": ray.__version__,
+    }
+
+
+def _reporter(space: SearchSpace) -> Any:
+    from ray.tune import CLIReporter
+
+    return CLIReporter(
+        metric_columns={"epoch": "epoch", "val_accuracy": "val acc", "val_loss": "val loss",
+                        "val_auroc": "val AUROC"},
+        parameter_columns=space.searched,
+        max_progress_rows=12, max_error_rows=3, max_report_frequency=15,
+        sort_by_metric=True,
+    )
+
+
+def run_study(opts: RunOptions) -> StudyRun:
+    """Run (or resume) a study and return where its results are."""
+    check_options(opts)
+    space = prepared_space(opts)
+    epochs = _epochs(space)
+    name = opts.name or datetime.now().strftime("study-%Y%m%d-%H%M%S")
+    root = storage_root(opts.storage_path)
+    local = not root.startswith(tuple(f"{s}://" for s in ("s3", "gs", "abfs", "hdfs", "gcs")))
+    exp_dir = Path(root) / name
+    if local:
+        check_writable(Path(root))
+        if opts.resume:
+            _check_resumable(exp_dir, space)
+        elif exp_dir.exists():
+            raise StudyError(
+                f"--name {name}: {exp_dir} already exists; pass --resume to continue it or "
+                "choose another --name (nothing was overwritten)"
+            )
+    data = load_data(resolve_spec(opts.data))
+
+    import ray
+    from ray import tune
+
+    from study.cluster import check_storage_path, check_trial_resources, reachable_resources
+    from study.trainable import train_trial
+
+    started = _init_ray(opts)
+    try:
+        check_trial_resources(opts.cpus_per_trial, opts.gpus_per_trial, reachable_resources())
+        check_storage_path(root, ray.nodes(), opts.shared_storage)
+        resources = ray.cluster_resources()
+        slots = int(resources.get("CPU", 1) // opts.cpus_per_trial) if opts.cpus_per_trial else 0
+        if opts.gpus_per_trial:
+            gpu_slots = int(resources.get("GPU", 0) // opts.gpus_per_trial)
+            slots = min(slots, gpu_slots) if opts.cpus_per_trial else gpu_slots
+        checkpoint_every = (pbt_interval(epochs) if opts.scheduler == "pbt"
+                            else opts.checkpoint_every)
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, data=data, data_key=uuid.uuid4().hex,
+                                 checkpoint_every=checkpoint_every,
+                                 threads=max(1, int(opts.cpus_per_trial))),
+            {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
+        )
+        run_config = tune.RunConfig(
+            name=name,
+            storage_path=root,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            progress_reporter=_reporter(space),
+            verbose=opts.verbose,
+        )
+        expected = expected_trials(opts, space)
+        if opts.resume:
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=False)
+        else:
+            search_alg, param_space, num_samples = build_search(opts, space, slots)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    metric=space.metric, mode=space.mode, search_alg=search_alg,
+                    scheduler=make_scheduler(opts, space, epochs), num_samples=num_samples,
+                    reuse_actors=True,
+                ),
+                run_config=run_config,
+            )
+            if local:
+                exp_dir.mkdir(parents=True, exist_ok=True)
+                from study.io import write_json_atomic
+
+                write_json_atomic(exp_dir / META_FILE, _meta(opts, space, data, expected))
+        results = tuner.fit()
+        statuses = _trial_statuses(exp_dir) if local else {}
+        unfinished = sum(1 for s in statuses.values() if s not in ("TERMINATED", "ERROR"))
+        return StudyRun(exp_dir, len(results), len(results.errors),
+                        interrupted=unfinished > 0 or len(statuses) < expected)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _trial_statuses(exp_dir: Path) -> dict[str, str]:
+    """Return trial_id -> status from Ray's experiment state file (JSON)."""
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    raw = json.loads(states[-1].read_text())
+    out = {}
+    for entry in raw.get("trial_data", []):
+        trial = json.loads(entry[0]) if isinstance(entry, list) else entry
+        if isinstance(trial, dict) and "trial_id" in trial:
+            out[trial["trial_id"]] = trial.get("status", "")
+    return out
+
+
+def _check_resumable(exp_dir: Path, space: SearchSpace) -> None:
+    from ray import tune
+
+    if not exp_dir.is_dir():
+        raise StudyError(f"--resume --name {exp_dir.name}: no experiment at {exp_dir}")
+    meta_path = exp_dir / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise StudyError(
+            f"--resume: {meta_path} is missing or corrupted; {exp_dir} cannot be resumed"
+        ) from None
+    if not tune.Tuner.can_restore(str(exp_dir)):
+        raise StudyError(f"--resume: {exp_dir} holds no restorable Ray Tune state")
+    if meta.get("space") != space.raw:
+        raise StudyError(
+            f"--resume: the search space {space.source} differs from the one the study "
+            f"started with ({meta.get('space_file')}); resume with the same --space"
+        )
