@@ -123,7 +123,8 @@ def _status(last: dict[str, Any] | None, config: dict[str, Any], ray_status: str
     planned = config.get("epochs")
     if planned is not None and last.get("epoch", 0) < planned:
         if ray_status == "TERMINATED":
-            return "stopped", f"stopped by the scheduler after {last.get('epoch')}/{planned} epochs"
+            return "stopped", (f"stopped by the scheduler after {last.get('epoch')}/{planned} "
+                               "epochs")
         return "unfinished", f"{last.get('epoch')}/{planned} epochs when the study stopped"
     return "completed", ""
 

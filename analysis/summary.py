@@ -59,10 +59,10 @@ def best_configuration(trials: pd.DataFrame, metric: str, mode: str) -> dict[str
     best_key = scores.idxmin() if mode == "min" else scores.idxmax()
     best_key = best_key if isinstance(best_key, tuple) else (best_key,)
     members = usable
-    for key, value in zip(keys, best_key):
+    for key, value in zip(keys, best_key, strict=True):
         members = members[members[key].isna()] if _isnan(value) else members[members[key] == value]
     config = {}
-    for key, value in zip(keys, best_key):
+    for key, value in zip(keys, best_key, strict=True):
         if _isnan(value):
             continue
         name = "epochs" if key == "planned_epochs" else key

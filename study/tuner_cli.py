@@ -22,9 +22,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="synthetic", help="data spec (default: synthetic)")
     p.add_argument("--search", choices=("optuna", "random", "grid"),
                    help="optuna (TPE, default), random, or grid (Ray's variant generator)")
-    p.add_argument("--scheduler", default="asha",
-                   choices=("asha", "hyperband", "median", "pbt", "fifo"),
-                   help="early stopping / population scheduler (default: asha)")
+    p.add_argument("--scheduler", choices=("asha", "hyperband", "median", "pbt", "fifo"),
+                   help="early stopping / population scheduler (default: asha; fifo for "
+                   "--search grid, whose arms and repeats must all train to the end)")
     p.add_argument("--num-samples", type=int,
                    help="configurations to try (default 20; grid: passes over the grid, 1)")
     p.add_argument("--max-epochs", type=int, help="override the space's epochs")
@@ -68,7 +68,8 @@ def _options(args: argparse.Namespace):  # -> RunOptions
     from study.tuner import RunOptions
 
     return RunOptions(
-        space=args.space, data=args.data, search=args.search, scheduler=args.scheduler,
+        space=args.space, data=args.data, search=args.search,
+        scheduler=args.scheduler or ("fifo" if args.search == "grid" else "asha"),
         num_samples=args.num_samples, max_epochs=args.max_epochs, image_size=args.image_size,
         repeats=args.repeats, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,

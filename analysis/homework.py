@@ -1,0 +1,303 @@
+"""The homework's comparisons (loss; batch size; depth), answered with repeats.
+
+The homework ran one model per setting and changed one factor at a time from its baseline
+(CE loss, batch size 32, 3 hidden layers). Here each comparison's arms are the trials that differ
+in that factor only: the other homework factors are held at the baseline when the study has the
+baseline's value, and otherwise averaged over (marginalised), which the comparison's `note` says.
+Any other parameter that varies within an arm (a searched learning rate, say) is marginalised
+too, and named in the note.
+
+`collect_*` return DataFrames; `plot_*` draw them on an Axes and return it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, NamedTuple
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are only ever written to files
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+
+from analysis.results import CONFIG_KEYS, column_name  # noqa: E402
+from analysis.stats import ArmTest, compare_arms, finite, mean_ci  # noqa: E402
+
+BASELINE: dict[str, Any] = {"loss": "ce", "batch_size": 32, "depth": 3}
+# What the homework reported, per arm: (test accuracy %, label). None: no number reported.
+# Its baseline run (CE, batch 32, depth 3) reported "100 %": a two-logit CE head scored with the
+# BCE rule `sigmoid(out) > 0.5` broadcast against (B, 1) labels, not a real accuracy.
+BUG = "scoring bug"
+HOMEWORK: dict[str, dict[Any, tuple[float | None, str]]] = {
+    "loss": {"bce": (71.5, "71.5 %"), "ce": (100.0, f'"100 %" ({BUG})')},
+    "batch_size": {2: (None, "not reported"), 16: (74.0, "74 %"), 32: (100.0, f'"100 %" ({BUG})'),
+                   128: (72.25, "72.25 %")},
+    "depth": {3: (100.0, f'"100 %" ({BUG})'), 5: (72.0, "72 %")},
+}
+TITLES = {"loss": "Loss: BCE vs CE", "batch_size": "Batch size",
+          "depth": "Depth (hidden layers)"}
+CURVE_METRICS = ("train_accuracy", "val_accuracy", "train_loss", "val_loss")
+METRIC_LABELS = {"train_accuracy": "training accuracy (%)",
+                 "val_accuracy": "validation accuracy (%)", "train_loss": "training loss",
+                 "val_loss": "validation loss", "test_accuracy": "test accuracy (%)"}
+# Trials whose numbers describe their arm: finished runs. Stopped trials have no test score, and
+# diverged or errored ones measure a failure, not the setting; the report counts them apart.
+USABLE = ("completed",)
+CURVE_STATUSES = ("completed", "stopped", "unfinished")
+
+
+class Comparison(NamedTuple):
+    """One homework comparison: the factor, its arms, their trials, and how they were chosen."""
+
+    factor: str
+    title: str
+    arms: list[Any]  # the factor's values, in order
+    trials: pd.DataFrame  # the trials of the comparison (all statuses), factor column = arm
+    held: dict[str, Any]  # other homework factors held at the baseline
+    marginalised: list[str]  # parameters that vary within an arm, averaged over
+    note: str
+
+
+def arm_label(factor: str, value: Any) -> str:
+    """Human label of an arm: `BCE`, `batch 16`, `5 layers`."""
+    if factor == "loss":
+        return str(value).upper()
+    if factor == "batch_size":
+        return f"batch {value}"
+    if factor == "depth":
+        return f"{value} layers"
+    return f"{factor}={value}"
+
+
+def _varying(trials: pd.DataFrame) -> list[str]:
+    """Config columns (seed excluded) taking more than one value among `trials`."""
+    names = [column_name(k) for k in CONFIG_KEYS if k != "seed"]
+    return [c for c in names if c in trials and trials[c].nunique(dropna=True) > 1]
+
+
+def _py(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def select_comparison(trials: pd.DataFrame, factor: str,
+                      searched: list[str] | None = None) -> Comparison | None:
+    """Return the trials that answer the homework's question about `factor`, or None.
+
+    Another homework factor is held at the baseline when that leaves two arms or more, and
+    marginalised otherwise; so is any `searched` parameter that varies. None when the study
+    does not vary `factor` (a comparison needs two arms).
+    """
+    if factor not in trials or trials[factor].nunique(dropna=True) < 2:
+        return None
+    chosen = trials[trials[factor].notna()]
+    held: dict[str, Any] = {}
+    for other in BASELINE:
+        if other == factor or other not in _varying(chosen):
+            continue
+        at_baseline = chosen[chosen[other] == BASELINE[other]]
+        if at_baseline[factor].nunique() >= 2:
+            chosen = at_baseline
+            held[other] = BASELINE[other]
+    if chosen[factor].nunique() < 2:
+        return None
+    # A searched parameter, or one that varies inside an arm, is averaged over; one that is
+    # not searched and varies only with the factor (the deeper arm's widths) is part of the
+    # arm's definition.
+    searched_columns = {column_name(p) for p in searched or []}
+    marginalised = [c for c in _varying(chosen) if c != factor
+                    and (c in searched_columns
+                         or chosen.groupby(factor)[c].nunique(dropna=True).max() > 1)]
+    arms = sorted(chosen[factor].unique(), key=lambda v: (isinstance(v, str), v))
+    parts = []
+    if held:
+        parts.append("held at the homework's baseline: "
+                     + ", ".join(f"{k} = {v}" for k, v in held.items()))
+    if marginalised:
+        parts.append("averaged over (marginalised): " + ", ".join(marginalised))
+    if not parts:
+        parts.append("every other setting is the same in all arms")
+    return Comparison(factor, TITLES.get(factor, factor), [_py(a) for a in arms],
+                      chosen.reset_index(drop=True), held, marginalised, "; ".join(parts) + ".")
+
+
+def homework_number(factor: str, value: Any) -> tuple[float | None, str]:
+    """Return the homework's reported test accuracy for an arm and its label."""
+    return HOMEWORK.get(factor, {}).get(value, (None, "not run"))
+
+
+def collect_arm_stats(comparison: Comparison) -> pd.DataFrame:
+    """Return one row per arm: n, mean, SD and 95 % CI of test and best validation accuracy,
+    the per-seed test accuracies, trials left out (stopped, diverged, errored) and the
+    homework's number."""
+    rows = []
+    for arm in comparison.arms:
+        members = comparison.trials[comparison.trials[comparison.factor] == arm]
+        usable = members[members["status"].isin(USABLE)]
+        test = mean_ci(usable["test_accuracy"].tolist())
+        val = mean_ci(usable["best_val_accuracy"].tolist())
+        number, label = homework_number(comparison.factor, arm)
+        rows.append({
+            "factor": comparison.factor, "arm": arm, "label": arm_label(comparison.factor, arm),
+            "n": test.n, "test_mean": test.mean, "test_sd": test.std, "test_ci": test.half_width,
+            "val_mean": val.mean, "val_sd": val.std, "val_ci": val.half_width,
+            "test_values": [float(v) for v in finite(usable["test_accuracy"].tolist())],
+            "n_stopped": int((members["status"] == "stopped").sum()),
+            "n_diverged": int((members["status"] == "diverged").sum()),
+            "n_error": int(members["status"].isin(["error", "no_results"]).sum()),
+            "n_unfinished": int(members["status"].isin(
+                ["unfinished", "running", "pending", "paused"]).sum()),
+            "homework": math.nan if number is None else number,
+            "homework_label": label,
+        })
+    return pd.DataFrame(rows)
+
+
+def compare_test_accuracy(stats: pd.DataFrame) -> ArmTest:
+    """Welch's t-test (two arms) or one-way ANOVA (more) of the arms' test accuracies."""
+    return compare_arms({row.label: row.test_values for row in stats.itertuples()})
+
+
+def collect_arm_curves(comparison: Comparison, epochs: pd.DataFrame) -> pd.DataFrame:
+    """Return per arm, epoch and metric: mean and 95 % CI over the arm's seeds, and n.
+
+    Trials stopped early contribute the epochs they ran, so n can fall at later epochs.
+    """
+    members = comparison.trials[comparison.trials["status"].isin(CURVE_STATUSES)]
+    arm_of = dict(zip(members["trial_id"], members[comparison.factor], strict=True))
+    columns = ["arm", "label", "epoch", "metric", "mean", "low", "high", "n"]
+    rows = []
+    if epochs.empty or "trial_id" not in epochs:
+        return pd.DataFrame(columns=columns)
+    df = epochs[epochs["trial_id"].isin(arm_of)].copy()
+    df["arm"] = df["trial_id"].map(arm_of)
+    for (arm, epoch), group in df.groupby(["arm", "epoch"], sort=True):
+        for metric in CURVE_METRICS:
+            if metric not in group:
+                continue
+            ci = mean_ci(group[metric].tolist())
+            if ci.n == 0:
+                continue
+            half = ci.half_width if ci.n > 1 else 0.0
+            rows.append({"arm": _py(arm), "label": arm_label(comparison.factor, _py(arm)),
+                         "epoch": int(epoch), "metric": metric, "mean": ci.mean,
+                         "low": ci.mean - half, "high": ci.mean + half, "n": ci.n})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _new_axes(ax: Axes | None, size: tuple[float, float] = (6.0, 4.0)) -> Axes:
+    if ax is not None:
+        return ax
+    _, ax = plt.subplots(figsize=size)
+    return ax
+
+
+def plot_arm_curves(curves: pd.DataFrame, metric: str, ax: Axes | None = None) -> Axes:
+    """Draw `metric` per epoch for each arm: mean line and 95 % CI band over seeds."""
+    ax = _new_axes(ax)
+    data = curves[curves["metric"] == metric]
+    for i, (label, group) in enumerate(data.groupby("label", sort=False)):
+        group = group.sort_values("epoch")
+        color = f"C{i}"
+        n = int(group["n"].max())
+        ax.plot(group["epoch"], group["mean"], color=color, marker="o", markersize=3,
+                label=f"{label} (n = {n})")
+        ax.fill_between(group["epoch"], group["low"], group["high"], color=color, alpha=0.2,
+                        linewidth=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.grid(alpha=0.3)
+    if data.empty:
+        ax.text(0.5, 0.5, "no epochs reported", ha="center", va="center",
+                transform=ax.transAxes)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=8)
+    return ax
+
+
+def plot_arm_tests(stats: pd.DataFrame, ax: Axes | None = None, title: str = "") -> Axes:
+    """Draw test accuracy per arm: our mean with its 95 % CI and each seed as a dot, and the
+    homework's single-run number beside it (its "100 %" drawn as the scoring bug it was)."""
+    ax = _new_axes(ax, (max(5.0, 1.6 * len(stats) + 2), 4.2))
+    x = np.arange(len(stats))
+    width = 0.38
+    means = stats["test_mean"].to_numpy(dtype=float)
+    errors = np.nan_to_num(stats["test_ci"].to_numpy(dtype=float), nan=0.0)
+    ax.bar(x - width / 2, np.nan_to_num(means, nan=0.0), width, yerr=errors, capsize=4,
+           color="C0", alpha=0.85, label="this study: mean ± 95 % CI")
+    seeds = [v for row in stats.itertuples() for v in row.test_values]
+    low = np.nanmin(np.concatenate([means - errors, seeds, [60.0]]))
+    bottom = max(0.0, 10 * math.floor((low - 5) / 10))
+    for xi, row in zip(x, stats.itertuples(), strict=True):
+        values = row.test_values
+        if values:
+            jitter = np.linspace(-0.08, 0.08, len(values)) if len(values) > 1 else [0.0]
+            ax.scatter(xi - width / 2 + np.asarray(jitter), values, color="black", s=12,
+                       zorder=3, label="each seed" if xi == 0 else "_seed")
+        else:
+            ax.text(xi - width / 2, bottom + 2, "no finished trial", ha="center",
+                    va="bottom", fontsize=7, rotation=90)
+    first_hw = first_bug = True
+    for xi, row in zip(x, stats.itertuples(), strict=True):
+        if math.isnan(row.homework):
+            ax.text(xi + width / 2, bottom + 2, row.homework_label, ha="center", va="bottom",
+                    fontsize=7, rotation=90, color="grey")
+            continue
+        if BUG in row.homework_label:
+            ax.bar(xi + width / 2, row.homework, width, color="white", edgecolor="C3",
+                   hatch="xx", label="homework: reported 100 % = scoring bug" if first_bug
+                   else "_bug")
+            ax.text(xi + width / 2, (bottom + row.homework) / 2, '"100 %"\nscoring\nbug',
+                    ha="center", va="center", fontsize=7, color="C3",
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+            first_bug = False
+        else:
+            ax.bar(xi + width / 2, row.homework, width, color="grey", alpha=0.6,
+                   label="homework: one run" if first_hw else "_hw")
+            ax.text(xi + width / 2, row.homework + 0.5, f"{row.homework:g}", ha="center",
+                    va="bottom", fontsize=7)
+            first_hw = False
+    if bottom < 50:
+        ax.axhline(50, color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(x, [f"{row.label}\n(n = {row.n})" for row in stats.itertuples()])
+    ax.set_ylim(bottom, 104)
+    ax.set_ylabel(METRIC_LABELS["test_accuracy"])
+    if title:
+        ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4,
+              frameon=False)
+    return ax
+
+
+def plot_comparison_curves(comparison: Comparison, curves: pd.DataFrame) -> plt.Figure:
+    """Return a 2x2 figure: training and validation accuracy and loss per epoch, per arm."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
+    for ax, metric in zip(axes.flat, CURVE_METRICS, strict=True):
+        plot_arm_curves(curves, metric, ax=ax)
+        ax.set_title(METRIC_LABELS[metric].split(" (")[0].capitalize())
+    fig.suptitle(f"{comparison.title}: mean and 95 % CI over seeds\n({comparison.note})",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_record(comparison: Comparison, stats: pd.DataFrame,
+                      result: ArmTest) -> dict[str, Any]:
+    """A JSON-ready record of one comparison (for the report and summary/homework.json)."""
+    stopped = comparison.trials.loc[comparison.trials["status"] == "stopped", "trial_id"]
+    arms = []
+    for row in stats.to_dict("records"):
+        arms.append({k: (None if isinstance(v, float) and math.isnan(v) else _py(v))
+                     for k, v in row.items()})
+    return {"factor": comparison.factor, "title": comparison.title, "note": comparison.note,
+            "held": comparison.held, "marginalised": comparison.marginalised,
+            "test": result.test,
+            "p_value": None if math.isnan(result.p_value) else result.p_value,
+            "verdict": result.verdict, "stopped_trials": sorted(stopped),
+            "arms": json.loads(json.dumps(arms, default=str))}

@@ -1,0 +1,183 @@
+"""`study report` on a tiny real experiment: figures, exports, optuna.db, partial experiments.
+
+One experiment per module (a 2x2x2 homework-like grid, 2 seeds, 3 epochs on 8x8 synthetic
+images), made by `study run` in a subprocess so its Ray never meets another module's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from analysis.report import FIGURES, OPTUNA_DB, write_report
+from analysis.results import collect_trials, trial_dirs
+from study.cli import main
+
+pytestmark = pytest.mark.slow
+
+DATA = "synthetic:size=8,n=40,n_test=20"
+SPACE = """\
+metric: val_accuracy
+mode: max
+params:
+  loss: {choice: [bce, ce]}
+  batch_size: {choice: [32, 128]}
+  depth: {choice: [3, 5]}
+fixed:
+  width: {by_depth: {3: 16, 5: [32, 16, 16, 16, 16]}}
+  dropout: 0.2
+  lr: 1.0e-3
+  epochs: 3
+"""
+TRIALS = 2 * 2 * 2 * 2  # loss x batch size x depth x seeds
+PNG = b"\x89PNG\r\n\x1a\n"
+FIGURE_NAMES = [
+    *(f"homework_{f}_{kind}.png" for f in ("loss", "batch_size", "depth")
+      for kind in ("curves", "test")),
+    "hpo_history.png", "hpo_importance.png", "hpo_parallel.png", "hpo_learning_curves.png",
+    *(f"hpo_scatter_{p}.png" for p in ("loss", "batch_size", "depth")),
+]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the study once for the module; `study run` writes summary/ at its end."""
+    root = tmp_path_factory.mktemp("analysis")
+    space = root / "space.yaml"
+    space.write_text(SPACE)
+    cmd = [sys.executable, "-m", "study", "run", "--space", str(space), "--search", "grid",
+           "--repeats", "2", "--data", DATA, "--storage-path", str(root / "results"),
+           "--name", "exp", "--num-cpus", "2", "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return root / "results" / "exp"
+
+
+def _check_figures(summary: Path, names: list[str]) -> None:
+    report = (summary / "report.md").read_text()
+    for name in names:
+        data = (summary / FIGURES / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 2000, name
+        assert f"({FIGURES}/{name})" in report, f"report.md does not link {name}"
+
+
+def test_every_figure_written_and_linked(experiment: Path) -> None:
+    summary = experiment / "summary"
+    _check_figures(summary, FIGURE_NAMES)
+    assert sorted(p.name for p in (summary / FIGURES).glob("*.png")) == sorted(FIGURE_NAMES)
+
+
+def test_leaderboard_has_one_row_per_trial(experiment: Path) -> None:
+    board = pd.read_csv(experiment / "summary" / "leaderboard.csv")
+    assert len(board) == len(trial_dirs(experiment)) == TRIALS
+    assert set(board["status"]) == {"completed"}  # grid runs under FIFO: every repeat finishes
+
+
+def test_report_md_answers_the_homework(experiment: Path) -> None:
+    report = (experiment / "summary" / "report.md").read_text()
+    assert "study run --space" in report and DATA in report
+    assert f"Trials: {TRIALS} of {TRIALS} planned" in report
+    assert "Search: grid; scheduler: fifo" in report
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    for arm, homework in (("BCE", "71.5 %"), ("CE", '"100 %" (scoring bug)'),
+                          ("batch 32", '"100 %" (scoring bug)'), ("batch 128", "72.25 %"),
+                          ("3 layers", '"100 %" (scoring bug)'), ("5 layers", "72 %")):
+        row = next(r for r in rows if f"| {arm} | 2 |" in r)
+        assert " ± " in row and homework in row, row
+    for title in ("Loss: BCE vs CE", "Batch size", "Depth (hidden layers)"):
+        verdict = next(r for r in report.splitlines() if r.startswith(f"- **{title}**: "))
+        assert "difference" in verdict and "n = 2 per arm" in verdict, verdict
+    assert "held at the homework's baseline" in report
+    homework = pd.read_csv(experiment / "summary" / "homework.csv")
+    assert len(homework) == 6 and set(homework["n"]) == {2}
+    for key in ("test_accuracy", "test_auroc", "test_sensitivity", "test_specificity"):
+        assert f"| {key} | " in report
+
+
+def test_best_config_yaml_round_trips_through_study_train(experiment: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    path = experiment / "summary" / "best_config.yaml"
+    assert main(["train", "--config", str(path), "--data", DATA, "--epochs", "1"]) == 0
+    assert "Test accuracy is" in capsys.readouterr().out
+
+
+def test_optuna_db_holds_every_trial_and_the_best_value(experiment: Path) -> None:
+    db = experiment / "summary" / OPTUNA_DB
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{db}")
+    assert len(study.trials) == TRIALS
+    board = pd.read_csv(experiment / "summary" / "leaderboard.csv")
+    assert study.best_value == pytest.approx(board["val_accuracy"].max())
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert set(trial.params) == {"loss", "batch_size", "depth"}
+        assert sorted(trial.intermediate_values) == [1, 2, 3]
+        assert trial.intermediate_values[3] == pytest.approx(trial.value)
+    assert not list(db.parent.glob(".optuna.db.*"))  # the temporary file was renamed
+
+
+def _truncate(trial_dir: Path, keep: int = 1) -> None:
+    lines = (trial_dir / "result.json").read_text().splitlines()
+    (trial_dir / "result.json").write_text("\n".join(lines[:keep]) + "\n")
+
+
+@pytest.fixture
+def partial(experiment: Path, tmp_path: Path) -> Path:
+    """A copy of the experiment with one errored trial and one stopped after 1 epoch."""
+    copy = tmp_path / "partial"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("summary"))
+    dirs = trial_dirs(copy)
+    (dirs[0] / "error.txt").write_text("Traceback ...\nRuntimeError: out of memory\n")
+    _truncate(dirs[0])
+    _truncate(dirs[1])
+    return copy
+
+
+def test_report_on_an_experiment_with_an_errored_trial(partial: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    assert main(["report", str(partial)]) == 0
+    out = capsys.readouterr().out
+    assert "Missing: trial" in out and "RuntimeError: out of memory" in out
+    summary = partial / "summary"
+    statuses = collect_trials(partial)["status"].value_counts().to_dict()
+    assert statuses == {"completed": TRIALS - 2, "error": 1, "stopped": 1}
+    _check_figures(summary, FIGURE_NAMES)
+    report = (summary / "report.md").read_text()
+    assert "## Missing" in report and "errored: RuntimeError: out of memory" in report
+    assert "1 error" in report and "1 stopped" in report
+    study = optuna.load_study(study_name="partial", storage=f"sqlite:///{summary / OPTUNA_DB}")
+    states = [t.state for t in study.trials]
+    assert len(states) == TRIALS
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert states.count(optuna.trial.TrialState.PRUNED) == 1
+    board = pd.read_csv(summary / "leaderboard.csv")
+    assert len(board) == TRIALS
+    best_finished = board.loc[board["status"] == "completed", "val_accuracy"].max()
+    assert study.best_value == pytest.approx(best_finished)
+    best = json.loads((summary / "best_config.json").read_text())
+    assert best["config"]["loss"] in ("bce", "ce")
+
+
+def test_report_returns_the_keys_the_cli_prints(partial: Path) -> None:
+    summary = write_report(partial, out=partial / "elsewhere")
+    for key in ("experiment", "metric", "mode", "meta", "trials", "leaderboard", "best", "out",
+                "missing"):
+        assert key in summary
+    assert summary["out"] == partial / "elsewhere"
+    assert (partial / "elsewhere" / "report.md").exists()
+    assert any("errored" in line for line in summary["missing"])
+
+
+def test_report_on_a_folder_that_is_not_an_experiment(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a study experiment folder" in err[0]
+    assert not (tmp_path / "summary").exists()
