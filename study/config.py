@@ -92,6 +92,10 @@ def _check(c: TrialConfig) -> None:
             )
     elif not _is_int(c.width) or c.width < 1:
         raise StudyError(f"width must be an integer >= 1, got {c.width!r}")
+    if c.batch_size == 1 and c.batchnorm is True and c.depth > 0:
+        # BatchNorm1d cannot normalise a batch of one example in training mode.
+        raise StudyError("batch_size must be >= 2 with batchnorm on (BatchNorm1d cannot train "
+                         "on one example), got 1")
     if not _is_number(c.dropout) or not 0 <= c.dropout < 1:
         raise StudyError(f"dropout must lie in [0, 1), got {c.dropout!r}")
     if not isinstance(c.batchnorm, bool):
