@@ -101,6 +101,9 @@ def _check_out(out: Path, overwrite: bool) -> None:
             f"--out {out}: already holds a run ({', '.join(present)}); "
             "choose another folder or pass --overwrite"
         )
+
+
+def _make_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -131,6 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     spec = resolve_spec(args.data)
     data = to_device(load_data(spec), device, config.image_size)
+    if out is not None:
+        _make_out(out)  # only once the data loaded: bad input leaves no empty folder behind
     print(f"Training {config.to_dict()} on {args.data} at {data.image_size}x{data.image_size} "
           f"({len(data.train)} train, {len(data.val)} validation, {len(data.test)} test) "
           f"on {device}.")

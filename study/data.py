@@ -105,6 +105,9 @@ def _check_both_classes(split: Split, where: str) -> None:
 
 def _load_npy(path: Path) -> np.ndarray:
     try:
+        with open(path, "rb") as handle:
+            if handle.read(6) != b"\x93NUMPY":
+                raise StudyError(f"{path}: not a .npy file (no NumPy header)")
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc):

@@ -38,9 +38,14 @@ def classification_metrics(prob: torch.Tensor, labels: torch.Tensor) -> dict[str
     correct = (pred == labels).to(torch.float64)
     pos = labels == 1
     neg = ~pos
-    return {
+    values = {
         "accuracy": correct.mean() * 100.0,
         "auroc": auroc(prob.detach().to(torch.float64), labels),
         "sensitivity": correct[pos].mean(),
         "specificity": correct[neg].mean(),
     }
+    # A model whose outputs are NaN (training diverged) has no score: NaN, not the 50 % that
+    # comparing NaN against the threshold would give. Checked without a host sync.
+    broken = torch.isnan(prob).any()
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=prob.device)
+    return {k: torch.where(broken, nan, v) for k, v in values.items()}

@@ -173,6 +173,9 @@ class TrainState:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            # Dropout masks come from torch's global generator: keep it, so a resumed run
+            # continues exactly as an uninterrupted one would.
+            "torch_rng": torch.get_rng_state(),
             "epoch": self.epoch,
             "best_val_loss": self.best_val_loss,
             "best_model": self.best_model,
@@ -186,6 +189,8 @@ class TrainState:
         for group in self.optimizer.param_groups:
             group["weight_decay"] = self.config.weight_decay
         self.generator.set_state(state["generator"])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"].cpu())
         self.epoch = int(state["epoch"])
         self.best_val_loss = float(state["best_val_loss"])
         self.best_model = state["best_model"]
