@@ -21,6 +21,7 @@ Parameter names are `TrialConfig` fields; every value is checked against it when
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -227,6 +228,21 @@ def _check_depth_rules(space: SearchSpace) -> None:
             )
 
 
+class _SpaceLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that also reads `1e-5` as a float, as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (`1.0e-5`), so `lr: {loguniform:
+    [1e-5, 1e-1]}` would load two strings and be refused with a puzzling message.
+    """
+
+
+_SpaceLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """Read and check a YAML search space file."""
     path = Path(path)
@@ -235,7 +251,7 @@ def load_space(path: str | Path) -> SearchSpace:
     except OSError as exc:
         raise StudyError(f"--space {path}: cannot be read ({exc.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_SpaceLoader)  # safe: a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
@@ -263,7 +279,9 @@ class OptunaSpace:
     """A define-by-run function for `OptunaSearch(space=...)` (a class, so Ray can pickle it).
 
     Plain parameters are suggested by name; per-layer widths are suggested after the depth
-    (`width_0`, `width_1`, ...); fixed and by-depth values are returned as constants.
+    (`width_0`, `width_1`, ...); fixed and by-depth values are returned as constants. The
+    returned dict is the whole trial config: Ray merges it over Optuna's own parameter names,
+    and `StudyOptunaSearch` drops those that are not config keys (`width_0`, `width_index`).
     """
 
     def __init__(self, space: SearchSpace) -> None:
@@ -274,10 +292,7 @@ class OptunaSpace:
         constants: dict[str, Any] = {}
         for name, p in self.params.items():
             if p.kind in ("choice", "int", "uniform", "loguniform"):
-                value = _suggest(trial, name, p)
-                chosen[name] = value
-                if isinstance(value, list):
-                    constants[name] = value
+                chosen[name] = _suggest(trial, name, p)
             elif p.kind == "fixed":
                 constants[name] = list(p.value) if isinstance(p.value, tuple) else p.value
         depth = chosen.get("depth", constants.get("depth", TrialConfig().depth))
@@ -288,7 +303,7 @@ class OptunaSpace:
             elif p.kind == "by_depth":
                 value = dict(p.table)[depth]
                 constants[name] = list(value) if isinstance(value, tuple) else value
-        return constants
+        return {**chosen, **constants}
 
 
 def optuna_space(space: SearchSpace) -> OptunaSpace:
@@ -378,3 +393,24 @@ def grid_size(space: SearchSpace) -> int:
         elif p.kind == "int":
             size *= len(range(int(p.low), int(p.high) + 1, p.step))
     return size
+
+
+def fit_image_size(space: SearchSpace, data_size: int) -> SearchSpace:
+    """Return `space` with image sizes the data cannot provide collapsed to its own size.
+
+    Images are never upsampled, so on 28x28 data the choices 32 and 64 would both train at 28:
+    searching them would only add a dimension that changes nothing. Choices at or above the
+    data's size become one value (the data's size); if one value is left, it is fixed.
+    """
+    p = space.params.get("image_size")
+    if p is None or p.kind not in ("choice", "int"):
+        return space
+    if p.kind == "choice":
+        values = sorted({min(int(v), data_size) for v in p.values})
+    else:
+        values = sorted({min(v, data_size) for v in range(int(p.low), int(p.high) + 1, p.step)})
+    if len(values) == 1:
+        return space.with_fixed(image_size=values[0])
+    params = dict(space.params)
+    params["image_size"] = Param("image_size", "choice", values=tuple(values))
+    return SearchSpace(space.metric, space.mode, params, space.fixed, space.source, space.raw)
