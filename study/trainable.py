@@ -15,7 +15,7 @@ import torch
 
 from study.config import TrialConfig
 from study.data import Dataset
-from study.train import DeviceData, TrainState, fit, new_state, resolve_device, to_device
+from study.train import DeviceData, TrainState, fit, new_state, to_device
 
 STATE_FILE = "state.pt"
 
@@ -33,6 +33,19 @@ def resident_data(data: Dataset, data_key: str, image_size: int | None,
             del _RESIDENT[old]  # another study's data: free it
         _RESIDENT[key] = to_device(data, device, image_size)
     return _RESIDENT[key]
+
+
+def trial_device(gpu_ids: list[Any]) -> torch.device:
+    """Return CUDA only if Ray assigned this trial a GPU (`ray.get_gpu_ids()`) and torch sees one.
+
+    Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s), so `cuda` (device 0 of the visible
+    ones) is the trial's GPU, shared with the other trials packed onto it. Ray 2.60 leaves
+    CUDA_VISIBLE_DEVICES alone for a trial with no GPU, so such a trial on a GPU node would see
+    every GPU: it trains on the CPU instead of using a GPU that Ray did not give it.
+    """
+    if gpu_ids and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def trial_config(config: dict[str, Any]) -> TrialConfig:
@@ -67,7 +80,7 @@ def train_trial(
 
     torch.set_num_threads(max(1, threads))
     cfg = trial_config(config)
-    device = resolve_device("auto")
+    device = trial_device(ray.get_gpu_ids())
     device_data = resident_data(data, data_key, cfg.image_size, device)
     state = new_state(cfg, device_data)
     checkpoint = tune.get_checkpoint()
