@@ -215,8 +215,12 @@ def plot_parallel(params: pd.DataFrame, distributions: dict[str, Any], metric: s
     if shown.empty or not names:
         return _empty(ax, "no finished trial with searched parameters")
     columns, tick_sets = [], []
+    rng = np.random.default_rng(0)
     for name in names:
         pos, ticks = _axis_positions(shown[name], distributions[name])
+        if isinstance(distributions[name], CategoricalDistribution):
+            # repeats and grid points share a category: spread them so each line shows
+            pos = pos + rng.uniform(-0.025, 0.025, len(pos))
         columns.append(pos)
         tick_sets.append(ticks)
     values = shown["value"].to_numpy(dtype=float)
@@ -247,8 +251,9 @@ def plot_parallel(params: pd.DataFrame, distributions: dict[str, Any], metric: s
     ax.set_ylim(-0.05, 1.05)
     mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(vmin, vmax))
     ax.figure.colorbar(mappable, ax=ax, label=metric, fraction=0.04)
-    ax.set_title(f"Parallel coordinates ({int((states == 'complete').sum())} finished trials in "
-                 f"colour, {int((states == 'pruned').sum())} stopped in grey)")
+    stopped = int((states == "pruned").sum())
+    ax.set_title(f"Parallel coordinates ({int((states == 'complete').sum())} finished trials "
+                 "in colour" + (f", {stopped} stopped early in grey)" if stopped else ")"))
     return ax
 
 
@@ -324,7 +329,9 @@ def plot_learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame, metric: str
               fontsize=8)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
-    ax.set_title("Learning curves of every trial (x: last epoch of a trial stopped early)")
+    ax.set_title("Learning curves of every trial"
+                 + (" (x: the last epoch of a trial that did not finish)"
+                    if set(counts) - {"completed"} else " (none stopped early)"))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     return ax

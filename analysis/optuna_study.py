@@ -183,6 +183,7 @@ def build_study(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str, Any]
 
     Trials that never started (no folder) are left out: they have no parameters to show.
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" lines
     metric = meta.get("metric", "val_accuracy")
     direction = "minimize" if meta.get("mode", "max") == "min" else "maximize"
     space = space_distributions(meta)

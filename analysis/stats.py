@@ -119,9 +119,11 @@ def compare_arms(arms: Mapping[str, Sequence[float]], alpha: float = ALPHA) -> A
     statistic, p = float(statistic), float(p)
     if p < alpha:
         means = [float(s.mean()) for s in samples]
-        top = names[int(np.argmax(means))]
+        order = f"highest: {names[int(np.argmax(means))]}"
+        if len(samples) > 2:
+            order += f", lowest: {names[int(np.argmin(means))]}"
         verdict = (f"significant difference at alpha = {alpha:g} ({_format_p(p)}, "
-                   f"{_format_n(ns)}; highest: {top})")
+                   f"{_format_n(ns)}; {order})")
     else:
         verdict = (f"no significant difference at alpha = {alpha:g} ({_format_p(p)}, "
                    f"{_format_n(ns)})")

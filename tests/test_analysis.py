@@ -137,6 +137,15 @@ def partial(experiment: Path, tmp_path: Path) -> Path:
     (dirs[0] / "error.txt").write_text("Traceback ...\nRuntimeError: out of memory\n")
     _truncate(dirs[0])
     _truncate(dirs[1])
+    # Ray's own record of the trial: ERROR (an error.txt alone may be a retried trial's)
+    errored = json.loads((dirs[0] / "result.json").read_text().splitlines()[0])["trial_id"]
+    for state_file in copy.glob("experiment_state-*.json"):
+        state = json.loads(state_file.read_text())
+        for entry in state["trial_data"]:
+            trial = json.loads(entry[0])
+            if trial["trial_id"] == errored:
+                entry[0] = json.dumps({**trial, "status": "ERROR"})
+        state_file.write_text(json.dumps(state))
     return copy
 
 
