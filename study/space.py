@@ -317,7 +317,7 @@ def optuna_space(space: SearchSpace) -> OptunaSpace:
 def _depth_lookup(p: Param) -> Callable[[Any], Any]:
     table = {d: list(v) if isinstance(v, tuple) else v for d, v in p.table}
     default_depth = TrialConfig().depth
-    return lambda spec: table[spec.config.get("depth", default_depth)]
+    return lambda config: table[config.get("depth", default_depth)]
 
 
 def tune_space(space: SearchSpace) -> dict[str, Any]:
@@ -349,8 +349,8 @@ def tune_space(space: SearchSpace) -> dict[str, Any]:
             assert inner is not None
             default_depth = TrialConfig().depth
 
-            def layers(spec: Any, inner: Param = inner) -> list[int]:
-                depth = spec.config.get("depth", default_depth)
+            def layers(config: Any, inner: Param = inner) -> list[int]:
+                depth = config.get("depth", default_depth)
                 if inner.kind == "choice":
                     return [random.choice(inner.values) for _ in range(depth)]
                 return [random.randint(int(inner.low), int(inner.high)) for _ in range(depth)]
