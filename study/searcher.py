@@ -7,6 +7,8 @@ import math
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from study.space import PARAM_NAMES
+
 
 class StudyOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna a trial stopped early by the scheduler was PRUNED.
@@ -18,19 +20,34 @@ class StudyOptunaSearch(OptunaSearch):
     Under `Repeater`, Optuna is told the mean over repeats and this check does not apply.
     """
 
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """Return the trial's config: config keys only, without Optuna's helper parameters.
+
+        Ray merges the define-by-run function's return value over every name suggested to
+        Optuna, so per-layer widths would also arrive as `width_0`, `width_1`, ... and a choice
+        of width lists as `width_index`, which are not TrialConfig fields.
+        """
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            config = {k: v for k, v in config.items() if k in PARAM_NAMES or k.startswith("__")}
+        return config
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        config = (result or {}).get("config") or {}
+        result = result or {}
+        # Ray hands searchers the result flattened (`config/epochs`); accept the nested form too.
+        planned = result.get("config/epochs", (result.get("config") or {}).get("epochs"))
         stopped_early = (
-            not error and result is not None and "epoch" in result and "epochs" in config
-            and result["epoch"] < config["epochs"] and "diverged" not in result
+            not error and "epoch" in result and planned is not None
+            and result["epoch"] < planned and "diverged" not in result
         )
-        value = (result or {}).get(self.metric)
+        value = result.get(self.metric)
         bad_value = isinstance(value, float) and not math.isfinite(value)
         if (stopped_early or bad_value) and trial_id in self._ot_trials \
                 and trial_id not in self._completed_trials:
-            state = optuna.trial.TrialState.PRUNED if stopped_early else optuna.trial.TrialState.FAIL
+            states = optuna.trial.TrialState
+            state = states.PRUNED if stopped_early else states.FAIL
             self._ot_study.tell(self._ot_trials[trial_id], state=state)
             self._completed_trials.add(trial_id)
             return
-        super().on_trial_complete(trial_id, result=result, error=error)
+        super().on_trial_complete(trial_id, result=result or None, error=error)

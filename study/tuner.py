@@ -166,7 +166,6 @@ def make_scheduler(opts: RunOptions, space: SearchSpace, epochs: int) -> Any:
     from ray.tune.schedulers import (
         ASHAScheduler,
         FIFOScheduler,
-        HyperBandScheduler,
         MedianStoppingRule,
         PopulationBasedTraining,
     )
@@ -176,24 +175,64 @@ def make_scheduler(opts: RunOptions, space: SearchSpace, epochs: int) -> Any:
         return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=grace,
                              reduction_factor=3)
     if opts.scheduler == "hyperband":
-        return HyperBandScheduler(time_attr="training_iteration", max_t=epochs,
-                                  reduction_factor=3)
+        # Asynchronous Hyperband: ASHA over Hyperband's brackets (Li et al., 2020). Ray's
+        # synchronous HyperBandScheduler pauses trials at its milestones and, with fewer trials
+        # than its brackets hold, ends the study with some of them still PAUSED
+        # (ray-project/ray#37605), so `study run` reported it unfinished.
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1,
+                             reduction_factor=3, brackets=int(math.log(epochs, 3)) + 1)
     if opts.scheduler == "median":
         return MedianStoppingRule(time_attr="training_iteration", grace_period=grace,
                                   min_samples_required=3)
     if opts.scheduler == "pbt":
-        mutations = {}
+        mutations, bounds = {}, []
         for name, (kind, low, high) in PBT_MUTATIONS.items():
             p = space.params.get(name)
             if p is not None and p.kind in ("uniform", "loguniform"):
                 kind, low, high = p.kind, p.low, p.high
             mutations[name] = (tune.loguniform(low, high) if kind == "loguniform"
                                else tune.uniform(low, high))
+            bounds.append((name, low, high))
         return PopulationBasedTraining(time_attr="training_iteration",
                                        perturbation_interval=pbt_interval(epochs),
                                        hyperparam_mutations=mutations, quantile_fraction=0.25,
-                                       seed=opts.seed)
+                                       custom_explore_fn=ClipToBounds(tuple(bounds)))
     return FIFOScheduler()
+
+
+@dataclass(frozen=True)
+class ClipToBounds:
+    """PBT's explore step multiplies a value by 0.8 or 1.2 without bounds; keep it in its range.
+
+    Unclipped, a dropout of 0.7 reaches 1.008 after two steps up and the trial fails.
+    """
+
+    bounds: tuple[tuple[str, float, float], ...]  # (name, low, high)
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for name, low, high in self.bounds:
+            if isinstance(config.get(name), float):
+                config[name] = min(max(config[name], low), high)
+        return config
+
+
+def fresh_json_logger() -> Any:
+    """Ray's JSON logger, except that a trial restarted by this driver keeps its result.json.
+
+    On every trial start Ray copies result.json back from the storage path, whose copy is
+    synced only now and then; a trial paused and restarted within the run (PBT, a retry after
+    a failure) so lost the epochs reported since the last sync (ray-project/ray#41668). The local
+    copy is the freshest one whenever it exists; after a `--resume` it does not, and the stored
+    copy is used as before.
+    """
+    from ray.tune.logger import JsonLoggerCallback
+
+    class FreshJsonLoggerCallback(JsonLoggerCallback):
+        def _restore_from_remote(self, file_name: str, trial: Any) -> None:
+            if not Path(trial.local_path, file_name).exists():
+                super()._restore_from_remote(file_name, trial)
+
+    return FreshJsonLoggerCallback()
 
 
 def pbt_interval(epochs: int) -> int:
@@ -364,6 +403,7 @@ def run_study(opts: RunOptions) -> StudyRun:
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             progress_reporter=_reporter(space),
             verbose=opts.verbose,
+            callbacks=[fresh_json_logger()],
         )
         expected = expected_trials(opts, space)
         if opts.resume:
