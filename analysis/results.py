@@ -108,8 +108,17 @@ def _trial_id(trial_dir: Path, results: list[dict[str, Any]]) -> str:
 
 def _status(last: dict[str, Any] | None, config: dict[str, Any], ray_status: str,
             error_file: Path) -> tuple[str, str]:
-    """Return (status, reason) for one trial."""
-    if error_file.exists():
+    """Return (status, reason) for one trial.
+
+    Ray keeps a trial's error.txt after the trial was retried (`--max-failures`) and went on,
+    so error.txt marks an error only where Ray's state does not show the trial terminated or
+    still going (and, without that state, where the trial did not reach its planned epochs).
+    """
+    planned = config.get("epochs")
+    reached = last is not None and planned is not None and last.get("epoch", 0) >= planned
+    recovered = (ray_status in ("TERMINATED", "RUNNING", "PENDING", "PAUSED")
+                 or (not ray_status and reached))
+    if error_file.exists() and not recovered:
         text = error_file.read_text(errors="replace").strip().splitlines()
         return "error", (text[-1] if text else "error")[:300]
     if last and last.get("diverged"):
@@ -120,7 +129,6 @@ def _status(last: dict[str, Any] | None, config: dict[str, Any], ray_status: str
         return ray_status.lower(), "not finished"
     if last is None:
         return "no_results", "no epoch reported"
-    planned = config.get("epochs")
     if planned is not None and last.get("epoch", 0) < planned:
         if ray_status == "TERMINATED":
             return "stopped", (f"stopped by the scheduler after {last.get('epoch')}/{planned} "

@@ -16,7 +16,8 @@ class StudyOptunaSearch(OptunaSearch):
     Ray tells such a trial COMPLETE with its partial metric, so TPE would rank an epoch-3
     accuracy of a stopped trial against finished runs as if it were final. Told PRUNED (its
     intermediate values were reported every epoch), TPE ranks it below every completed trial,
-    which is what the scheduler's decision means. A non-finite metric is told as FAIL.
+    which is what the scheduler's decision means. A non-finite metric, or a diverged trial
+    (whose NaN outputs still score a finite accuracy), is told as FAIL.
     Under `Repeater`, Optuna is told the mean over repeats and this check does not apply.
     """
 
@@ -42,7 +43,8 @@ class StudyOptunaSearch(OptunaSearch):
             and result["epoch"] < planned and "diverged" not in result
         )
         value = result.get(self.metric)
-        bad_value = isinstance(value, float) and not math.isfinite(value)
+        bad_value = ((isinstance(value, float) and not math.isfinite(value))
+                     or bool(result.get("diverged")))
         if (stopped_early or bad_value) and trial_id in self._ot_trials \
                 and trial_id not in self._completed_trials:
             states = optuna.trial.TrialState

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -17,9 +18,11 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
         description="Run a Ray Tune study: Optuna TPE + ASHA over search_spaces/default.yaml on "
         "synthetic data by default, on a local Ray. Writes summary/ into the experiment folder.",
     )
-    p.add_argument("--space", default="default",
-                   help="search space YAML, or a shipped one: default, homework (default: default)")
-    p.add_argument("--data", default="synthetic", help="data spec (default: synthetic)")
+    # Flags default to None here so that `--resume` can tell a flag given from one left out
+    # (left out: the study's own value from study.json); `_options` fills in the defaults.
+    p.add_argument("--space", help="search space YAML, or a shipped one: default, homework "
+                   "(default: default)")
+    p.add_argument("--data", help="data spec (default: synthetic)")
     p.add_argument("--search", choices=("optuna", "random", "grid"),
                    help="optuna (TPE, default), random, or grid (Ray's variant generator)")
     p.add_argument("--scheduler", choices=("asha", "hyperband", "median", "pbt", "fifo"),
@@ -29,11 +32,12 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
                    help="configurations to try (default 20; grid: passes over the grid, 1)")
     p.add_argument("--max-epochs", type=int, help="override the space's epochs")
     p.add_argument("--image-size", type=int, help="override the space's image size")
-    p.add_argument("--repeats", type=int, default=1,
+    p.add_argument("--repeats", type=int,
                    help="train every configuration with this many seeds (default 1)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="default 1")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0,
-                   help="GPUs per trial, fractions allowed (0.25 packs 4 trials on a GPU)")
+    p.add_argument("--cpus-per-trial", type=float, help="default 1")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per trial, fractions allowed (0.25 packs 4 trials on a GPU; "
+                   "default 0)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     p.add_argument("--address", help="Ray cluster: auto, host:port or ray://host:port "
                    "(default: a local Ray on 127.0.0.1, dashboard off)")
@@ -42,12 +46,17 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shared-storage", action="store_true",
                    help="declare a local --storage-path shared by all nodes (an NFS mount)")
     p.add_argument("--name", help="experiment name (default: study-<date>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the experiment --name")
-    p.add_argument("--seed", type=int, default=0, help="search seed and first trial seed")
-    p.add_argument("--max-failures", type=int, default=0,
-                   help="retry a failed trial this many times from its last checkpoint")
-    p.add_argument("--checkpoint-every", type=int, default=5,
-                   help="checkpoint every N epochs, and at the end (0: only at the end)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the experiment --name (in --storage-path) with the options "
+                   "it started with; finished trials are kept, unfinished ones continue from "
+                   "their last checkpoint")
+    p.add_argument("--seed", type=int, help="search seed and first trial seed (default 0)")
+    p.add_argument("--max-failures", type=int,
+                   help="retry a failed trial this many times from its last checkpoint "
+                   "(default 0)")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="checkpoint every N epochs, and at the end (0: only at the end; "
+                   "default 5)")
     p.add_argument("--num-cpus", type=int, help="CPUs a local Ray may use (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress table")
 
@@ -65,19 +74,22 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _options(args: argparse.Namespace):  # -> RunOptions
-    from study.tuner import RunOptions
+    """RunOptions from the flags: defaults for those left out, or with --resume the study's."""
+    from dataclasses import fields, replace
 
-    return RunOptions(
-        space=args.space, data=args.data, search=args.search,
-        scheduler=args.scheduler or ("fifo" if args.search == "grid" else "asha"),
-        num_samples=args.num_samples, max_epochs=args.max_epochs, image_size=args.image_size,
-        repeats=args.repeats, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-        address=args.address, storage_path=args.storage_path,
-        shared_storage=args.shared_storage, name=args.name, resume=args.resume, seed=args.seed,
-        max_failures=args.max_failures, checkpoint_every=args.checkpoint_every,
-        num_cpus=args.num_cpus, verbose=0 if args.quiet else 1,
-    )
+    from study.tuner import RunOptions, default_name, resume_options
+
+    given = {f.name: getattr(args, f.name, None) for f in fields(RunOptions)}
+    given["verbose"] = 0 if args.quiet else 1
+    if args.resume:
+        return resume_options(given)
+    defaults = RunOptions()
+    opts = RunOptions(**{k: getattr(defaults, k) if v is None else v for k, v in given.items()})
+    if args.scheduler is None:
+        # Grid arms and repeats must all train to the end to be compared.
+        opts = replace(opts, scheduler="fifo" if opts.search == "grid" else "asha")
+    # Named now, so that an interrupted run can say how to resume it.
+    return opts if opts.name else replace(opts, name=default_name())
 
 
 def _print_best(summary: dict) -> None:
@@ -97,28 +109,46 @@ def _print_best(summary: dict) -> None:
             print(f"  {key:>16}: {value:.4f}{extra}")
 
 
+def _resume_command(opts) -> str:  # opts: RunOptions
+    from study.tuner import storage_root
+
+    return (f"study run --resume --name {opts.name} --storage-path "
+            f"{storage_root(opts.storage_path)}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """`study run`: run the study, then write and show its summary."""
-    from analysis.report import write_report
-    from study.tuner import run_study
+    """`study run`: run the study, then write and show its summary.
+
+    Exit status 0 when every requested trial ended (completed, stopped early, diverged or
+    errored), 130 when the study was interrupted (Ctrl-C): what finished is saved and the
+    message says how to resume.
+    """
+    from study.tuner import experiment_dir, run_study
 
     opts = _options(args)
     start = time.monotonic()
     try:
         run = run_study(opts)
     except KeyboardInterrupt:
-        name = opts.name or "<the name printed above>"
-        print(f"\nInterrupted. Finished trials are saved; continue with: study run --resume "
-              f"--name {name} --storage-path {opts.storage_path} (and the same --space/--data)")
+        exp_dir = experiment_dir(opts)
+        if opts.resume or exp_dir is None or exp_dir.exists():
+            print(f"\nInterrupted. Finished trials are saved; continue with: "
+                  f"{_resume_command(opts)}", file=sys.stderr)
+        else:
+            print("\nInterrupted before the study started; nothing was saved. Run the same "
+                  "command again to start it.", file=sys.stderr)
         return 130
     wall = time.monotonic() - start
+    from analysis.report import write_report  # here: bad input fails without loading it
+
     summary = write_report(run.path)
     _print_best(summary)
     print(f"\n{run.num_trials} trials ({run.num_errors} errored) in {wall:.1f} s.")
     print(f"Results: {run.path}\nSummary: {run.path / 'summary'}")
     if run.interrupted:
-        print(f"The study did not finish; continue with: study run --resume --name "
-              f"{run.path.name} --storage-path {run.path.parent}")
+        print(f"\nInterrupted: the study did not finish; what finished is saved. Continue "
+              f"with: study run --resume --name {run.path.name} --storage-path "
+              f"{run.path.parent}", file=sys.stderr)
         return 130
     return 0
 

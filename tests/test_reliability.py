@@ -1,0 +1,635 @@
+"""Faults a long study must survive, each proven on real processes.
+
+Every study here is `python -m study run` in a session of its own (see `_proc`), with its own
+local Ray, tiny synthetic data and trials of a few epochs. Trials train with batch size 2 where
+a test must catch one mid-way, so that an epoch lasts long enough to act on. Conditions are
+polled on the files Ray writes (result.json), never waited for with fixed sleeps: the machine
+these run on is shared and slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from _proc import (
+    TINY_DATA,
+    finished_trials,
+    run_study_process,
+    running_trial,
+    study_command,
+    study_process,
+    terminated_trials,
+    trial_results,
+    wait_for,
+    write_space,
+)
+
+from study.io import write_json_atomic, write_text_atomic
+
+SLOW_NET = {"loss": "ce", "batch_size": 2, "depth": 1, "width": 16}  # ~0.5-2 s an epoch here
+FAST_NET = {"loss": "ce", "batch_size": 32, "depth": 1, "width": 16}
+LR = {"lr": {"loguniform": [1.0e-3, 1.0e-2]}}
+START_S = 300  # Ray's start and the first trials, on a contended machine
+RUN_S = 400
+DASHBOARD_PORT = 8265  # Ray's default
+
+
+def run_args(space: Path, storage: Path, name: str, *flags: str) -> list[str]:
+    return ["run", "--space", str(space), "--data", TINY_DATA, "--storage-path", str(storage),
+            "--name", name, "--num-cpus", "2", "--quiet", *flags]
+
+
+def resume_args(storage: Path, name: str) -> list[str]:
+    """Exactly the command `study run` prints for resuming: no space, data or search flags."""
+    return ["run", "--resume", "--name", name, "--storage-path", str(storage), "--quiet"]
+
+
+def leaderboard(exp: Path) -> pd.DataFrame:
+    df = pd.read_csv(exp / "summary" / "leaderboard.csv")
+    assert df["trial_id"].is_unique, df["trial_id"].tolist()
+    return df
+
+
+def by_trial(exp: Path) -> dict[str, list[dict[str, Any]]]:
+    """trial_id -> result.json rows, checking one folder per trial id."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for rows in trial_results(exp).values():
+        assert rows, "a trial folder with an empty result.json"
+        trial_id = rows[-1]["trial_id"]
+        assert trial_id not in out, f"trial {trial_id} has two folders"
+        out[trial_id] = rows
+    return out
+
+
+def no_traceback(*texts: str) -> None:
+    for text in texts:
+        assert "Traceback" not in text, text[-3000:]
+
+
+# --- 1. the driver killed: resume finishes every trial exactly once ------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigkill_driver_then_resume_runs_every_trial_once(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": 6})
+    storage, name, requested = tmp_path / "results", "killed", 6
+    exp = storage / name
+    with study_process(run_args(space, storage, name, "--num-samples", str(requested),
+                                "--scheduler", "fifo", "--max-concurrent", "1",
+                                "--checkpoint-every", "1"), tmp_path / "logs") as study:
+
+        def two_done_one_running() -> bool:
+            study.tree()
+            assert study.proc.poll() is None, study.output()
+            # Finished as Ray's saved state records it (result.json runs a little ahead).
+            return len(terminated_trials(exp)) >= 2 and running_trial(exp, 2) is not None
+
+        wait_for(two_done_one_running, START_S, interval=0.2,
+                 what="two finished trials and a third one mid-way")
+        study.kill_all()  # the driver, its process group and the workers under it
+        assert study.proc.returncode == -signal.SIGKILL
+        wait_for(lambda: not study.alive(), 30, what="every process of the study to be gone")
+    finished_ids = terminated_trials(exp)
+    assert len(finished_ids) >= 2
+    lines_before = {tid: len(rows) for tid, rows in by_trial(exp).items()}
+    interrupted = {tid for tid, rows in by_trial(exp).items() if rows[-1]["epoch"] < 6}
+    meta_before = (exp / "study.json").read_bytes()
+
+    status, resumed = run_study_process(resume_args(storage, name), tmp_path / "logs", RUN_S,
+                                        tag="resume")
+    assert status == 0, resumed.output()
+    no_traceback(resumed.stdout(), resumed.stderr())
+    assert f"{requested} trials (0 errored)" in resumed.stdout()
+
+    rows = by_trial(exp)
+    assert len(rows) == requested
+    board = leaderboard(exp)
+    assert len(board) == requested and set(board["trial_id"]) == set(rows)
+    assert (board["status"] == "completed").all(), board[["trial_id", "status", "reason"]]
+    assert (board["epochs"] == 6).all()
+    for trial_id in finished_ids:  # recorded as finished before the kill: not run again
+        assert len(rows[trial_id]) == lines_before[trial_id], trial_id
+    assert interrupted, "no trial was mid-way at the kill"
+    for trial_id in interrupted:  # continued from its checkpoint, not from epoch 1
+        resumed_rows = rows[trial_id][lines_before[trial_id]:]
+        assert resumed_rows[0]["iterations_since_restore"] == 1
+        assert resumed_rows[0]["epoch"] > 1
+        assert resumed_rows[-1]["epoch"] == 6
+    for trial_rows in rows.values():
+        assert {r["epoch"] for r in trial_rows} <= set(range(1, 7))
+        assert trial_rows[-1]["epoch"] == 6
+    assert (exp / "study.json").read_bytes() == meta_before  # the study's record is kept
+    best = json.loads((exp / "summary" / "best_config.json").read_text())
+    assert best["trial_ids"][0] in set(rows)
+
+
+# --- 2. a worker killed mid-trial: the trial continues from its last checkpoint ------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_killed_worker_restarts_trial_from_its_checkpoint(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": 8})
+    storage, name = tmp_path / "results", "worker"
+    exp = storage / name
+    with study_process(run_args(space, storage, name, "--num-samples", "2", "--scheduler",
+                                "fifo", "--max-concurrent", "1", "--checkpoint-every", "1",
+                                "--max-failures", "2"), tmp_path / "logs") as study:
+
+        def mid_trial() -> dict[str, Any] | None:
+            study.tree()
+            assert study.proc.poll() is None, study.output()
+            return running_trial(exp, 2)
+
+        row = wait_for(mid_trial, START_S, interval=0.2, what="a trial at epoch 2 or later")
+        victim, trial_id = row["pid"], row["trial_id"]
+        assert victim in study.alive(), "the trial's worker is not a process of this study"
+        os.kill(victim, signal.SIGKILL)
+        status = study.wait(RUN_S)
+    assert status == 0, study.output()
+    no_traceback(study.stdout())
+    rows = by_trial(exp)[trial_id]
+    epochs = [r["epoch"] for r in rows]
+    pids = [r["pid"] for r in rows]
+    restart = next(i for i, pid in enumerate(pids) if pid != victim)
+    assert all(pid == victim for pid in pids[:restart])
+    assert rows[restart]["iterations_since_restore"] == 1  # a fresh worker ...
+    assert rows[restart]["epoch"] >= 2  # ... continuing from a checkpoint, not from epoch 1
+    assert epochs[-1] == 8 and epochs == sorted(epochs)
+    board = leaderboard(exp).set_index("trial_id")
+    assert len(board) == 2
+    assert (board["status"] == "completed").all(), board[["status", "reason"]]
+    assert board.loc[trial_id, "failures"] == 1
+    assert board.loc[trial_id, "epochs"] == 8
+    assert "2 trials (0 errored)" in study.stdout()
+
+
+# --- 3. a diverging configuration is ended, reported and never chosen ----------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_diverged_trial_is_reported_and_never_best(tmp_path: Path) -> None:
+    # SGD at lr 1e30 turns the loss NaN in its first epoch (checked with `study train`).
+    space = write_space(tmp_path / "space.yaml", {"lr": {"choice": [1.0e-3, 1.0e30]}},
+                        {**FAST_NET, "optimizer": "sgd", "epochs": 3})
+    storage, name = tmp_path / "results", "diverge"
+    exp = storage / name
+    status, study = run_study_process(run_args(space, storage, name, "--search", "grid"),
+                                      tmp_path / "logs", RUN_S)
+    assert status == 0, study.output()
+    no_traceback(study.stdout())
+    board = leaderboard(exp).set_index("lr")
+    assert len(board) == 2
+    bad, good = board.loc[1.0e30], board.loc[1.0e-3]
+    assert bad["status"] == "diverged"
+    assert "train_loss=nan" in bad["reason"] and "epoch 1" in bad["reason"]
+    assert bad["epochs"] == 1
+    assert good["status"] == "completed" and good["epochs"] == 3  # the study went on
+    best = json.loads((exp / "summary" / "best_config.json").read_text())
+    assert best["config"]["lr"] == 1.0e-3
+    assert best["trial_ids"] == [good["trial_id"]]
+
+
+def test_optuna_is_told_a_diverged_trial_failed() -> None:
+    """A diverged trial's NaN outputs still score ~50 % accuracy; TPE must not learn from it."""
+    import optuna
+
+    from study.searcher import StudyOptunaSearch
+    from study.space import optuna_space, parse_space
+
+    space = parse_space({"metric": "val_accuracy", "mode": "max",
+                         "params": {"lr": {"loguniform": [1.0e-4, 1.0e-1]}},
+                         "fixed": {"epochs": 3}})
+    search = StudyOptunaSearch(space=optuna_space(space), metric="val_accuracy", mode="max",
+                               sampler=optuna.samplers.TPESampler(seed=0))
+    search.suggest("a")
+    search.on_trial_complete("a", {"val_accuracy": 50.0, "epoch": 1, "diverged": 1.0,
+                                   "train_loss": float("nan"), "config/epochs": 3})
+    trial = search._ot_study.get_trials(deepcopy=False)[0]
+    assert trial.state == optuna.trial.TrialState.FAIL
+
+
+# --- 4. Ctrl-C: a clean exit that says how to resume; the resume works ---------------------
+
+
+RESUME_HINT = re.compile(r"study run --resume --name (\S+) --storage-path (\S+)")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("target", ["driver", "process group"])
+def test_ctrl_c_exits_cleanly_and_says_how_to_resume(target: str, tmp_path: Path) -> None:
+    """SIGINT to the driver (`kill -INT`), or to its whole process group (a terminal's Ctrl-C).
+
+    Ray's handler stops the trials and saves the experiment state; `study run` then writes
+    the partial summary, prints the resume command and exits with 130 (128 + SIGINT).
+    """
+    space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": 6})
+    storage, name, requested = tmp_path / "results", "ctrl-c", 4
+    exp = storage / name
+    with study_process(run_args(space, storage, name, "--num-samples", str(requested),
+                                "--scheduler", "fifo", "--max-concurrent", "1",
+                                "--checkpoint-every", "1"), tmp_path / "logs") as study:
+
+        def one_done_one_running() -> bool:
+            study.tree()
+            assert study.proc.poll() is None, study.output()
+            return len(finished_trials(exp)) >= 1 and running_trial(exp, 1) is not None
+
+        wait_for(one_done_one_running, START_S, interval=0.2,
+                 what="a finished trial and a running one")
+        if target == "driver":
+            os.kill(study.pid, signal.SIGINT)
+        else:
+            os.killpg(study.pid, signal.SIGINT)
+        status = study.wait(180)
+        out, err = study.stdout(), study.stderr()
+        assert status == 130, study.output()
+        no_traceback(out, err)
+        assert "Tuner.restore(" not in out + err  # Ray's hint is replaced by ours
+        hint = RESUME_HINT.search(err)
+        assert hint, err[-3000:]
+        assert hint.group(1) == name and Path(hint.group(2)) == storage
+        # Ray shut down with the driver: none of its processes is left behind.
+        wait_for(lambda: not study.alive(), 60, what="Ray's processes to exit")
+    lines_before = {tid: len(rows) for tid, rows in by_trial(exp).items()}
+    partial = leaderboard(exp)  # the summary of what was done when interrupted
+    done_before = set(partial.loc[partial["status"] == "completed", "trial_id"])
+    assert done_before and done_before == terminated_trials(exp)
+
+    # The printed command, as printed.
+    command = ["run", *hint.group(0).split()[2:], "--quiet"]
+    status, resumed = run_study_process(command, tmp_path / "logs", RUN_S, tag="resume")
+    assert status == 0, resumed.output()
+    rows = by_trial(exp)
+    assert len(rows) == requested
+    for trial_id in done_before:
+        assert len(rows[trial_id]) == lines_before[trial_id]
+    board = leaderboard(exp)
+    assert len(board) == requested and (board["status"] == "completed").all()
+
+
+# --- 5. results that cannot be written: refused before anything starts ---------------------
+
+
+@pytest.mark.parametrize("how", ["under a file", "in sysfs"])
+def test_unwritable_results_folder_fails_before_any_trial(how: str, tmp_path: Path) -> None:
+    """Paths that no user, root included, can create folders in (chmod does not stop root)."""
+    space = write_space(tmp_path / "space.yaml", LR, {**FAST_NET, "epochs": 2})
+    if how == "under a file":
+        (tmp_path / "afile").write_text("a regular file")
+        storage = tmp_path / "afile" / "sub"
+    else:
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("no sysfs on this machine")
+        storage = Path("/sys/study-results")
+    start = time.monotonic()
+    proc = subprocess.run(study_command(*run_args(space, storage, "w")), capture_output=True,
+                          text=True, timeout=300, start_new_session=True)
+    elapsed = time.monotonic() - start
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("study: error: --storage-path"), proc.stderr
+    assert str(storage) in lines[0] and "cannot be written" in lines[0]
+    no_traceback(proc.stdout, proc.stderr)
+    assert "Started a local Ray" not in proc.stderr  # refused before Ray or any trial
+    assert elapsed < 30
+    if how == "under a file":
+        assert (tmp_path / "afile").read_text() == "a regular file"
+
+
+# --- 6. soak: many tiny trials, a tenth of the workers killed ------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_soak_40_trials_with_killed_workers(tmp_path: Path) -> None:
+    requested, kills = 40, 4
+    space = write_space(tmp_path / "space.yaml", LR, {**FAST_NET, "batch_size": 8,
+                                                      "epochs": 4})
+    storage, name = tmp_path / "results", "soak"
+    exp = storage / name
+    rng = random.Random(7)
+    start = time.monotonic()
+    killed: list[int] = []
+    with study_process(run_args(space, storage, name, "--num-samples", str(requested),
+                                "--scheduler", "fifo", "--checkpoint-every", "1",
+                                "--max-failures", "3"), tmp_path / "logs") as study:
+        while len(killed) < kills:
+            # Kill at a random point: after a random number of further finished trials.
+            target = len(finished_trials(exp)) + rng.randint(1, 5)
+
+            def victim(target: int = target) -> int | None:
+                study.tree()
+                assert study.proc.poll() is None, study.output()
+                if len(finished_trials(exp)) < target:
+                    return None
+                alive = study.alive()
+                running = [rows[-1]["pid"] for rows in trial_results(exp).values()
+                           if rows and rows[-1]["epoch"] < rows[-1]["config"]["epochs"]
+                           and rows[-1]["pid"] in alive and rows[-1]["pid"] not in killed]
+                return rng.choice(running) if running else None
+
+            pid = wait_for(victim, START_S, interval=0.05, what="a worker to kill")
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        status = study.wait(RUN_S)
+    elapsed = time.monotonic() - start
+    assert status == 0, study.output()
+    rows = by_trial(exp)
+    assert len(rows) == requested
+    board = leaderboard(exp)
+    assert len(board) == requested and set(board["trial_id"]) == set(rows)
+    assert (board["status"] == "completed").all(), board[["trial_id", "status", "reason"]]
+    assert (board["epochs"] == 4).all()
+    assert board["failures"].sum() >= 1, "no kill reached a trial"
+    assert board["failures"].sum() <= kills
+    assert f"{requested} trials (0 errored)" in study.stdout()
+    assert elapsed < 180, f"the soak took {elapsed:.0f} s"
+
+
+# --- the local Ray listens on 127.0.0.1 only, without a dashboard --------------------------
+
+
+def _listening(pids: set[int]) -> list[tuple[int, str, int]]:
+    """(pid, local address, port) of every listening TCP socket that one of `pids` holds."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    link = os.readlink(fd)
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes[link[8:-1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                address, port = local.split(":")
+                found.append((inodes[inode], _address(address, width), int(port, 16)))
+    return found
+
+
+def _address(hex_ip: str, width: int) -> str:
+    raw = bytes.fromhex(hex_ip)
+    if width == 8:
+        return ".".join(str(b) for b in raw[::-1])
+    words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]  # little-endian 32-bit words
+    packed = b"".join(words)
+    if packed[:12] == b"\0" * 10 + b"\xff\xff":  # an IPv4-mapped address
+        return ".".join(str(b) for b in packed[12:])
+    return packed.hex()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_local_ray_listens_on_loopback_only_without_dashboard(tmp_path: Path) -> None:
+    # A long trial, so Ray is certainly serving when it is looked at; then the study is killed.
+    space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": 50})
+    storage, name = tmp_path / "results", "loopback"
+    exp = storage / name
+    with study_process(run_args(space, storage, name, "--num-samples", "1", "--scheduler",
+                                "fifo"), tmp_path / "logs") as study:
+
+        def serving() -> list[tuple[int, str, int]]:
+            assert study.proc.poll() is None, study.output()
+            if running_trial(exp, 1) is None:  # Ray, its agents and a worker are all up
+                return []
+            return _listening({pid for pid, _ in study.tree()})
+
+        sockets = wait_for(serving, START_S, interval=0.2, what="Ray to serve a trial")
+        commands = []
+        for pid, _ in study.tree():
+            try:
+                commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" "))
+            except OSError:
+                pass
+    assert any(b"gcs_server" in c for c in commands) and any(b"raylet" in c for c in commands)
+    assert len({pid for pid, _, _ in sockets}) >= 2, sockets  # the GCS and the raylet at least
+    assert all(address == "127.0.0.1" for _, address, _ in sockets), sockets
+    # Ray keeps a headless dashboard process for usage stats; it must serve no web UI.
+    dashboards = [c for c in commands if b"dashboard/dashboard.py" in c]
+    assert all(b"--disable-frontend" in c for c in dashboards), dashboards
+    assert not any(port == DASHBOARD_PORT for _, _, port in sockets), sockets
+    rows = [row for rows in trial_results(exp).values() for row in rows]
+    assert rows and all(row["node_ip"] == "127.0.0.1" for row in rows)
+
+
+# --- summary files are written atomically --------------------------------------------------
+
+
+def test_atomic_write_keeps_the_old_file_when_the_rename_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "best_config.json"
+    write_json_atomic(target, {"lr": 0.001})
+
+    def fail(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("study.io.os.replace", fail)
+    with pytest.raises(OSError):
+        write_json_atomic(target, {"lr": 0.1, "more": "x" * 10_000})
+    assert json.loads(target.read_text()) == {"lr": 0.001}
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary file left
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_stops_midway(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "leaderboard.csv"
+    write_text_atomic(target, "trial_id,status\na,completed\n")
+    real_fdopen = os.fdopen
+
+    class HalfWriter:
+        """A file handle that writes half of what it is given, then fails (a full disk)."""
+
+        def __init__(self, handle: Any) -> None:
+            self.handle = handle
+
+        def write(self, text: str) -> int:
+            self.handle.write(text[: len(text) // 2])
+            self.handle.flush()
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.handle, name)
+
+        def __enter__(self) -> HalfWriter:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+    monkeypatch.setattr("study.io.os.fdopen", lambda *a, **k: HalfWriter(real_fdopen(*a, **k)))
+    with pytest.raises(OSError):
+        write_text_atomic(target, "trial_id,status\n" + "b,completed\n" * 1000)
+    assert target.read_text() == "trial_id,status\na,completed\n"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+CRASH_WRITER = """
+import os, signal, sys
+from study import io
+os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # die between write and rename
+io.write_json_atomic(sys.argv[1], {"config": {"lr": 0.1}, "pad": "x" * 100000})
+"""
+
+
+def test_a_crash_while_writing_never_leaves_half_a_best_config(tmp_path: Path) -> None:
+    """A real process killed after writing the new file but before renaming it."""
+    target = tmp_path / "best_config.json"
+    write_json_atomic(target, {"config": {"lr": 0.001}})
+    before = target.read_bytes()
+    proc = subprocess.run([sys.executable, "-c", CRASH_WRITER, str(target)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert target.read_bytes() == before
+    assert json.loads(target.read_text()) == {"config": {"lr": 0.001}}
+
+
+def test_report_after_a_failed_write_keeps_the_previous_best_config(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`study report` interrupted while replacing best_config.json leaves the old one whole."""
+    from analysis.report import write_report
+
+    exp = tmp_path / "exp"
+    for i, (trial_id, acc) in enumerate((("aaaa0001", 60.0), ("aaaa0002", 70.0))):
+        trial = exp / f"train_trial_{trial_id}_{i + 1}_lr=0.00{i + 1}"
+        trial.mkdir(parents=True)
+        config = {**FAST_NET, "lr": 0.001 * (i + 1), "epochs": 2, "seed": 0}
+        (trial / "params.json").write_text(json.dumps(config))
+        rows = [{"epoch": e, "val_accuracy": acc - 2 + e, "val_loss": 0.6, "val_auroc": 0.7,
+                 "train_loss": 0.6, "train_accuracy": 60.0, "trial_id": trial_id,
+                 "config": config, "time_total_s": 1.0} for e in (1, 2)]
+        (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_report(exp)
+    best = exp / "summary" / "best_config.json"
+    old = best.read_bytes()
+    assert json.loads(old)["trial_ids"] == ["aaaa0002"]
+
+    # A new, better trial; the report is interrupted as it replaces best_config.json.
+    trial = exp / "train_trial_aaaa0003_3_lr=0.003"
+    trial.mkdir()
+    config = {**FAST_NET, "lr": 0.003, "epochs": 2, "seed": 0}
+    (trial / "params.json").write_text(json.dumps(config))
+    (trial / "result.json").write_text(json.dumps(
+        {"epoch": 2, "val_accuracy": 90.0, "val_loss": 0.3, "val_auroc": 0.9,
+         "train_loss": 0.3, "train_accuracy": 90.0, "trial_id": "aaaa0003", "config": config,
+         "time_total_s": 1.0}) + "\n")
+    real_replace = os.replace
+
+    def interrupted(src: str, dst: str) -> None:
+        if Path(dst).name == "best_config.json":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr("study.io.os.replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(exp)
+    assert best.read_bytes() == old
+    assert not [p for p in best.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+# --- Ctrl-C before any state was saved ---------------------------------------------------
+
+
+def test_ctrl_c_before_the_study_started_leaves_nothing_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Interrupted while Ray starts: exit 130, and the same command can simply be run again."""
+    from study import cli, tuner
+
+    def interrupted(opts: tuner.RunOptions) -> tuner.StudyRun:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tuner, "run_study", interrupted)
+    space = write_space(tmp_path / "space.yaml", LR, {**FAST_NET, "epochs": 2})
+    assert cli.main(run_args(space, tmp_path / "results", "early")) == 130
+    err = capsys.readouterr().err
+    assert "before the study started; nothing was saved" in err and "Traceback" not in err
+
+
+def test_an_unstarted_experiment_folder_is_removed_but_nothing_else(tmp_path: Path) -> None:
+    from study.tuner import _remove_unstarted
+
+    unstarted = tmp_path / "unstarted"
+    unstarted.mkdir()
+    for name in ("study.json", "tuner.pkl", ".validate_storage_marker"):
+        (unstarted / name).write_text("x")
+    _remove_unstarted(unstarted)
+    assert not unstarted.exists()
+
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "study.json").write_text("x")
+    (started / "experiment_state-2026.json").write_text("{}")
+    _remove_unstarted(started)
+    assert (started / "study.json").exists()
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "study.json").write_text("x")
+    (foreign / "my-notes.txt").write_text("keep me")
+    _remove_unstarted(foreign)
+    assert (foreign / "my-notes.txt").read_text() == "keep me"
+
+
+def test_deferred_checkpoint_deletion_waits_for_two_later_state_writes(tmp_path: Path) -> None:
+    """A checkpoint is deleted only once a state saved after the request is on disk."""
+    from study import atomic_fs
+
+    fs = atomic_fs.atomic_local_filesystem()
+    deleted: list[str] = []
+    atomic_fs.defer_until_state_saved(lambda: deleted.append("old"))
+    state = tmp_path / "experiment_state-x.json"
+    for n in range(2):
+        assert deleted == [], f"deleted after {n} state write(s)"
+        with fs.open_output_stream(str(state)) as out:
+            out.write(b'{"trial_data": []}')
+    assert deleted == ["old"]
+    assert json.loads(state.read_text()) == {"trial_data": []}
+    assert [p.name for p in tmp_path.iterdir()] == [state.name]  # no temporary file left
+
+
+def test_storage_files_are_replaced_whole(tmp_path: Path) -> None:
+    """A copy into the storage path that fails midway leaves the previous file intact."""
+    import pyarrow.fs as pafs
+
+    from study import atomic_fs
+
+    fs = atomic_fs.atomic_local_filesystem()
+    target = tmp_path / "result.json"
+    target.write_text('{"epoch": 1}\n')
+    stream = fs.open_output_stream(str(target))
+    stream.write(b'{"epoch": 1}\n{"epoch": 2')  # a crash here: never closed
+    assert target.read_text() == '{"epoch": 1}\n'
+    stream.close()
+    assert target.read_text() == '{"epoch": 1}\n{"epoch": 2'
+    source = tmp_path / "staging"
+    source.mkdir()
+    (source / "result.json").write_text('{"epoch": 3}\n')
+    (tmp_path / "copy").mkdir()  # as for the local filesystem, copy_files needs the folder
+    pafs.copy_files(str(source), str(tmp_path / "copy"), destination_filesystem=fs)
+    assert (tmp_path / "copy" / "result.json").read_text() == '{"epoch": 3}\n'
