@@ -8,6 +8,7 @@ where there is one) is kept in `_RESIDENT` so later trials of that actor skip th
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +94,20 @@ def train_trial(
         "device": device.type,
     }
 
+    # `epoch_seconds`: the epoch's own training and validation time, without Ray's reporting
+    # and checkpointing, so a study's overhead can be read off its results (bench/run.py).
+    started = time.perf_counter()
+
     def report(metrics: dict[str, float], state: TrainState) -> None:
+        nonlocal started
+        result = {**metrics, **extra, "epoch_seconds": time.perf_counter() - started}
         last = state.epoch >= cfg.epochs or "diverged" in metrics
         if not (last or (checkpoint_every > 0 and state.epoch % checkpoint_every == 0)):
-            tune.report({**metrics, **extra})
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(state.state_dict(), Path(folder) / STATE_FILE)
-            tune.report({**metrics, **extra},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(result)
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(state.state_dict(), Path(folder) / STATE_FILE)
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+        started = time.perf_counter()
 
     fit(cfg, device_data, on_epoch=report, state=state)
