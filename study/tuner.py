@@ -761,7 +761,9 @@ def _check_trusted(exp_dir: Path) -> None:
     resumes only from files that this user (or root) owns and others cannot write.
     """
     uid = os.getuid() if hasattr(os, "getuid") else None
-    for path in (exp_dir, *sorted(exp_dir.glob("*.pkl"))):
+    # The experiment state is JSON, but Ray keeps parts of each trial in it as pickles.
+    pickled = [*exp_dir.glob("*.pkl"), *exp_dir.glob("experiment_state-*.json")]
+    for path in (exp_dir, *sorted(pickled)):
         st = path.stat()
         if st.st_mode & 0o002 or (uid is not None and st.st_uid not in (uid, 0)):
             raise StudyError(

@@ -141,7 +141,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     wall = time.monotonic() - start
     from analysis.report import write_report  # here: bad input fails without loading it
 
-    summary = write_report(run.path)
+    try:
+        summary = write_report(run.path)
+    except KeyboardInterrupt:  # each summary file is whole: the old one or the new one
+        print(f"\nInterrupted while writing the summary; the results are saved. Write it "
+              f"with: study report {run.path}", file=sys.stderr)
+        return 130
     _print_best(summary)
     print(f"\n{run.num_trials} trials ({run.num_errors} errored) in {wall:.1f} s.")
     print(f"Results: {run.path}\nSummary: {run.path / 'summary'}")
