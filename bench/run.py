@@ -9,7 +9,7 @@ also written to `bench/results/<date-time>/` (git-ignored) and `bench/results/la
     python bench/run.py --only epoch,memory          # a subset
 
 Keys (numbers; null where not measured, e.g. the GPU keys without a GPU):
-- overhead_ratio: wall time of the study's `Tuner.fit` (Ray already up) / ideal, where
+- overhead_ratio: wall time of `run_study` with Ray already started / ideal, where
   ideal = sum of the trials' pure training seconds / concurrent slots. 16 trials x 10 epochs,
   32x32 synthetic, Optuna + FIFO, `search_spaces/default.yaml`. Pure training seconds: each
   epoch's training and validation as timed inside the trial (`epoch_seconds`), so they see
