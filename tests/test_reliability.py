@@ -237,8 +237,10 @@ def test_ctrl_c_exits_cleanly_and_says_how_to_resume(target: str, tmp_path: Path
     Ray's handler stops the trials and saves the experiment state; `study run` then writes
     the partial summary, prints the resume command and exits with 130 (128 + SIGINT).
     """
-    space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": 6})
-    storage, name, requested = tmp_path / "results", "ctrl-c", 4
+    # Long enough (8 trials x 12 epochs, one at a time) that an idle machine cannot finish the
+    # study between two polls of the state Ray writes every few seconds.
+    space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": 12})
+    storage, name, requested = tmp_path / "results", "ctrl-c", 8
     exp = storage / name
     with study_process(run_args(space, storage, name, "--num-samples", str(requested),
                                 "--scheduler", "fifo", "--max-concurrent", "1",
