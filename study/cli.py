@@ -89,7 +89,8 @@ def _train_config(args: argparse.Namespace) -> Any:
     if args.width is not None:
         flags["width"] = args.width[0] if len(args.width) == 1 else list(args.width)
     values.update({k: v for k, v in flags.items() if v is not None})
-    return TrialConfig.from_dict(values, where=f"--config {args.config}" if args.config else "flags")
+    where = f"--config {args.config}" if args.config else "flags"
+    return TrialConfig.from_dict(values, where=where)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -113,7 +114,8 @@ def _make_out(out: Path) -> None:
 def _print_test(metrics: dict[str, float]) -> None:
     print(f"Test accuracy is {metrics['test_accuracy']:.2f}%.")
     print(
-        f"Test AUROC is {metrics['test_auroc']:.4f}, sensitivity {metrics['test_sensitivity']:.4f}, "
+        f"Test AUROC is {metrics['test_auroc']:.4f}, "
+        f"sensitivity {metrics['test_sensitivity']:.4f}, "
         f"specificity {metrics['test_specificity']:.4f}."
     )
 
@@ -188,7 +190,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     data = to_device(raw, device, image_size)
     metrics = evaluate(model.to(device), get_loss(config.loss), data.test)
-    values = dict(zip(metrics, torch.stack(list(metrics.values())).tolist()))
+    values = dict(zip(metrics, torch.stack(list(metrics.values())).tolist(), strict=True))
     print(f"Evaluating {args.checkpoint} ({config.loss}, {image_size}x{image_size}) on "
           f"{len(data.test)} test images of {args.data}.")
     _print_test({f"test_{k}": v for k, v in values.items()})

@@ -62,7 +62,9 @@ def _check_images(images: np.ndarray, where: str) -> np.ndarray:
             f"{where}: images must have 3 dimensions (N, H, W), got shape {images.shape}"
         )
     if images.shape[1] != images.shape[2]:
-        raise StudyError(f"{where}: images must be square, got {images.shape[1]}x{images.shape[2]}")
+        raise StudyError(
+            f"{where}: images must be square, got {images.shape[1]}x{images.shape[2]}"
+        )
     if len(images) == 0:
         raise StudyError(f"{where}: holds no images")
     if images.dtype == np.uint8:
@@ -117,7 +119,9 @@ def _load_npy(path: Path) -> np.ndarray:
         raise StudyError(f"{path}: cannot be read ({exc})") from None
 
 
-def holdout(split: Split, fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED) -> tuple[Split, Split]:
+def holdout(
+    split: Split, fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED
+) -> tuple[Split, Split]:
     """Split off a seeded, stratified `fraction` of `split`; return (train, validation)."""
     rng = np.random.default_rng(seed)
     val_idx = []

@@ -347,10 +347,9 @@ def tune_space(space: SearchSpace) -> dict[str, Any]:
         elif p.kind == "per_layer":
             inner = p.inner
             assert inner is not None
-            default_depth = TrialConfig().depth
 
             def layers(config: Any, inner: Param = inner) -> list[int]:
-                depth = config.get("depth", default_depth)
+                depth = config.get("depth", TrialConfig().depth)
                 if inner.kind == "choice":
                     return [random.choice(inner.values) for _ in range(depth)]
                 return [random.randint(int(inner.low), int(inner.high)) for _ in range(depth)]

@@ -227,7 +227,8 @@ def evaluate_test(state: TrainState, data: DeviceData) -> dict[str, float]:
     if state.best_model:
         model.load_state_dict(state.best_model)
     raw = evaluate(model, get_loss(state.config.loss), data.test)
-    return {f"test_{k}": v for k, v in zip(raw, torch.stack(list(raw.values())).tolist())}
+    values = torch.stack(list(raw.values())).tolist()  # one host sync
+    return {f"test_{k}": v for k, v in zip(raw, values, strict=True)}
 
 
 EpochCallback = Callable[[dict[str, float], TrainState], None]
@@ -258,7 +259,7 @@ def fit(
             [train["loss"], train["accuracy"], val["loss"], val["accuracy"], val["auroc"]]
         ).tolist()  # the one host sync of the epoch
         state.epoch += 1
-        metrics = dict(zip(EPOCH_METRICS, values), epoch=state.epoch)
+        metrics = dict(zip(EPOCH_METRICS, values, strict=True), epoch=state.epoch)
         diverged = not math.isfinite(metrics["train_loss"])
         if not diverged and metrics["val_loss"] < state.best_val_loss:
             state.best_val_loss = metrics["val_loss"]

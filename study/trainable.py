@@ -75,7 +75,7 @@ def train_trial(
     checkpoint_every: int = 5,
     threads: int = 1,
 ) -> None:
-    """Train one trial; report metrics each epoch and checkpoint every few epochs and at the end."""
+    """Train one trial; report each epoch; checkpoint every few epochs and at the end."""
     import ray
     from ray import tune
 

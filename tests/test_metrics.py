@@ -13,8 +13,8 @@ from study.metrics import THRESHOLD, auroc, classification_metrics
 
 def _pairwise_auroc(prob: list[float], labels: list[int]) -> float:
     """P(score of a positive > score of a negative), ties counting one half."""
-    pos = [p for p, y in zip(prob, labels) if y == 1]
-    neg = [p for p, y in zip(prob, labels) if y == 0]
+    pos = [p for p, y in zip(prob, labels, strict=True) if y == 1]
+    neg = [p for p, y in zip(prob, labels, strict=True) if y == 0]
     wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
     return wins / (len(pos) * len(neg))
 
