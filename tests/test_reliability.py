@@ -83,8 +83,11 @@ def no_traceback(*texts: str) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sigkill_driver_then_resume_runs_every_trial_once(tmp_path: Path) -> None:
-    space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": 6})
-    storage, name, requested = tmp_path / "results", "killed", 6
+    # Long enough (8 trials x 12 epochs, one at a time) that an idle machine cannot finish the
+    # study between two polls of the state Ray writes every few seconds.
+    epochs = 12
+    space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": epochs})
+    storage, name, requested = tmp_path / "results", "killed", 8
     exp = storage / name
     with study_process(run_args(space, storage, name, "--num-samples", str(requested),
                                 "--scheduler", "fifo", "--max-concurrent", "1",
@@ -104,7 +107,7 @@ def test_sigkill_driver_then_resume_runs_every_trial_once(tmp_path: Path) -> Non
     finished_ids = terminated_trials(exp)
     assert len(finished_ids) >= 2
     lines_before = {tid: len(rows) for tid, rows in by_trial(exp).items()}
-    interrupted = {tid for tid, rows in by_trial(exp).items() if rows[-1]["epoch"] < 6}
+    interrupted = {tid for tid, rows in by_trial(exp).items() if rows[-1]["epoch"] < epochs}
     meta_before = (exp / "study.json").read_bytes()
 
     status, resumed = run_study_process(resume_args(storage, name), tmp_path / "logs", RUN_S,
@@ -118,7 +121,7 @@ def test_sigkill_driver_then_resume_runs_every_trial_once(tmp_path: Path) -> Non
     board = leaderboard(exp)
     assert len(board) == requested and set(board["trial_id"]) == set(rows)
     assert (board["status"] == "completed").all(), board[["trial_id", "status", "reason"]]
-    assert (board["epochs"] == 6).all()
+    assert (board["epochs"] == epochs).all()
     for trial_id in finished_ids:  # recorded as finished before the kill: not run again
         assert len(rows[trial_id]) == lines_before[trial_id], trial_id
     assert interrupted, "no trial was mid-way at the kill"
@@ -126,10 +129,10 @@ def test_sigkill_driver_then_resume_runs_every_trial_once(tmp_path: Path) -> Non
         resumed_rows = rows[trial_id][lines_before[trial_id]:]
         assert resumed_rows[0]["iterations_since_restore"] == 1
         assert resumed_rows[0]["epoch"] > 1
-        assert resumed_rows[-1]["epoch"] == 6
+        assert resumed_rows[-1]["epoch"] == epochs
     for trial_rows in rows.values():
-        assert {r["epoch"] for r in trial_rows} <= set(range(1, 7))
-        assert trial_rows[-1]["epoch"] == 6
+        assert {r["epoch"] for r in trial_rows} <= set(range(1, epochs + 1))
+        assert trial_rows[-1]["epoch"] == epochs
     assert (exp / "study.json").read_bytes() == meta_before  # the study's record is kept
     best = json.loads((exp / "summary" / "best_config.json").read_text())
     assert best["trial_ids"][0] in set(rows)

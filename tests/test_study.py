@@ -256,10 +256,10 @@ def test_random_pbt_restores_from_checkpoints(ray_cluster: None, tmp_path: Path)
     assert (df["status"] == "completed").all() and (df["epochs"] == 4).all()
     # pbt_global.txt: one line per exploit, [target, donor, target's iteration, donor's
     # iteration, old config, new config]; the target restarts from the donor's checkpoint.
-    exploits: dict[tuple[str, float], set[int]] = {}
+    exploits: dict[str, set[int]] = {}
     for line in (exp / "pbt_global.txt").read_text().splitlines():
-        target, _donor, _target_iter, donor_iter, _old, new = json.loads(line)
-        exploits.setdefault((target.split("_")[0].zfill(5), new["lr"]), set()).add(donor_iter)
+        target, _donor, _target_iter, donor_iter, _old, _new = json.loads(line)
+        exploits.setdefault(target.split("_")[0].zfill(5), set()).add(donor_iter)
     assert exploits and list(exp.glob("pbt_policy_*.txt"))
     restored = 0
     for trial_dir in exp.glob("train_trial_*"):
@@ -267,12 +267,11 @@ def test_random_pbt_restores_from_checkpoints(ray_cluster: None, tmp_path: Path)
         rows = results(trial_dir)
         assert rows[0]["epoch"] == 1 and rows[-1]["epoch"] == 4
         for prev, row in zip(rows, rows[1:], strict=False):
-            if row["config"]["lr"] == prev["config"]["lr"]:
-                # Paused and resumed, or not: the next epoch, none lost.
-                assert row["epoch"] == prev["epoch"] + 1, trial_dir.name
-            else:
-                # Exploited: it continues from the epoch of the donor's checkpoint.
-                assert row["epoch"] - 1 in exploits.get((index, row["config"]["lr"]), ())
+            # The next epoch, none lost; or, after an exploit, the epoch after the donor's
+            # checkpoint (an exploit may repeat an epoch, and a perturbation clipped to a
+            # bound can leave lr as it was, so the lr alone does not tell an exploit).
+            if row["epoch"] != prev["epoch"] + 1:
+                assert row["epoch"] - 1 in exploits.get(index, ()), trial_dir.name
         for row in rows:
             # The epoch comes from the checkpoint's training state, so it continues Ray's
             # iteration count after a restore instead of starting again at 1.
