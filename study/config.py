@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from study.errors import StudyError
+from study.io import load_yaml
 from study.losses import LOSSES
 
 OPTIMIZERS = ("adam", "sgd")
@@ -124,7 +125,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise StudyError(f"--config {path}: cannot be read ({exc.strerror})") from None
     try:
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        values = json.loads(text) if path.suffix == ".json" else load_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0]
         raise StudyError(f"--config {path}: not valid YAML/JSON ({first})") from None

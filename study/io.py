@@ -4,9 +4,32 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that also reads `1e-5` as a float, as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (`1.0e-5`), so `lr: 1e-5` would load
+    as a string and be refused with a puzzling message.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML safely (no object construction); `1e-5` is a float. Raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

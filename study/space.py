@@ -21,7 +21,6 @@ Parameter names are `TrialConfig` fields; every value is checked against it when
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,6 +30,7 @@ import yaml
 
 from study.config import TrialConfig
 from study.errors import StudyError
+from study.io import load_yaml
 
 METRICS = ("val_accuracy", "val_loss", "val_auroc")
 MODES = ("max", "min")
@@ -228,21 +228,6 @@ def _check_depth_rules(space: SearchSpace) -> None:
             )
 
 
-class _SpaceLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that also reads `1e-5` as a float, as YAML 1.2 does.
-
-    PyYAML follows YAML 1.1, where a float needs a dot (`1.0e-5`), so `lr: {loguniform:
-    [1e-5, 1e-1]}` would load two strings and be refused with a puzzling message.
-    """
-
-
-_SpaceLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
 def load_space(path: str | Path) -> SearchSpace:
     """Read and check a YAML search space file."""
     path = Path(path)
@@ -251,7 +236,7 @@ def load_space(path: str | Path) -> SearchSpace:
     except OSError as exc:
         raise StudyError(f"--space {path}: cannot be read ({exc.strerror})") from None
     try:
-        raw = yaml.load(text, Loader=_SpaceLoader)  # safe: a SafeLoader
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""

@@ -139,3 +139,12 @@ def test_yaml_is_loaded_safely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(StudyError, match="not valid YAML/JSON"):
         read_config_file(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_read_config_file_reads_exponent_floats(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML) reads `1e-3` as a string; config files get it as the float users mean.
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-3\nweight_decay: 5E-4\n")
+    values = read_config_file(path)
+    assert values == {"lr": 1e-3, "weight_decay": 5e-4}
+    assert TrialConfig.from_dict(values).lr == 1e-3
