@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from study.errors import StudyError
+from study.io import read_trial_states
 
 META_FILE = "study.json"
 CONFIG_KEYS = ("loss", "batch_size", "depth", "width", "dropout", "batchnorm", "optimizer", "lr",
@@ -54,29 +55,6 @@ def check_experiment(exp_dir: Path) -> None:
             f"{exp_dir}: not a study experiment folder (no study.json, experiment_state-*.json "
             "or trial folders with params.json)"
         )
-
-
-def _ray_statuses(exp_dir: Path) -> dict[str, dict[str, Any]]:
-    """trial_id -> {status, dir, error} from Ray's experiment state (JSON parts only)."""
-    states = sorted(Path(exp_dir).glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    try:
-        raw = json.loads(states[-1].read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    out: dict[str, dict[str, Any]] = {}
-    for entry in raw.get("trial_data", []):
-        try:
-            trial = json.loads(entry[0]) if isinstance(entry, list) else entry
-            runtime = json.loads(entry[1]) if isinstance(entry, list) and len(entry) > 1 else {}
-        except (TypeError, json.JSONDecodeError):
-            continue
-        if isinstance(trial, dict) and "trial_id" in trial:
-            out[trial["trial_id"]] = {"status": trial.get("status", ""),
-                                      "dir": trial.get("relative_logdir"),
-                                      "failures": (runtime or {}).get("num_failures", 0)}
-    return out
 
 
 def _read_results(path: Path) -> list[dict[str, Any]]:
@@ -167,7 +145,7 @@ def collect_trials(exp_dir: Path) -> pd.DataFrame:
     """
     exp_dir = Path(exp_dir)
     check_experiment(exp_dir)
-    statuses = _ray_statuses(exp_dir)
+    statuses = read_trial_states(exp_dir)
     rows = []
     for trial_dir in trial_dirs(exp_dir):
         results = _read_results(trial_dir / "result.json")

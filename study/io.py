@@ -50,3 +50,30 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_json_atomic(path: str | Path, value: Any) -> None:
     """Write `value` as indented JSON, atomically."""
     write_text_atomic(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def read_trial_states(exp_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Return trial_id -> {status, dir, failures} from Ray's latest experiment state.
+
+    Reads only the JSON parts of `experiment_state-*.json` (never its pickled fields); a
+    missing or unreadable state gives {}.
+    """
+    states = sorted(Path(exp_dir).glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        raw = json.loads(states[-1].read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for entry in raw.get("trial_data", []):
+        try:
+            trial = json.loads(entry[0]) if isinstance(entry, list) else entry
+            runtime = json.loads(entry[1]) if isinstance(entry, list) and len(entry) > 1 else {}
+        except (TypeError, json.JSONDecodeError):
+            continue
+        if isinstance(trial, dict) and "trial_id" in trial:
+            out[trial["trial_id"]] = {"status": trial.get("status", ""),
+                                      "dir": trial.get("relative_logdir"),
+                                      "failures": (runtime or {}).get("num_failures", 0)}
+    return out

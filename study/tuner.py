@@ -21,6 +21,7 @@ from typing import Any
 
 from study.data import Dataset, load_data, resolve_spec
 from study.errors import StudyError
+from study.io import read_trial_states
 from study.space import (
     SearchSpace,
     fit_image_size,
@@ -694,7 +695,8 @@ def run_study(opts: RunOptions) -> StudyRun:
             logging.getLogger("ray.tune.tune").removeFilter(hint)
         # fit saved the final experiment state: no checkpoint held back is named in it now.
         run_deferred(everything=True)
-        statuses = _trial_statuses(exp_dir) if local else {}
+        statuses = ({k: v["status"] for k, v in read_trial_states(exp_dir).items()}
+                    if local else {})
         unfinished = sum(1 for s in statuses.values() if s not in ("TERMINATED", "ERROR"))
         return StudyRun(exp_dir, len(results), len(results.errors),
                         interrupted=unfinished > 0 or len(statuses) < expected)
@@ -705,20 +707,6 @@ def run_study(opts: RunOptions) -> StudyRun:
     finally:
         if started:
             ray.shutdown()
-
-
-def _trial_statuses(exp_dir: Path) -> dict[str, str]:
-    """Return trial_id -> status from Ray's experiment state file (JSON)."""
-    states = sorted(exp_dir.glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    raw = json.loads(states[-1].read_text())
-    out = {}
-    for entry in raw.get("trial_data", []):
-        trial = json.loads(entry[0]) if isinstance(entry, list) else entry
-        if isinstance(trial, dict) and "trial_id" in trial:
-            out[trial["trial_id"]] = trial.get("status", "")
-    return out
 
 
 def _check_resumable(exp_dir: Path, space: SearchSpace, data_spec: str) -> None:
