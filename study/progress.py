@@ -173,6 +173,10 @@ class StudyProgress(Callback):
     # --- Ray Tune's hooks ---------------------------------------------------------------
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._started(trial)
+        self.refresh()
+
+    def _started(self, trial: Any) -> None:
         self.running.add(trial.trial_id)
         self.ended.pop(trial.trial_id, None)
         first = trial.trial_id not in self.started
@@ -180,10 +184,11 @@ class StudyProgress(Callback):
         finished, running, pending = self.counts()
         self._line(f"trial {trial.trial_id} {'started' if first else 'continues'} "
                    f"({finished}/{self.total} done, {running} running, {pending} pending)")
-        self.refresh()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
+        if trial.trial_id not in self.running:
+            self._started(trial)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
         self.epochs_done[trial.trial_id] = max(self.epochs_done.get(trial.trial_id, 0), epoch)
         score = result.get(self.metric)
