@@ -33,7 +33,7 @@ import yaml  # noqa: E402
 from analysis import homework, hpo  # noqa: E402
 from analysis.optuna_study import build_study, write_optuna_db  # noqa: E402
 from analysis.results import check_experiment, collect_epochs  # noqa: E402
-from analysis.summary import summarise  # noqa: E402
+from analysis.summary import config_columns, summarise, validation_source  # noqa: E402
 from study.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def _homework_section(comparisons: list[dict[str, Any]], search: str | None,
         "ran the baseline's value, and **averaged over (marginalised)** where it did not; each "
         "comparison below says which. Test accuracy is that of the weights with the best "
         "validation loss, over the arm's finished repeats (seeds); the CI is the 95 % t "
-        "interval. Two arms are compared with Welch's t-test, more with a one-way ANOVA.",
+        "interval.",
         "",
         "The homework's baseline run (CE, batch 32, depth 3) reported \"100 %\": a two-logit CE "
         "head scored with the BCE rule `sigmoid(out) > 0.5` broadcast against `(B, 1)` labels. "
@@ -251,27 +251,89 @@ def _homework_section(comparisons: list[dict[str, Any]], search: str | None,
                   "grid with `--scheduler fifo` (the default for `--search grid`) for an "
                   "unbiased comparison.", ""]
     lines += ["| Comparison | Arm | n | Test accuracy % (mean ± 95 % CI) | SD | "
-              "Best val. accuracy % (mean ± 95 % CI) | Homework (one run) | Verdict (test "
-              "accuracy) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "Best val. accuracy % (mean ± 95 % CI) | Homework (one run) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in comparisons:
         for i, a in enumerate(c["arms"]):
             extra = []
             for key, word in (("n_stopped", "stopped"), ("n_diverged", "diverged"),
-                              ("n_error", "errored"), ("n_unfinished", "unfinished")):
-                if a[key]:
+                              ("n_error", "errored"), ("n_unfinished", "unfinished"),
+                              ("n_duplicate", "duplicate run(s) counted once")):
+                if a.get(key):
                     extra.append(f"{a[key]} {word}")
             n = f"{a['n']}" + (f" ({', '.join(extra)})" if extra else "")
             lines.append(
                 f"| {c['title'] if i == 0 else ''} | {a['label']} | {n} | "
                 f"{_mean_ci(a['test_mean'], a['test_ci'])} | {_fmt(a['test_sd'])} | "
-                f"{_mean_ci(a['val_mean'], a['val_ci'])} | {a['homework_label']} | "
-                f"{c['verdict'] if i == 0 else ''} |")
+                f"{_mean_ci(a['val_mean'], a['val_ci'])} | {a['homework_label']} |")
     lines.append("")
+    lines += _differences_section(comparisons)
+    return lines
+
+
+def _differences_section(comparisons: list[dict[str, Any]]) -> list[str]:
+    tested = [c for c in comparisons if c["test"] != "none"]
+    family = max((c["family"] for c in comparisons), default=0)
+    lines = ["### How large, how sure, and could we have seen it", "",
+             "Each difference is the first arm's mean test accuracy minus the second's, in "
+             "percentage points, with its 95 % CI. Two arms: Welch's t-test and interval (no "
+             "equal-variance assumption). More arms: **Games-Howell** pairs, not Tukey's HSD: "
+             "Tukey pools one variance over all arms, and seed-to-seed spread differs widely "
+             "between settings (a small batch spreads far more than a large one), so its "
+             "intervals would be too narrow for the wide arm and too wide for the narrow ones; "
+             "Games-Howell gives each pair its own Welch standard error and degrees of freedom "
+             "and adjusts for the pairs of its comparison (studentized range). Hedges' g is the "
+             "difference in pooled standard deviations, corrected for small samples.", "",
+             f"**The verdicts of this report are Holm-adjusted together** (over the {family} "
+             "comparison(s) that could be tested), so that several comparisons at alpha = 0.05 "
+             "do not each get their own 5 % chance of a false \"significant\". A many-arm "
+             "comparison enters "
+             "the family with its smallest pair p-value; each of its pairs is read only where "
+             "the comparison is significant, so a pair's Holm p is the larger of its own "
+             "(Games-Howell) p and its comparison's. An arm with fewer than two seeds, or whose "
+             "seeds all score the same, gives no estimate of its spread: its comparisons say "
+             "\"cannot tell\".", "",
+             "*Detectable at this n* is the smallest true difference a two-arm Welch test at "
+             "alpha = 0.05 would find with 80 % power at the arms' seeds and observed spread "
+             "(before any adjustment, which needs more); *seeds for 2 points* is how many seeds "
+             "per arm the same test needs to find a 2-point difference with 80 % power. A \"no "
+             "significant difference\" with a detectable difference of 15 points means \"too "
+             "few seeds\", not \"no difference\".", ""]
+    if tested:
+        lines += ["| Comparison | Pair | n | Difference (points, 95 % CI) | Hedges' g | p | "
+                  "Holm p | Detectable at this n (80 % power) | Seeds per arm for 2 points |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in tested:
+        for i, q in enumerate(c["pairs"]):
+            needed = q["seeds_needed"]
+            needed = "–" if needed is None else f"{int(needed)}"
+            target = q["target_difference"]
+            if target != 2.0 and needed != "–":
+                needed += f" (for {target:g} points)"
+            lines.append(
+                f"| {c['title'] if i == 0 else ''} | {q['a']} − {q['b']} | "
+                f"{q['n_a']}/{q['n_b']} | {_signed(q['difference'])} "
+                f"[{_signed(q['ci_low'])}, {_signed(q['ci_high'])}] | "
+                f"{_signed(q['hedges_g'])} | {_p(q['p_value'])} | {_p(q['p_holm'])} | "
+                f"{_fmt(q['detectable_80'], 1)} points | {needed} |")
+    if tested:
+        lines.append("")
     for c in comparisons:
         lines.append(f"- **{c['title']}**: {c['verdict']}. Arms: {c['note']}")
     lines.append("")
     return lines
+
+
+def _signed(value: Any, digits: int = 2) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:+.{digits}f}".replace("-", "−")
+
+
+def _p(value: Any) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def _best_section(best: dict[str, Any] | None, metric: str, mode: str) -> list[str]:
@@ -295,6 +357,46 @@ def _best_section(best: dict[str, Any] | None, metric: str, mode: str) -> list[s
             value = _mean_ci(best["metrics"][key], best["ci95"].get(key, math.nan), digits)
             lines.append(f"| {key} | {value}{unit} |")
     lines.append("")
+    return lines
+
+
+def _validation_test_section(best: dict[str, Any] | None, meta: dict[str, Any],
+                             trials: pd.DataFrame) -> list[str]:
+    """The best configuration's validation and test accuracy side by side, with the gap read
+    against the test CI and, where it is larger, the plain reasons."""
+    if best is None or "val_accuracy" not in best["metrics"] \
+            or "test_accuracy" not in best["metrics"]:
+        return []
+    val, test = best["metrics"]["val_accuracy"], best["metrics"]["test_accuracy"]
+    ci = best["ci95"].get("test_accuracy", math.nan)
+    gap = val - test
+    source, _ = validation_source(meta.get("data"))
+    done = trials[trials["status"] == "completed"] if "status" in trials else trials
+    keys = config_columns(done)
+    n_configs = len(done.groupby(keys, dropna=False)) if keys and not done.empty else 1
+    lines = ["### Validation vs test", "",
+             f"Best configuration: validation accuracy {val:.2f} % vs test accuracy "
+             f"{_mean_ci(test, ci)} % (gap {_signed(gap)} points; validation images: "
+             f"{source}).", ""]
+    if not math.isfinite(ci):
+        return lines + ["One seed only: no test CI to read the gap against.", ""]
+    if abs(gap) <= ci:
+        return lines + [f"The gap is within the test CI (± {ci:.2f}): no sign that validation "
+                        "misstates test accuracy.", ""]
+    reasons = []
+    if gap > 0 and n_configs > 1:
+        reasons.append(f"**selection on validation**: this configuration was picked as the best "
+                       f"of {n_configs} on its validation accuracy, so part of that score is "
+                       "luck of the validation images that the test images do not repeat")
+    reasons.append("**a validation split that differs from the test split**: the validation "
+                   f"images are {source}; where the test images were collected or labelled "
+                   "differently, validation accuracy does not carry over to them")
+    word = "overstates" if gap > 0 else "understates"
+    lines += [f"**Warning: validation {word} test accuracy by {abs(gap):.2f} points, more than "
+              f"the test CI (± {ci:.2f}).** Plain reasons:", ""]
+    lines += [f"- {r}" for r in reasons]
+    lines += ["", "Quote the test accuracy, never the validation accuracy, as what this "
+              "configuration achieves.", ""]
     return lines
 
 
@@ -330,6 +432,7 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
         lines += ["## Missing", "", "This report covers what the experiment holds so far:", ""]
         lines += [f"- {m}" for m in missing] + [""]
     lines += _best_section(summary["best"], summary["metric"], summary["mode"])
+    lines += _validation_test_section(summary["best"], meta, trials)
     lines += _homework_section(comparisons, meta.get("search"), meta.get("scheduler"))
     hw_figs = [f for f in figures if f.startswith("homework_")]
     if hw_figs:
@@ -371,15 +474,23 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
 
 def _homework_figures(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str, Any]
                       ) -> tuple[list[dict[str, Any]], pd.DataFrame, list[Figure]]:
-    records, tables, figures = [], [], []
+    chosen = []
     for factor in homework.BASELINE:
         comparison = homework.select_comparison(trials, factor, meta.get("searched"))
         if comparison is None:
             continue
         stats = homework.collect_arm_stats(comparison)
-        result = homework.compare_test_accuracy(stats)
+        chosen.append((comparison, stats, homework.compare_test_accuracy(stats)))
+    # The verdicts of one report are adjusted together (Holm), so they are read as a family.
+    results = homework.adjust_comparisons([result for _, _, result in chosen])
+    records, tables, figures = [], [], []
+    for (comparison, stats, _), result in zip(chosen, results, strict=True):
+        factor = comparison.factor
         records.append(homework.comparison_record(comparison, stats, result))
-        tables.append(stats.assign(verdict=result.verdict, note=comparison.note))
+        tables.append(stats.assign(row="arm", verdict=result.verdict, note=comparison.note))
+        pairs = homework.collect_pairs(comparison, result)
+        if not pairs.empty:
+            tables.append(pairs.assign(row="pair", label=pairs["a"] + " - " + pairs["b"]))
         curves = homework.collect_arm_curves(comparison, epochs)
         figures.append(Figure(
             f"homework_{factor}_curves",
@@ -389,10 +500,24 @@ def _homework_figures(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str
             f"homework_{factor}_test",
             f"{comparison.title}: test accuracy per arm beside the homework's numbers",
             homework.plot_arm_tests, (stats,),
-            {"title": f"{comparison.title}: test accuracy\n{result.verdict}"},
+            {"title": f"{comparison.title}: test accuracy\n{_short_verdict(result)}"},
             (max(5.5, 1.7 * len(stats) + 2.5), 4.5)))
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    if not table.empty:
+        first = ["row", "factor", "label", "arm", "n", "test_mean", "test_sd", "test_ci", "a",
+                 "b", "n_a", "n_b", "difference", "ci_low", "ci_high", "hedges_g", "test",
+                 "p_value", "p_holm", "detectable_80", "seeds_needed", "target_difference"]
+        table = table[[c for c in first if c in table] + [c for c in table if c not in first]]
     return records, table, figures
+
+
+def _short_verdict(result: Any) -> str:
+    """The verdict up to its first parenthesis and the Holm p: fits a figure title."""
+    head = result.verdict.split(" (")[0]
+    if result.test == "none":
+        return result.verdict[:90]
+    p = result.p_adjusted if math.isfinite(result.p_adjusted) else result.p_value
+    return f"{head} (Holm-adjusted p = {p:.3g})" if result.family > 1 else f"{head} (p = {p:.3g})"
 
 
 def _hpo_figures(study: Any, epochs: pd.DataFrame, trials: pd.DataFrame, metric: str
