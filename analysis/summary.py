@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from analysis.results import CONFIG_KEYS, collect_trials, column_name, read_meta
@@ -87,6 +88,34 @@ def best_configuration(trials: pd.DataFrame, metric: str, mode: str) -> dict[str
         "trial_ids": list(members["trial_id"]),
         "trial_dir": representative["trial_dir"],
     }
+
+
+def validation_source(data_spec: str | None) -> tuple[str, bool]:
+    """Return where a study's validation images came from, in words, and whether that is a
+    split of its own (a file's `val_*` arrays) rather than a hold-out of the training images.
+
+    Mirrors `study.data.load_data`: synthetic data and the homework layout hold out a seeded,
+    stratified 20 % of train; a `.npz` with `val_images` brings its own validation split.
+    """
+    if not data_spec:
+        return "unknown (no study.json records the data)", False
+    if data_spec == "synthetic" or data_spec.startswith("synthetic:"):
+        return ("a seeded, stratified hold-out of the synthetic training images; the test "
+                "images are generated apart from them"), False
+    path = Path(data_spec)
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                own = "val_images" in archive.files
+        except (OSError, ValueError):
+            return f"unknown ({path} cannot be read now)", False
+        if own:
+            return (f"the file's own validation split (`val_images` in {path.name}), a "
+                    "different split from its `test_images`"), True
+        return (f"a seeded, stratified hold-out of the training images in {path.name}; its "
+                "`test_images` are a different split"), False
+    return ("a seeded, stratified hold-out of the training images (`train/`), while the test "
+            "images come from their own files (`test/`)"), False
 
 
 def _isnan(value: Any) -> bool:
