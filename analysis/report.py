@@ -9,14 +9,18 @@ it has and lists what is missing.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import logging
 import math
+import multiprocessing
 import os
+import signal
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -38,6 +42,10 @@ FIGURES = "figures"
 OPTUNA_DB = "optuna.db"
 HOMEWORK_CSV = "homework.csv"
 DPI = 110
+MODEL_FILE = "model.pt"  # study.checkpoint.MODEL_FILE, named here so the report imports no torch
+MAX_WORKERS = 4  # drawing processes at most: a report has about a dozen figures
+# progress(phase, done, total): "figures" 5 of 13, "optuna.db" 1 of 1, ...
+Progress = Callable[[str, int, int], None]
 FINISHED = ("completed", "stopped", "diverged", "error")
 
 
@@ -73,46 +81,112 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-class FigureWriter:
-    """Draws figures into figures/, records what was written and what failed."""
+class Figure(NamedTuple):
+    """One figure to draw: a module-level `plot` function and its arguments, so that a worker
+    process can draw it (everything here pickles). With `size`, `plot(*args, ax=ax, **kwargs)`
+    draws on one new Axes of that size; without, `plot(*args, **kwargs)` returns a Figure."""
 
-    def __init__(self, folder: Path) -> None:
+    name: str  # figures/<name>.png
+    title: str  # what report.md says it shows
+    plot: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    size: tuple[float, float] | None = None
+
+
+def render_png(figure: Figure) -> bytes:
+    """Draw `figure` and return it as PNG bytes (closing it: workers draw many in turn)."""
+    try:
+        if figure.size is None:
+            fig = figure.plot(*figure.args, **figure.kwargs)
+        else:
+            fig, ax = plt.subplots(figsize=figure.size)
+            figure.plot(*figure.args, ax=ax, **figure.kwargs)
+            fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+        return buffer.getvalue()
+    finally:
+        plt.close("all")  # this figure, and any that a failed plot left open
+
+
+def _workers(jobs: int) -> int:
+    """How many worker processes drawing `jobs` pays for: one per usable core, none on one core
+    or while Ray runs in this process (forking its threads is unsafe; the figures are then
+    drawn here, one after another)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    ray = sys.modules.get("ray")
+    if cores < 2 or jobs < 2 or (ray is not None and ray.is_initialized()):
+        return 0
+    return min(cores, jobs, MAX_WORKERS)
+
+
+def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A pool of forked workers: they start in milliseconds with matplotlib, pandas and the
+    analysis already imported, where spawned ones would import them again (a second each)."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                initializer=_ignore_sigint)
+
+
+class FigureWriter:
+    """Draws figures into figures/ (in worker processes where that pays), records what was
+    written and what failed, and reports progress as figures finish."""
+
+    def __init__(self, folder: Path, progress: Progress | None = None) -> None:
         self.folder = folder
-        self.written: dict[str, str] = {}  # file name -> title
+        self.progress = progress
+        self.written: dict[str, str] = {}  # file name -> title, in the order figures were asked
         self.failed: list[str] = []
 
-    def save(self, name: str, title: str, draw: Callable[[], plt.Figure]) -> str | None:
-        """Draw with `draw()`, write figures/<name>.png; on error record it and go on."""
+    def draw_all(self, figures: list[Figure],
+                 pool: concurrent.futures.Executor | None = None) -> None:
+        """Draw every figure (in `pool` if given), write figures/<name>.png atomically; a
+        figure that fails is recorded in `failed` and the others go on."""
+        results: dict[str, bytes | None] = {}
+        total = len(figures)
+        if pool is None:
+            for figure in figures:
+                results[figure.name] = self._draw_here(figure)
+                self._tick(len(results), total)
+        else:
+            futures = {pool.submit(render_png, f): f for f in figures}
+            for future in concurrent.futures.as_completed(futures):
+                figure = futures[future]
+                try:
+                    results[figure.name] = future.result()
+                except Exception as exc:  # one bad figure must not cost the whole report
+                    results[figure.name] = self._failure(figure, exc)
+                self._tick(len(results), total)
+        for figure in figures:  # written in the order asked, so report.md's order is stable
+            data = results[figure.name]
+            if data is not None:
+                write_bytes_atomic(self.folder / f"{figure.name}.png", data)
+                self.written[f"{figure.name}.png"] = figure.title
+
+    def _draw_here(self, figure: Figure) -> bytes | None:
         try:
-            fig = draw()
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+            return render_png(figure)
         except Exception as exc:  # one bad figure must not cost the whole report
-            log.warning("figure %s not drawn: %s", name, exc, exc_info=True)
-            self.failed.append(f"figure {name}.png not drawn ({type(exc).__name__}: {exc})")
-            return None
-        finally:
-            plt.close("all")
-        file = f"{name}.png"
-        write_bytes_atomic(self.folder / file, buffer.getvalue())
-        self.written[file] = title
-        return file
+            return self._failure(figure, exc)
+
+    def _failure(self, figure: Figure, exc: Exception) -> None:
+        log.warning("figure %s not drawn: %s", figure.name, exc, exc_info=exc)
+        self.failed.append(f"figure {figure.name}.png not drawn ({type(exc).__name__}: {exc})")
+
+    def _tick(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress("figures", done, total)
 
     def remove_stale(self) -> None:
         """Delete figures a previous report wrote that this one did not (a renamed parameter)."""
         for path in self.folder.glob("*.png"):
             if path.name not in self.written:
                 path.unlink(missing_ok=True)
-
-
-def _single(draw: Callable[[Any], Any], size: tuple[float, float]) -> Callable[[], plt.Figure]:
-    def make() -> plt.Figure:
-        fig, ax = plt.subplots(figsize=size)
-        draw(ax)
-        fig.tight_layout()
-        return fig
-
-    return make
 
 
 # --- numbers for people -------------------------------------------------------------------
@@ -398,8 +472,8 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
 # --- the report ---------------------------------------------------------------------------
 
 
-def _homework_figures(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str, Any],
-                      figs: FigureWriter) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+def _homework_figures(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str, Any]
+                      ) -> tuple[list[dict[str, Any]], pd.DataFrame, list[Figure]]:
     chosen = []
     for factor in homework.BASELINE:
         comparison = homework.select_comparison(trials, factor, meta.get("searched"))
@@ -409,7 +483,7 @@ def _homework_figures(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str
         chosen.append((comparison, stats, homework.compare_test_accuracy(stats)))
     # The verdicts of one report are adjusted together (Holm), so they are read as a family.
     results = homework.adjust_comparisons([result for _, _, result in chosen])
-    records, tables = [], []
+    records, tables, figures = [], [], []
     for (comparison, stats, _), result in zip(chosen, results, strict=True):
         factor = comparison.factor
         records.append(homework.comparison_record(comparison, stats, result))
@@ -418,21 +492,23 @@ def _homework_figures(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str
         if not pairs.empty:
             tables.append(pairs.assign(row="pair", label=pairs["a"] + " - " + pairs["b"]))
         curves = homework.collect_arm_curves(comparison, epochs)
-        figs.save(f"homework_{factor}_curves",
-                  f"{comparison.title}: training and validation accuracy and loss per epoch",
-                  lambda c=comparison, d=curves: homework.plot_comparison_curves(c, d))
-        title = f"{comparison.title}: test accuracy\n{_short_verdict(result)}"
-        figs.save(f"homework_{factor}_test",
-                  f"{comparison.title}: test accuracy per arm beside the homework's numbers",
-                  _single(lambda ax, s=stats, t=title: homework.plot_arm_tests(s, ax=ax, title=t),
-                          (max(5.5, 1.7 * len(stats) + 2.5), 4.5)))
+        figures.append(Figure(
+            f"homework_{factor}_curves",
+            f"{comparison.title}: training and validation accuracy and loss per epoch",
+            homework.plot_comparison_curves, (comparison, curves)))
+        figures.append(Figure(
+            f"homework_{factor}_test",
+            f"{comparison.title}: test accuracy per arm beside the homework's numbers",
+            homework.plot_arm_tests, (stats,),
+            {"title": f"{comparison.title}: test accuracy\n{_short_verdict(result)}"},
+            (max(5.5, 1.7 * len(stats) + 2.5), 4.5)))
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     if not table.empty:
         first = ["row", "factor", "label", "arm", "n", "test_mean", "test_sd", "test_ci", "a",
                  "b", "n_a", "n_b", "difference", "ci_low", "ci_high", "hedges_g", "test",
                  "p_value", "p_holm", "detectable_80", "seeds_needed", "target_difference"]
         table = table[[c for c in first if c in table] + [c for c in table if c not in first]]
-    return records, table
+    return records, table, figures
 
 
 def _short_verdict(result: Any) -> str:
@@ -444,43 +520,64 @@ def _short_verdict(result: Any) -> str:
     return f"{head} (Holm-adjusted p = {p:.3g})" if result.family > 1 else f"{head} (p = {p:.3g})"
 
 
-def _hpo_figures(study: Any, epochs: pd.DataFrame, trials: pd.DataFrame, metric: str,
-                 figs: FigureWriter) -> pd.DataFrame:
+def _hpo_figures(study: Any, epochs: pd.DataFrame, trials: pd.DataFrame, metric: str
+                 ) -> tuple[pd.DataFrame, list[Figure]]:
     maximize = hpo._maximize(study)
     history = hpo.collect_history(study)
-    figs.save("hpo_history", "Optimisation history (best so far)",
-              _single(lambda ax: hpo.plot_history(history, metric, maximize, ax=ax), (7.5, 4.2)))
     importance = hpo.collect_importance(study)
-    figs.save("hpo_importance", "Parameter importance (Optuna evaluators)",
-              _single(lambda ax: hpo.plot_importance(importance, ax=ax),
-                      (7.0, 1.2 + 0.5 * max(2, importance["param"].nunique()))))
     params = hpo.collect_params(study)
     dists = hpo.param_distributions(study)
-    figs.save("hpo_parallel", "Parallel coordinates of the searched parameters",
-              _single(lambda ax: hpo.plot_parallel(params, dists, metric, ax=ax),
-                      (min(15.0, max(7.0, 1.8 * (len(dists) + 1))), 4.8)))
-    for name, dist in dists.items():
-        figs.save(f"hpo_scatter_{name}", f"{metric} against {name}",
-                  _single(lambda ax, n=name, d=dist: hpo.plot_param_scatter(
-                      params, n, d, metric, maximize, ax=ax), (5.5, 4.0)))
-    figs.save("hpo_learning_curves", "Learning curves of every trial, stopped trials marked",
-              _single(lambda ax: hpo.plot_learning_curves(epochs, trials, metric, ax=ax),
-                      (8.0, 4.8)))
-    return importance
+    figures = [
+        Figure("hpo_history", "Optimisation history (best so far)", hpo.plot_history,
+               (history, metric, maximize), size=(7.5, 4.2)),
+        Figure("hpo_importance", "Parameter importance (Optuna evaluators)",
+               hpo.plot_importance, (importance,),
+               size=(7.0, 1.2 + 0.5 * max(2, importance["param"].nunique()))),
+        Figure("hpo_parallel", "Parallel coordinates of the searched parameters",
+               hpo.plot_parallel, (params, dists, metric),
+               size=(min(15.0, max(7.0, 1.8 * (len(dists) + 1))), 4.8)),
+    ]
+    figures += [Figure(f"hpo_scatter_{name}", f"{metric} against {name}",
+                       hpo.plot_param_scatter, (params, name, dist, metric, maximize),
+                       size=(5.5, 4.0))
+                for name, dist in dists.items()]
+    figures.append(Figure("hpo_learning_curves",
+                          "Learning curves of every trial, stopped trials marked",
+                          hpo.plot_learning_curves, (epochs, trials, metric), size=(8.0, 4.8)))
+    return importance, figures
 
 
-def write_report(exp_dir: Path, out: Path | None = None) -> dict[str, Any]:
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent, which cancels what is left and exits cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def write_report(exp_dir: Path, out: Path | None = None, *,
+                 progress: Progress | None = None) -> dict[str, Any]:
     """Write summary/ for an experiment folder and return what was written.
+
+    Figures, optuna.db and model.pt are written by worker processes side by side where there
+    are cores for them. `progress(phase, done, total)`, if given, is called as the work goes
+    (`("figures", 5, 13)` after the fifth of 13 figures; `("optuna.db", 1, 1)` when it is
+    written); the same steps are logged at INFO.
 
     Returns the summary (experiment, metric, mode, meta, trials, leaderboard, best) with `out`,
     `missing` (what a partial experiment lacks), `figures`, `comparisons` and `optuna_db`.
     """
+    def step(phase: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(phase, done, total)
+
     exp_dir = Path(exp_dir)
     check_experiment(exp_dir)
     out = Path(out) if out is not None else exp_dir / "summary"
     out.mkdir(parents=True, exist_ok=True)
+    log.info("reading the results of %s", exp_dir)
+    step("results", 0, 1)
     summary = summarise(exp_dir)
     meta, trials, metric = summary["meta"], summary["trials"], summary["metric"]
+    epochs = collect_epochs(exp_dir)
+    step("results", 1, 1)
     write_text_atomic(out / "leaderboard.csv", summary["leaderboard"].to_csv(index=False))
     missing = []
     best = summary["best"]
@@ -499,8 +596,6 @@ def write_report(exp_dir: Path, out: Path | None = None) -> dict[str, Any]:
         }
         write_json_atomic(out / "best_config.json", record)
         write_text_atomic(out / "best_config.yaml", yaml.safe_dump(record, sort_keys=False))
-        if export_best_model(exp_dir, best, out) is None:
-            missing.append("no checkpoint of the best trial; summary/model.pt not written")
     else:
         missing.append("no trial reported a validation score; no best configuration yet")
     if not meta:
@@ -518,23 +613,56 @@ def write_report(exp_dir: Path, out: Path | None = None) -> dict[str, Any]:
     if expected and len(trials) < expected:
         missing.append(f"{expected - len(trials)} of {expected} requested trials never started")
 
-    epochs = collect_epochs(exp_dir)
-    folder = out / FIGURES
-    folder.mkdir(exist_ok=True)
-    figs = FigureWriter(folder)
-    comparisons, table = _homework_figures(trials, epochs, meta, figs)
+    comparisons, table, figures = _homework_figures(trials, epochs, meta)
     if not table.empty:
         write_text_atomic(out / HOMEWORK_CSV, table.to_csv(index=False))
     study_name = exp_dir.resolve().name
     study = build_study(trials, epochs, meta, study_name)
-    importance = _hpo_figures(study, epochs, trials, metric, figs)
+    importance, hpo_figures = _hpo_figures(study, epochs, trials, metric)
+    figures += hpo_figures
+    folder = out / FIGURES
+    folder.mkdir(exist_ok=True)
+    figs = FigureWriter(folder, progress)
+
+    # The two single slow jobs (model.pt imports torch; optuna.db, SQLAlchemy) go first, so
+    # they run beside the figures instead of after them.
+    workers = _workers(len(figures) + 2)
+    pool = _pool(workers) if workers else None
+    model_job = db_job = None
+    try:
+        if pool is not None:
+            if best is not None:
+                model_job = pool.submit(export_best_model, exp_dir, best, out)
+            if study.trials:
+                db_job = pool.submit(write_optuna_db, study, out / OPTUNA_DB)
+        log.info("drawing %d figures%s", len(figures),
+                 f" in {workers} processes" if workers else "")
+        figs.draw_all(figures, pool)
+        log.info("writing %s", OPTUNA_DB)
+        step(OPTUNA_DB, 0, 1)
+        if db_job is not None:
+            db = db_job.result()
+        else:
+            db = write_optuna_db(study, out / OPTUNA_DB) if study.trials else None
+        step(OPTUNA_DB, 1, 1)
+        if best is not None:
+            log.info("writing %s", MODEL_FILE)
+            step(MODEL_FILE, 0, 1)
+            model = (model_job.result() if model_job is not None
+                     else export_best_model(exp_dir, best, out))
+            step(MODEL_FILE, 1, 1)
+            if model is None:
+                missing.append("no checkpoint of the best trial; summary/model.pt not written")
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     figs.remove_stale()
     missing += figs.failed
-    db = write_optuna_db(study, out / OPTUNA_DB) if study.trials else None
     if db is None:
         missing.append("no trial ran; optuna.db not written")
     report = render_report(summary, comparisons, importance, figs.written, missing,
                            db.resolve() if db else None, study_name)
     write_text_atomic(out / "report.md", report)
+    step("report.md", 1, 1)
     return {**summary, "out": out, "missing": missing, "figures": list(figs.written),
             "comparisons": comparisons, "optuna_db": db, "study_name": study_name}

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from study.config import LOSSES
 from study.errors import StudyError
-
-LOSSES = ("bce", "ce")
 
 
 @dataclass(frozen=True)
