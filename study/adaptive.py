@@ -48,20 +48,28 @@ class Arm:
         return sum(len(s) for s in self.running.values())
 
 
+def _per_seed(result: Mapping[str, Any], metric: str) -> list[Any] | None:
+    """A metric's per-seed list from a trial's `seed_metrics`, nested or as Ray flattens it."""
+    nested = (result.get("seed_metrics") or {}).get(metric)
+    return list(nested) if nested is not None else result.get(f"seed_metrics/{metric}")
+
+
 def _seed_values(result: Mapping[str, Any], metric: str,
                  seeds: Sequence[int]) -> dict[int, float | None]:
-    """The metric per seed from a trial's last result: one seed's `metric`, or, for a trial
-    that trained several seeds at once, its `seed_metrics` (nested or as Ray flattens it)."""
-    per_seed = (result.get("seed_metrics") or {}).get(metric)
-    if per_seed is None:
-        per_seed = result.get(f"seed_metrics/{metric}")
-    if per_seed is not None and len(seeds) > 1:
-        values = list(per_seed)
-    else:
+    """The metric per seed from a trial's last result (None: failed or diverged).
+
+    A trial that trained several seeds at once reports each seed's values in `seed_metrics`
+    (and per-seed `diverged` flags there); a one-seed trial may report only `metric`.
+    """
+    values = _per_seed(result, metric)
+    if values is None or len(values) != len(seeds):
         values = [result.get(metric)] * len(seeds) if len(seeds) == 1 else [None] * len(seeds)
+    diverged = _per_seed(result, "diverged")
+    if diverged is None or len(diverged) != len(seeds):
+        diverged = [result.get("diverged")] * len(seeds)
     out: dict[int, float | None] = {}
-    for seed, value in zip(seeds, values, strict=False):
-        ok = isinstance(value, (int, float)) and math.isfinite(value)
+    for seed, value, bad in zip(seeds, values, diverged, strict=True):
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and not bad
         out[seed] = float(value) if ok else None
     return out
 
@@ -73,15 +81,19 @@ class SeedsUntilNarrow(Searcher):
     CKPT_FILE_TMPL = "searcher-state-{}.json"  # JSON, never a pickle
 
     def __init__(self, configs: Sequence[Mapping[str, Any]], rule: Rule, first_seed: int = 0,
-                 ci_metric: str = CI_METRIC, metric: str | None = None,
+                 ci_metric: str = CI_METRIC, stacked: bool = False, metric: str | None = None,
                  mode: str | None = None) -> None:
+        """`stacked`: trials train several seeds at once (a `repeats` config key); an arm's
+        first seeds then go out as one trial, and each later seed as a trial of its own."""
         super().__init__(metric=metric, mode=mode)
+        self.stacked = stacked
         if not configs:
             raise StudyError("--repeats auto needs at least one configuration in the grid")
         self.rule = rule
         self.first_seed = first_seed
         self.ci_metric = ci_metric
-        self.arms = [Arm({k: v for k, v in c.items() if k != "seed"}) for c in configs]
+        self.arms = [Arm({k: v for k, v in c.items() if k not in ("seed", "repeats")})
+                     for c in configs]
         self._arm_of: dict[str, int] = {}  # trial id -> arm index
 
     # --- Ray Tune's Searcher API ----------------------------------------------------------
@@ -94,9 +106,11 @@ class SeedsUntilNarrow(Searcher):
             wants, _ = self.rule.decide(list(arm.values.values()), arm.tries, arm.running_seeds)
             if wants:
                 seed = self.first_seed + arm.tries + arm.running_seeds
-                arm.running[trial_id] = [seed]
+                count = self.rule.start if self.stacked and seed == self.first_seed else 1
+                arm.running[trial_id] = list(range(seed, seed + count))
                 self._arm_of[trial_id] = index
-                return {**arm.config, "seed": seed}
+                return {**arm.config, "seed": seed, **({"repeats": count} if self.stacked
+                                                        else {})}
             waiting = waiting or arm.running_seeds > 0
         return None if waiting else Searcher.FINISHED
 
@@ -107,10 +121,8 @@ class SeedsUntilNarrow(Searcher):
             return
         arm = self.arms[index]
         seeds = arm.running.pop(trial_id, [])
-        result = result or {}
-        diverged = bool(result.get("diverged"))
-        for seed, value in _seed_values(result, self.ci_metric, seeds).items():
-            if error or diverged or value is None:
+        for seed, value in _seed_values(result or {}, self.ci_metric, seeds).items():
+            if error or value is None:
                 arm.failed.append(seed)
             else:
                 arm.values[seed] = value
@@ -124,6 +136,7 @@ class SeedsUntilNarrow(Searcher):
                      "first_seeds": self.rule.first_seeds},
             "first_seed": self.first_seed,
             "ci_metric": self.ci_metric,
+            "stacked": self.stacked,
             "arms": [{"config": a.config, "values": {str(s): v for s, v in a.values.items()},
                       "failed": a.failed, "running": a.running} for a in self.arms],
             "arm_of": self._arm_of,
@@ -141,10 +154,11 @@ class SeedsUntilNarrow(Searcher):
                     for a in state["arms"]]
             arm_of = {str(t): int(i) for t, i in state["arm_of"].items()}
             first_seed, ci_metric = int(state["first_seed"]), str(state["ci_metric"])
+            stacked = bool(state["stacked"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StudyError(f"searcher state is not a seeds-on-demand state ({exc})") from None
         self.rule, self.arms, self._arm_of = rule, arms, arm_of
-        self.first_seed, self.ci_metric = first_seed, ci_metric
+        self.first_seed, self.ci_metric, self.stacked = first_seed, ci_metric, stacked
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps(self.get_state()))

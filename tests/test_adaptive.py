@@ -110,13 +110,21 @@ def test_failed_and_diverged_seeds_count_towards_the_cap() -> None:
     assert row["why"].endswith("; 2 failed)")
 
 
-def test_stacked_seeds_of_one_trial_are_read_per_seed() -> None:
-    searcher = SeedsUntilNarrow([{"arm": "steady"}], Rule(target_ci=1.0))
-    searcher.suggest("t0")
-    searcher.arms[0].running["t0"] = [0, 1, 2]  # a trial that trained three seeds together
-    searcher.on_trial_complete("t0", {"test_accuracy": 80.07,
-                                      "seed_metrics/test_accuracy": [80.0, 80.4, 79.8]})
-    assert searcher.arms[0].values == {0: 80.0, 1: 80.4, 2: 79.8}
+def test_stacked_trials_carry_the_first_seeds_together_and_are_read_per_seed() -> None:
+    searcher = SeedsUntilNarrow([{"arm": "noisy", "repeats": 5}], Rule(target_ci=1.0),
+                                first_seed=10, stacked=True)
+    first = searcher.suggest("t0")
+    assert first == {"arm": "noisy", "seed": 10, "repeats": 3}
+    assert searcher.suggest("t1") is None
+    # as Ray hands it to searchers: flattened; the seed at index 1 diverged
+    searcher.on_trial_complete("t0", {"test_accuracy": 70.0, "diverged": 1 / 3,
+                                      "seed_metrics/test_accuracy": [70.0, 55.0, 62.0],
+                                      "seed_metrics/diverged": [0.0, 1.0, 0.0]})
+    assert searcher.arms[0].values == {10: 70.0, 12: 62.0} and searcher.arms[0].failed == [11]
+    assert searcher.suggest("t2") == {"arm": "noisy", "seed": 13, "repeats": 1}
+    searcher.on_trial_complete("t2", {"seed_metrics": {"test_accuracy": [74.0],
+                                                       "diverged": [0.0]}})
+    assert searcher.arms[0].values[13] == 74.0
 
 
 def test_restore_refuses_a_state_that_is_not_ours(tmp_path: Path) -> None:
