@@ -277,9 +277,10 @@ def collect_runs(exp_dir: Path | None = None, trials: pd.DataFrame | None = None
 
     A stacked trial (repeats K) gives K rows; a trial of older results, one. Two rows with the
     same configuration (every config key but `seed` and `repeats`) and the same seed are the
-    same run and count once: the row kept is the furthest along (completed, then stopped or
-    unfinished, then diverged, then running, then errored; then the most epochs; then the
-    later trial).
+    same run and count once: every copy but one is marked `duplicate` (kept in the table, so
+    a report can say so; left out of every statistic). The copy counted is the furthest along
+    (completed, then stopped or unfinished, then diverged, then running, then errored; then
+    the most epochs; then the later trial).
     """
     if trials is None:
         assert exp_dir is not None
@@ -302,8 +303,8 @@ def collect_runs(exp_dir: Path | None = None, trials: pd.DataFrame | None = None
     has_seed = runs["seed"].notna() if "seed" in runs else pd.Series(False, index=runs.index)
     key = [*config, "seed"]
     keyed = runs[has_seed].astype({c: str for c in key}).duplicated(key, keep="first")
-    duplicate = pd.Series(False, index=runs.index)
-    duplicate[keyed.index] = keyed
-    runs = runs[~duplicate].sort_values(["_order", "seed"], kind="stable")
+    runs["duplicate"] = False
+    runs.loc[keyed.index, "duplicate"] = keyed
+    runs = runs.sort_values(["_order", "seed"], kind="stable")
     return runs.drop(columns=["_rank", "_order", "_per_seed"], errors="ignore"
                      ).reset_index(drop=True)

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from analysis.results import CONFIG_KEYS, collect_runs, collect_trials, column_name, read_meta
@@ -30,8 +31,8 @@ def leaderboard(trials: pd.DataFrame, metric: str, mode: str, searched: list[str
     `metric`, with the documented columns."""
     params = [p for p in searched if p in trials.columns]
     rest = [c for c in config_columns(trials) if c not in params]
-    columns = [*LEADERBOARD_FIRST, *params, *LEADERBOARD_METRICS, *rest, "repeats", "reason",
-               "failures", "time_total_s", "trial_dir"]
+    columns = [*LEADERBOARD_FIRST, *params, *LEADERBOARD_METRICS, *rest, "repeats", "duplicate",
+               "reason", "failures", "time_total_s", "trial_dir"]
     board = trials.reindex(columns=[c for c in columns if c in trials.columns or c in
                                     (*LEADERBOARD_FIRST, *LEADERBOARD_METRICS)])
     if metric in board:
@@ -51,6 +52,8 @@ def best_configuration(trials: pd.DataFrame, metric: str, mode: str) -> dict[str
     """
     if trials.empty or metric not in trials:
         return None
+    if "duplicate" in trials:  # another copy of the same run is counted instead
+        trials = trials[~trials["duplicate"].astype(bool)]
     usable = trials[trials["status"] == "completed"]
     if usable[metric].notna().sum() == 0:
         usable = trials[trials["status"].isin(["completed", "stopped", "unfinished"])]
@@ -102,6 +105,34 @@ def _seeds(run: pd.Series) -> list[int]:
     if isinstance(raw, str):
         return [int(s) for s in json.loads(raw)]
     return [int(run["seed"])]
+
+
+def validation_source(data_spec: str | None) -> tuple[str, bool]:
+    """Return where a study's validation images came from, in words, and whether that is a
+    split of its own (a file's `val_*` arrays) rather than a hold-out of the training images.
+
+    Mirrors `study.data.load_data`: synthetic data and the homework layout hold out a seeded,
+    stratified 20 % of train; a `.npz` with `val_images` brings its own validation split.
+    """
+    if not data_spec:
+        return "unknown (no study.json records the data)", False
+    if data_spec == "synthetic" or data_spec.startswith("synthetic:"):
+        return ("a seeded, stratified hold-out of the synthetic training images; the test "
+                "images are generated apart from them"), False
+    path = Path(data_spec)
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                own = "val_images" in archive.files
+        except (OSError, ValueError):
+            return f"unknown ({path} cannot be read now)", False
+        if own:
+            return (f"the file's own validation split (`val_images` in {path.name}), a "
+                    "different split from its `test_images`"), True
+        return (f"a seeded, stratified hold-out of the training images in {path.name}; its "
+                "`test_images` are a different split"), False
+    return ("a seeded, stratified hold-out of the training images (`train/`), while the test "
+            "images come from their own files (`test/`)"), False
 
 
 def _isnan(value: Any) -> bool:

@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study.config import LOSSES
 from study.errors import StudyError
-
-LOSSES = ("bce", "ce")
 
 
 @dataclass(frozen=True)

@@ -82,14 +82,19 @@ def test_same_configuration_and_seed_count_once(tmp_path: Path) -> None:
     _stacked(tmp_path, "b", [1, 2, 3], [10.0, 20.0, 70.0], epochs=1)  # stopped after 1 epoch
     _stacked(tmp_path, "c", [1], [82.0], lr=1e-2)  # another configuration: its own run
     runs = collect_runs(tmp_path)
-    same = runs[runs["lr"] == 1e-3]
+    assert len(runs) == 7 and runs["duplicate"].sum() == 2
+    assert set(runs.loc[runs["duplicate"], "trial_id"]) == {"b"}
+    same = runs[(runs["lr"] == 1e-3) & ~runs["duplicate"]]
     assert sorted(same["seed"]) == [0, 1, 2, 3]
     kept = same.set_index("seed")
     assert kept.loc[1, "trial_id"] == "a" and kept.loc[2, "trial_id"] == "a"
     assert kept.loc[3, "trial_id"] == "b"
     assert len(runs[runs["lr"] == 1e-2]) == 1
     summary = summarise(tmp_path)
-    assert len(summary["leaderboard"]) == 5 and len(summary["trials"]) == 3
+    assert len(summary["leaderboard"]) == 7 and len(summary["trials"]) == 3
+    best = summary["best"]
+    assert best is not None and best["seeds"] == [0, 1, 2]  # seed 3 only ran one epoch
+    assert best["metrics"]["val_accuracy"] == pytest.approx(84.0)
 
 
 def test_a_diverged_seed_is_its_own_run(tmp_path: Path) -> None:
