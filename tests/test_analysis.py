@@ -1,7 +1,8 @@
 """`study report` on a tiny real experiment: figures, exports, optuna.db, partial experiments.
 
-One experiment per module (a 2x2x2 homework-like grid, 2 seeds, 3 epochs on 8x8 synthetic
-images), made by `study run` in a subprocess so its Ray never meets another module's.
+One experiment per module (a 2x2x2 homework-like grid, 2 seeds, 4 epochs on 16x16 synthetic
+images: enough to learn a little, so seeds differ), made by `study run` in a subprocess so its
+Ray never meets another module's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from study.cli import main
 
 pytestmark = pytest.mark.slow
 
-DATA = "synthetic:size=8,n=40,n_test=20"
+DATA = "synthetic:size=16,n=100,n_test=60"
 SPACE = """\
 metric: val_accuracy
 mode: max
@@ -33,8 +34,8 @@ params:
 fixed:
   width: {by_depth: {3: 16, 5: [32, 16, 16, 16, 16]}}
   dropout: 0.2
-  lr: 1.0e-3
-  epochs: 3
+  lr: 3.0e-3
+  epochs: 4
 """
 TRIALS = 2 * 2 * 2 * 2  # loss x batch size x depth x seeds
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -91,12 +92,32 @@ def test_report_md_answers_the_homework(experiment: Path) -> None:
                           ("3 layers", '"100 %" (scoring bug)'), ("5 layers", "72 %")):
         row = next(r for r in rows if f"| {arm} | 2 |" in r)
         assert " ± " in row and homework in row, row
-    for title in ("Loss: BCE vs CE", "Batch size", "Depth (hidden layers)"):
-        verdict = next(r for r in report.splitlines() if r.startswith(f"- **{title}**: "))
-        assert "difference" in verdict and "n = 2 per arm" in verdict, verdict
-    assert "held at the homework's baseline" in report
     homework = pd.read_csv(experiment / "summary" / "homework.csv")
-    assert len(homework) == 6 and set(homework["n"]) == {2}
+    arms = homework[homework["row"] == "arm"]
+    assert len(arms) == 6 and set(arms["n"]) == {2}
+    pairs = homework[homework["row"] == "pair"]
+    tested = 0
+    for title, factor in (("Loss: BCE vs CE", "loss"), ("Batch size", "batch_size"),
+                          ("Depth (hidden layers)", "depth")):
+        verdict = next(r for r in report.splitlines() if r.startswith(f"- **{title}**: "))
+        mine = arms[arms["factor"] == factor]
+        if (mine["test_sd"] == 0).any():  # an arm whose seeds all scored alike
+            assert "cannot tell" in verdict and factor not in set(pairs["factor"]), verdict
+            continue
+        tested += 1
+        assert "difference" in verdict and "n = 2 per arm" in verdict, verdict
+        (pair,) = pairs[pairs["factor"] == factor].itertuples()
+        values = [json.loads(v) for v in mine["test_values"]]
+        assert pair.difference == pytest.approx(sum(values[0]) / 2 - sum(values[1]) / 2)
+        assert pair.ci_low < pair.difference < pair.ci_high
+        assert pair.p_holm >= pair.p_value and pair.detectable_80 > 0
+        row = next(r for r in report.splitlines() if f"| {pair.a} − {pair.b} | 2/2 |" in r)
+        assert f"{pair.detectable_80:.1f} points" in row, row
+    assert tested, "every comparison had an arm without spread; the fixture learns nothing"
+    assert "Holm-adjusted together" in report and "Games-Howell" in report
+    assert "held at the homework's baseline" in report
+    assert "### Validation vs test" in report and "Best configuration: validation accuracy" \
+        in report
     for key in ("test_accuracy", "test_auroc", "test_sensitivity", "test_specificity"):
         assert f"| {key} | " in report
 
@@ -118,8 +139,8 @@ def test_optuna_db_holds_every_trial_and_the_best_value(experiment: Path) -> Non
     for trial in study.trials:
         assert trial.state == optuna.trial.TrialState.COMPLETE
         assert set(trial.params) == {"loss", "batch_size", "depth"}
-        assert sorted(trial.intermediate_values) == [1, 2, 3]
-        assert trial.intermediate_values[3] == pytest.approx(trial.value)
+        assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
+        assert trial.intermediate_values[4] == pytest.approx(trial.value)
     assert not list(db.parent.glob(".optuna.db.*"))  # the temporary file was renamed
 
 

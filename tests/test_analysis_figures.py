@@ -102,10 +102,40 @@ def test_arm_stats_carry_the_homework_numbers_and_a_verdict() -> None:
     assert list(stats["n"]) == [3, 3, 3]
     assert list(stats["homework_label"]) == ["74 %", '"100 %" (scoring bug)', "72.25 %"]
     result = homework.compare_test_accuracy(stats)
-    assert result.test == "anova" and result.p_value < 0.001
+    assert result.test == "games-howell" and result.p_value < 0.001
     assert "highest: batch 128" in result.verdict
+    (result,) = homework.adjust_comparisons([result])
     record = homework.comparison_record(comparison, stats, result)
-    assert json.loads(json.dumps(record))["arms"][0]["n"] == 3
+    loaded = json.loads(json.dumps(record))
+    assert loaded["arms"][0]["n"] == 3 and loaded["family"] == 1
+    assert [(p["a"], p["b"]) for p in loaded["pairs"]] == [
+        ("batch 16", "batch 32"), ("batch 16", "batch 128"), ("batch 32", "batch 128")]
+    pairs = homework.collect_pairs(comparison, result)
+    assert list(pairs.columns) == homework.PAIR_COLUMNS
+    row = pairs.iloc[1]  # batch 16 - batch 128: the trials' accuracy rises by batch / 16
+    values = stats.set_index("label")["test_values"]
+    assert row["difference"] == pytest.approx(np.mean(values["batch 16"])
+                                              - np.mean(values["batch 128"]))
+    assert row["ci_low"] < row["difference"] < row["ci_high"] < 0
+    assert row["p_holm"] == pytest.approx(max(row["p_value"], result.p_adjusted))
+    assert row["detectable_80"] > 0 and row["seeds_needed"] >= 2
+
+
+def test_identical_runs_count_once() -> None:
+    trials = _trials()
+    comparison = homework.select_comparison(trials, "loss")
+    assert comparison is not None
+    doubled = comparison._replace(trials=pd.concat([comparison.trials,
+                                                    comparison.trials.iloc[:2]]))
+    stats = homework.collect_arm_stats(doubled)
+    assert list(stats["n"]) == [3, 3] and list(stats["n_duplicate"]) == [2, 0]
+    reference = homework.collect_arm_stats(comparison)
+    assert list(stats["test_mean"]) == pytest.approx(list(reference["test_mean"]))
+    # another seed of the same configuration is a new run
+    other = comparison.trials.iloc[:1].assign(seed=99, test_accuracy=50.0)
+    more = homework.collect_arm_stats(comparison._replace(
+        trials=pd.concat([comparison.trials, other])))
+    assert list(more["n"]) == [4, 3]
 
 
 def test_homework_plots_return_axes_and_draw() -> None:
