@@ -35,7 +35,13 @@ from analysis import homework, hpo  # noqa: E402
 from analysis.html_report import HTML_REPORT, write_html_report  # noqa: E402
 from analysis.optuna_study import build_study, write_optuna_db  # noqa: E402
 from analysis.results import check_experiment, collect_epochs  # noqa: E402
-from analysis.summary import config_columns, summarise, validation_source  # noqa: E402
+from analysis.summary import (  # noqa: E402
+    SEEDS_ON_DEMAND,
+    config_columns,
+    seed_standings,
+    summarise,
+    validation_source,
+)
 from study.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,8 @@ FINISHED = ("completed", "stopped", "diverged", "error")
 
 
 def export_best_model(exp_dir: Path, best: dict[str, Any], out: Path) -> Path | None:
-    """Copy the best trial's kept weights (best validation loss) to out/model.pt."""
+    """Copy the best run's kept weights (best validation loss) to out/model.pt: the
+    representative seed's slice of a stacked trial's checkpoint."""
     import torch
 
     from study.checkpoint import MODEL_FILE, save_model
@@ -66,8 +73,10 @@ def export_best_model(exp_dir: Path, best: dict[str, Any], out: Path) -> Path | 
     config = TrialConfig.from_dict(state["config"], where=str(checkpoints[-1]))
     weights = state["best_model"] or state["model"]
     first = next(v for k, v in weights.items() if k.endswith("weight"))
-    image_size = int(round(first.shape[1] ** 0.5))
-    save_model(out / MODEL_FILE, weights, config, image_size)
+    image_size = int(round(first.shape[-1] ** 0.5))
+    seed = best.get("representative_seed", config.seed)
+    index = config.seeds.index(seed) if seed in config.seeds else 0
+    save_model(out / MODEL_FILE, weights, config, image_size, index=index)
     return out / MODEL_FILE
 
 
@@ -363,6 +372,37 @@ def _best_section(best: dict[str, Any] | None, metric: str, mode: str) -> list[s
     return lines
 
 
+def _seeds_section(trials: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
+    """Where each configuration of a `--repeats auto` study stopped adding seeds, and why."""
+    from study.seed_rule import Rule
+
+    rule = meta.get(SEEDS_ON_DEMAND)
+    if not rule:
+        return []
+    stated = Rule(float(rule["target_ci"]), int(rule["max_repeats"]), int(rule["first_seeds"]))
+    table = seed_standings(trials, rule, meta.get("searched"))
+    lines = ["## Seeds added on demand (`--repeats auto`)", "",
+             f"**Stopping rule:** {stated.describe()}. The rule reads only each configuration's "
+             "spread, never which one is ahead, so it chose nothing; but an interval that "
+             "stopped because it happened to be narrow covers the true mean a little less often "
+             "than 95 %, and a configuration stopped at the cap has a wider interval than the "
+             "target. Read the intervals below and in the comparisons with that in mind.", ""]
+    if table.empty:
+        return lines + ["No configuration has finished a seed yet.", ""]
+    lines += ["| Configuration | Seeds | 95 % CI half-width (test accuracy, points) | "
+              "Where it stopped, and why |", "| --- | --- | --- | --- |"]
+    for row in table.itertuples():
+        seeds = f"{row.n}" + (f" ({row.tries - row.n} failed)" if row.tries > row.n else "")
+        lines.append(f"| {row.configuration} | {seeds} | {_fmt(row.half_width)} | {row.why} |")
+    narrow = int(table["why"].str.startswith("stopped: half-width").sum())
+    capped = int(table["why"].str.startswith("stopped at the cap").sum())
+    lines += ["", f"{narrow} of {len(table)} configuration(s) reached the target, {capped} "
+              "stopped at the cap"
+              + (f", {int((~table['done']).sum())} not done when the study ended"
+                 if (~table["done"]).any() else "") + ".", ""]
+    return lines
+
+
 def _validation_test_section(best: dict[str, Any] | None, meta: dict[str, Any],
                              trials: pd.DataFrame) -> list[str]:
     """The best configuration's validation and test accuracy side by side, with the gap read
@@ -436,6 +476,7 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
         lines += [f"- {m}" for m in missing] + [""]
     lines += _best_section(summary["best"], summary["metric"], summary["mode"])
     lines += _validation_test_section(summary["best"], meta, trials)
+    lines += _seeds_section(trials, meta)
     lines += _homework_section(comparisons, meta.get("search"), meta.get("scheduler"))
     hw_figs = [f for f in figures if f.startswith("homework_")]
     if hw_figs:
@@ -458,10 +499,10 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
     lines += [f"![{figures[f]}]({FIGURES}/{f})" for f in hpo_figs] + [""]
     lines += ["## Files", "",
               f"- `{HTML_REPORT}`: this report as one web page, figures embedded",
-              "- `leaderboard.csv`: one row per trial, best first",
+              "- `leaderboard.csv`: one row per run (a trial and one of its seeds), best first",
               "- `best_config.json`, `best_config.yaml`: the best configuration with its metrics; "
               "`study train --config best_config.yaml` retrains it",
-              "- `model.pt`: the best trial's weights (best validation loss); "
+              "- `model.pt`: the best run's weights (its seed's best validation loss); "
               "`study evaluate --checkpoint model.pt --data ...` scores it",
               f"- `{HOMEWORK_CSV}`: the homework's comparisons, arm by arm"]
     if db is not None:
@@ -597,6 +638,7 @@ def write_report(exp_dir: Path, out: Path | None = None, *,
             "n_seeds": best["n_seeds"],
             "seeds": best["seeds"],
             "trial_ids": best["trial_ids"],
+            "representative_seed": best["representative_seed"],
         }
         write_json_atomic(out / "best_config.json", record)
         write_text_atomic(out / "best_config.yaml", yaml.safe_dump(record, sort_keys=False))
@@ -617,7 +659,9 @@ def write_report(exp_dir: Path, out: Path | None = None, *,
     if expected and len(trials) < expected:
         missing.append(f"{expected - len(trials)} of {expected} requested trials never started")
 
-    comparisons, table, figures = _homework_figures(trials, epochs, meta)
+    # The homework's intervals are over seeds: one row per run, each seed's own epochs.
+    comparisons, table, figures = _homework_figures(
+        summary["runs"], collect_epochs(exp_dir, per_seed=True), meta)
     if not table.empty:
         write_text_atomic(out / HOMEWORK_CSV, table.to_csv(index=False))
     study_name = exp_dir.resolve().name
