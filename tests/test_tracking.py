@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,11 @@ def wandb_records(path: Path) -> Iterator[Any]:
 def test_wandb_offline_has_one_run_per_trial_with_config_and_metrics(experiment: dict) -> None:
     runs = sorted(experiment["exp_dir"].glob("wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == len(LRS)
+    # W&B's own service process writes the file; it may still be flushing when fit returns.
+    deadline = time.monotonic() + 60
+    while not all(any(r.WhichOneof("record_type") == "exit" for r in wandb_records(run))
+                  for run in runs) and time.monotonic() < deadline:
+        time.sleep(0.5)
     seen: dict[float, list[dict[str, Any]]] = {}
     for run in runs:
         config: dict[str, Any] = {}
