@@ -108,6 +108,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                  "best_val_accuracy": best_epoch["val_accuracy"]})
         save_model(out / MODEL_FILE, best, config, data.image_size)
         print(f"Wrote {out}/: {', '.join(RUN_FILES)}.")
+    else:
+        print(f"Nothing was saved (no --out): pass --out DIR to keep the model and its record "
+              f"({', '.join(RUN_FILES)}).")
     return 0
 
 
@@ -142,7 +145,8 @@ def _options(args: argparse.Namespace) -> RunOptions:
     from study.resume import resume_options
 
     given = {f.name: getattr(args, f.name, None) for f in fields(RunOptions)}
-    given["verbose"] = 0 if args.quiet else 1
+    verbose = getattr(args, "verbose", False) or getattr(args, "run_verbose", False)
+    given["verbose"] = 0 if args.quiet else 2 if verbose else 1
     if args.resume:
         return resolved(resume_options(given))
     # Resolved (and named) now, so that an interrupted run can say how to resume it.
@@ -154,16 +158,45 @@ def _print_best(summary: dict) -> None:
     if not best:
         print("No trial finished with a validation score; nothing to recommend yet.")
         return
-    print(f"\nBest configuration ({summary['metric']} {summary['mode']}, validation only):")
+    from study.progress import format_value
+
+    metric = summary["metric"]
+    print(f"\nBest configuration ({metric} {summary['mode']}, validation only):")
     for key, value in best["config"].items():
-        print(f"  {key:>13}: {value}")
+        print(f"  {key:>13}: {format_value(key, value)}")
     for key in ("val_accuracy", "val_loss", "val_auroc", "test_accuracy", "test_auroc",
                 "test_sensitivity", "test_specificity"):
         if key in best.get("metrics", {}):
             value = best["metrics"][key]
             spread = best.get("ci95", {}).get(key)
-            extra = f" ± {spread:.2f} (95% CI, n={best['n_seeds']})" if spread else ""
-            print(f"  {key:>16}: {value:.4f}{extra}")
+            extra = (f" ± {format_value(key, spread)} (95% CI, n={best['n_seeds']})"
+                     if spread else "")
+            print(f"  {key:>16}: {format_value(key, value)}{extra}")
+    note = _best_note(summary)
+    if note:
+        print(note)
+
+
+def _best_note(summary: dict) -> str | None:
+    """Why the best configuration is not the single best score seen, when it is not."""
+    from study.progress import format_value
+
+    board, best, metric = summary.get("leaderboard"), summary["best"], summary["metric"]
+    if board is None or board.empty or metric not in board or "trial_id" not in board:
+        return None
+    scored = board[board[metric].notna()]
+    if scored.empty:
+        return None
+    top = scored.iloc[0]  # the leaderboard is sorted best first
+    if top["trial_id"] in best.get("trial_ids", []):
+        return None
+    why = {"stopped": "was stopped early by the scheduler, so its score is not a final one",
+           "unfinished": "did not finish", "diverged": "diverged", "error": "errored",
+           }.get(str(top.get("status")), f"is {top.get('status')}")
+    return (f"  (Trial {top['trial_id']} scored a higher {metric}, "
+            f"{format_value(metric, float(top[metric]))}, but it {why}; the best configuration "
+            "is chosen among completed trials by its final score, averaged over its seeds. "
+            "The progress display's best was the best epoch seen so far of any trial.)")
 
 
 def _resume_command(opts: RunOptions) -> str:
@@ -198,16 +231,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     wall = time.monotonic() - start
     from analysis.report import write_report  # here: bad input fails without loading it
+    from study.progress import SummaryProgress
 
+    show = SummaryProgress() if opts.verbose else None
     try:
-        summary = write_report(run.path)
+        summary = write_report(run.path, progress=show)
     except KeyboardInterrupt:  # each summary file is whole: the old one or the new one
         print(f"\nInterrupted while writing the summary; the results are saved. Write it "
               f"with: study report {run.path}", file=sys.stderr)
         return 130
+    finally:
+        if show is not None:
+            show.close()
     _print_best(summary)
     print(f"\n{run.num_trials} trials ({run.num_errors} errored) in {wall:.1f} s.")
-    print(f"Results: {run.path}\nSummary: {run.path / 'summary'}")
+    print(f"Results: {run.path}\nSummary: {run.path / 'summary'} (open "
+          f"{run.path / 'summary' / 'report.html'} in a browser)")
     if run.interrupted:
         print(f"\nInterrupted: the study did not finish; what finished is saved. Continue "
               f"with: study run --resume --name {run.path.name} --storage-path "
@@ -223,7 +262,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.results_dir)
     if not path.is_dir():
         raise StudyError(f"RESULTS_DIR {path}: no such folder")
-    summary = write_report(path, out=Path(args.out) if args.out else None)
+    from study.progress import SummaryProgress
+
+    show = SummaryProgress()
+    try:
+        summary = write_report(path, out=Path(args.out) if args.out else None, progress=show)
+    finally:
+        show.close()
     _print_best(summary)
     for line in summary.get("missing", []):
         print(f"Missing: {line}")

@@ -27,6 +27,7 @@ from study.data import Dataset, load_data, resolve_spec
 from study.errors import StudyError
 from study.experiment import (
     META_FILE,
+    OPTUNA_DB,
     check_writable,
     remove_unstarted,
     storage_root,
@@ -137,8 +138,10 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
     from study.atomic_fs import atomic_local_filesystem
     from study.cluster import check_storage_path, check_trial_resources, reachable_resources
     from study.io import write_json_atomic
+    from study.progress import StudyProgress
     from study.ray_compat import fresh_json_logger
     from study.ray_session import trial_slots
+    from study.tracking import tracking_callbacks
     from study.trainable import train_trial
 
     check_trial_resources(opts.cpus_per_trial, opts.gpus_per_trial, reachable_resources())
@@ -161,7 +164,12 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise StudyError(f"--resume: {exp_dir} cannot be restored ({first})") from None
     slots = trial_slots(opts.cpus_per_trial, opts.gpus_per_trial)
-    search_alg, param_space, num_samples = build_search(opts, space, slots)
+    # Under --search optuna the Optuna study lives in the experiment folder as it runs, so
+    # optuna-dashboard shows it live (a remote storage path keeps it in memory).
+    live_db = exp_dir / OPTUNA_DB if local else None
+    if local:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+    search_alg, param_space, num_samples = build_search(opts, space, slots, live_db)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -177,8 +185,13 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             progress_reporter=_reporter(space),
-            verbose=opts.verbose,
-            callbacks=[fresh_json_logger()],
+            # Ray's own table only with --verbose; otherwise the progress display (or nothing).
+            verbose=1 if opts.verbose > 1 else 0,
+            callbacks=[fresh_json_logger(),
+                       *tracking_callbacks(opts.name, exp_dir if local else None, opts.wandb,
+                                           opts.mlflow),
+                       *([StudyProgress(expected_trials(opts, space), epochs, space.metric,
+                                        space.mode)] if opts.verbose == 1 else [])],
         ),
     )
     if local:

@@ -266,11 +266,12 @@ class SummaryProgress:
             self._display = Progress(TextColumn("writing summary: {task.description}"),
                                      BarColumn(bar_width=30), MofNCompleteColumn(),
                                      TimeElapsedColumn(), TimeRemainingColumn(),
-                                     console=self.console, transient=True)
+                                     console=self.console, transient=True,
+                                     auto_refresh=False)  # no thread: the writer forks
             self._task = self._display.add_task(phase, total=total or None)
             self._display.start()
         self._display.update(self._task, description=phase, completed=done,
-                             total=total or None)
+                             total=total or None, refresh=True)
         self._phase = phase
 
     def close(self) -> None:
