@@ -122,13 +122,19 @@ def optuna_searcher(space: SearchSpace, opts: RunOptions,
     """
     import optuna
 
-    from study.searcher import StudyOptunaSearch, tpe_sampler
+    from study.searcher import StudyOptunaSearch, storage_url, tpe_sampler
 
     startup = max(4, min(10, opts.num_samples // 3))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seed = opts.seed
+    if storage_file is not None and storage_file.is_file():
+        # Continuing a study kept in the file: TPE learns from its trials, and draws a random
+        # stream of its own rather than the first session's again.
+        seed += len(optuna.load_study(study_name=opts.name,
+                                      storage=storage_url(storage_file)).trials)
     # Ray never hands TuneConfig's metric/mode to a searcher built with a define-by-run space
     # (it has no param_space to pass), so OptunaSearch takes them from the same SearchSpace.
-    return StudyOptunaSearch(space=optuna_space(space), sampler=tpe_sampler(opts.seed, startup),
+    return StudyOptunaSearch(space=optuna_space(space), sampler=tpe_sampler(seed, startup),
                              metric=space.metric, mode=space.mode, storage_file=storage_file,
                              study_name=opts.name)
 

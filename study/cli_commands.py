@@ -229,6 +229,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("\nInterrupted before the study started; nothing was saved. Run the same "
                   "command again to start it.", file=sys.stderr)
         return 130
+    if run.nothing_new:
+        print(f"Study {run.path.name} has finished all its {run.num_trials} trials; nothing "
+              f"to resume (pass --num-samples above {opts.num_samples} to add trials, "
+              f"or see {run.path / 'summary'}).")
+        return 0
     wall = time.monotonic() - start
     from analysis.report import write_report  # here: bad input fails without loading it
     from study.progress import SummaryProgress

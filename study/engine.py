@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class StudyRun:
     num_trials: int
     num_errors: int
     interrupted: bool
+    nothing_new: bool = False  # a finished study resumed without asking for more trials
 
 
 def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
@@ -64,8 +65,13 @@ def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
     local = is_local_path(opts.storage_path)
     exp_dir = Path(root) / opts.name
     data_spec = resolve_spec(opts.data)
+    extra = 0
     if local:
         _check_experiment_folder(opts, exp_dir, space, data_spec)
+        if opts.resume:
+            extra, finished = _resume_plan(opts, exp_dir)
+            if finished is not None:
+                return finished
     check_local_gpus(opts)
     data = load_data(data_spec)
     space = fit_image_size(space, data.image_size)
@@ -78,7 +84,7 @@ def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
 
     started = init_ray(opts)
     try:
-        tuner = _tuner(opts, space, epochs, data, root, exp_dir, local, command)
+        tuner = _tuner(opts, space, epochs, data, root, exp_dir, local, command, extra)
         safe_checkpoint_deletion()
         results = _fit(tuner)
         # fit saved the final experiment state: no checkpoint held back is named in it now.
@@ -95,6 +101,37 @@ def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
     finally:
         if started:
             ray.shutdown()
+
+
+def _resume_plan(opts: RunOptions, exp_dir: Path) -> tuple[int, StudyRun | None]:
+    """(trials to add, None) for `--resume`; (0, a StudyRun) when there is nothing to do.
+
+    `--num-samples` above the study's count adds trials to a finished study (Ray's
+    `Tuner.restore` cannot add trials: a restored search keeps its sample count); a study
+    still unfinished resumes as it is first.
+    """
+    from study.resume import read_study_meta
+
+    meta = read_study_meta(exp_dir)
+    before = meta["options"].get("num_samples")
+    statuses = read_trial_states(exp_dir)
+    finished = (bool(statuses) and len(statuses) >= int(meta.get("expected_trials") or 0)
+                and all(s["status"] in ("TERMINATED", "ERROR") for s in statuses.values()))
+    extra = opts.num_samples - before if isinstance(before, int) else 0
+    if extra > 0 and not finished:
+        raise StudyError(
+            f"--resume --num-samples {opts.num_samples}: {exp_dir} has unfinished trials; "
+            "resume it without --num-samples first, then add trials"
+        )
+    if extra > 0 and not (exp_dir / OPTUNA_DB).is_file():
+        raise StudyError(
+            f"--resume --num-samples {opts.num_samples}: {exp_dir} has no {OPTUNA_DB} (its "
+            "search was not kept as it ran), so its search cannot continue"
+        )
+    if extra <= 0 and finished:
+        errors = sum(1 for s in statuses.values() if s["status"] == "ERROR")
+        return 0, StudyRun(exp_dir, len(statuses), errors, interrupted=False, nothing_new=True)
+    return max(extra, 0), None
 
 
 def _check_experiment_folder(opts: RunOptions, exp_dir: Path, space: SearchSpace,
@@ -130,8 +167,12 @@ def check_local_gpus(opts: RunOptions) -> None:
 
 
 def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, root: str,
-           exp_dir: Path, local: bool, command: str | None) -> Any:
-    """Check the connected cluster, then return the Tuner: restored, or new with study.json."""
+           exp_dir: Path, local: bool, command: str | None, extra: int = 0) -> Any:
+    """Check the connected cluster, then return the Tuner: restored, or new with study.json.
+
+    With `extra` > 0, a new Tuner in the same experiment folder runs `extra` more trials,
+    its Optuna searcher continuing the study kept in optuna.db.
+    """
     import ray
     from ray import tune
 
@@ -156,20 +197,21 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
     # Locally, every file Ray writes to the storage path appears whole or not at all, so
     # a driver killed mid-sync leaves the last experiment state and result.json intact.
     storage_fs = atomic_local_filesystem() if local else None
-    if opts.resume:
+    if opts.resume and not extra:
         try:
             return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=False,
                                       storage_filesystem=storage_fs)
         except Exception as exc:  # Ray raises many kinds for a damaged experiment folder
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise StudyError(f"--resume: {exp_dir} cannot be restored ({first})") from None
+    this_run = replace(opts, num_samples=extra) if extra else opts
     slots = trial_slots(opts.cpus_per_trial, opts.gpus_per_trial)
     # Under --search optuna the Optuna study lives in the experiment folder as it runs, so
     # optuna-dashboard shows it live (a remote storage path keeps it in memory).
     live_db = exp_dir / OPTUNA_DB if local else None
     if local:
         exp_dir.mkdir(parents=True, exist_ok=True)
-    search_alg, param_space, num_samples = build_search(opts, space, slots, live_db)
+    search_alg, param_space, num_samples = build_search(this_run, space, slots, live_db)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -190,11 +232,25 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
             callbacks=[fresh_json_logger(),
                        *tracking_callbacks(opts.name, exp_dir if local else None, opts.wandb,
                                            opts.mlflow),
-                       *([StudyProgress(expected_trials(opts, space), epochs, space.metric,
-                                        space.mode)] if opts.verbose == 1 else [])],
+                       *([StudyProgress(expected_trials(this_run, space), epochs,
+                                        space.metric, space.mode)]
+                         if opts.verbose == 1 else [])],
         ),
     )
-    if local:
+    if local and extra:
+        from datetime import datetime, timezone
+
+        from study.resume import read_study_meta
+
+        # study.json keeps how the study began, and now counts the trials added.
+        record = read_study_meta(exp_dir)
+        record["options"]["num_samples"] = opts.num_samples
+        record["expected_trials"] = expected_trials(opts, space)
+        record.setdefault("extended", []).append({
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "num_samples": opts.num_samples, "command": command or command_line(opts)})
+        write_json_atomic(exp_dir / META_FILE, record)
+    elif local:
         exp_dir.mkdir(parents=True, exist_ok=True)
         record = study_record(opts, space, data, epochs, expected_trials(opts, space),
                               command or command_line(opts), ray.__version__)

@@ -53,27 +53,32 @@ def write_json_atomic(path: str | Path, value: Any) -> None:
 
 
 def read_trial_states(exp_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """Return trial_id -> {status, dir, failures} from Ray's latest experiment state.
+    """Return trial_id -> {status, dir, failures, run} from Ray's experiment states.
 
-    Reads only the JSON parts of `experiment_state-*.json` (never its pickled fields); a
-    missing or unreadable state gives {}.
+    Ray writes one `experiment_state-<time>.json` per driver session; a resumed session's
+    holds every trial it restored, and a session that added trials to a finished study holds
+    only its own. So every state is read, oldest first, and a later one's word on a trial
+    wins; `run` is the index (in time order) of the first session that named the trial.
+    Reads only the JSON parts (never the pickled fields); missing or unreadable states are
+    skipped (none readable gives {}).
     """
-    states = sorted(Path(exp_dir).glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    try:
-        raw = json.loads(states[-1].read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
     out: dict[str, dict[str, Any]] = {}
-    for entry in raw.get("trial_data", []):
+    for run, state in enumerate(sorted(Path(exp_dir).glob("experiment_state-*.json"))):
         try:
-            trial = json.loads(entry[0]) if isinstance(entry, list) else entry
-            runtime = json.loads(entry[1]) if isinstance(entry, list) and len(entry) > 1 else {}
-        except (TypeError, json.JSONDecodeError):
+            raw = json.loads(state.read_text())
+        except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(trial, dict) and "trial_id" in trial:
-            out[trial["trial_id"]] = {"status": trial.get("status", ""),
-                                      "dir": trial.get("relative_logdir"),
-                                      "failures": (runtime or {}).get("num_failures", 0)}
+        for entry in raw.get("trial_data", []):
+            try:
+                trial = json.loads(entry[0]) if isinstance(entry, list) else entry
+                runtime = (json.loads(entry[1]) if isinstance(entry, list) and len(entry) > 1
+                           else {})
+            except (TypeError, json.JSONDecodeError):
+                continue
+            if isinstance(trial, dict) and "trial_id" in trial:
+                first = out.get(trial["trial_id"], {}).get("run", run)
+                out[trial["trial_id"]] = {"status": trial.get("status", ""),
+                                          "dir": trial.get("relative_logdir"),
+                                          "failures": (runtime or {}).get("num_failures", 0),
+                                          "run": first}
     return out

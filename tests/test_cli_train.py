@@ -238,3 +238,14 @@ def test_train_help_lists_flags(capsys: pytest.CaptureFixture[str]) -> None:
     for flag in ("--loss", "--batch-size", "--depth", "--width", "--dropout", "--no-batchnorm",
                  "--image-size", "--out", "--overwrite", "--config"):
         assert flag in text
+
+
+def test_train_without_out_says_nothing_was_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", DATA, "--epochs", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == (
+        "Nothing was saved (no --out): pass --out DIR to keep the model and its record "
+        f"({', '.join(RUN_FILES)}).")
+    assert list(tmp_path.iterdir()) == []  # and indeed nothing was written
