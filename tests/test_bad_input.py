@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -644,3 +645,143 @@ def test_train_with_nan_weight_decay_is_refused(tmp_path: Path,
     refused(capsys, ["train", "--lr", "inf", "--data", TINY_DATA, "--epochs", "1"],
             "lr must be finite, got inf")
     assert not (tmp_path / "out").exists()
+
+
+# --- study report: damaged experiments, and folders it did not write -----------------------
+
+
+def fake_experiment(exp: Path, study: dict[str, object] | None = None) -> Path:
+    """Two finished trials as Ray lays them out, each with a checkpoint; no Ray needed.
+
+    Trial b has the better validation accuracy, trial a the better test accuracy.
+    """
+    from study.config import TrialConfig
+    from study.model import build_mlp
+
+    for i, (trial_id, val, test) in enumerate((("aaaa0001", 60.0, 90.0),
+                                               ("aaaa0002", 70.0, 50.0))):
+        trial = exp / f"train_trial_{trial_id}_{i + 1}_lr=0.00{i + 1}"
+        (trial / "checkpoint_000000").mkdir(parents=True)
+        config = {**TINY_NET, "lr": 0.001 * (i + 1), "seed": 0}
+        (trial / "params.json").write_text(json.dumps(config))
+        rows = [{"epoch": e, "val_accuracy": val - 2 + e, "val_loss": 0.6, "val_auroc": 0.7,
+                 "train_loss": 0.6, "train_accuracy": 60.0, "trial_id": trial_id,
+                 "config": config, "time_total_s": 1.0} for e in (1, 2)]
+        rows[-1].update(test_accuracy=test, test_auroc=0.5)
+        (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        weights = build_mlp(16 * 16, 2, 1, 16, 0.5).state_dict()
+        torch.save({"config": TrialConfig.from_dict(config).to_dict(), "model": weights,
+                    "best_model": weights}, trial / "checkpoint_000000" / "state.pt")
+    (exp / "study.json").write_text(json.dumps(
+        study or {"metric": "val_accuracy", "mode": "max", "searched": ["lr"]}))
+    return exp
+
+
+def best_trial_dir(exp: Path) -> Path:
+    return next(exp.glob("train_trial_aaaa0002_*"))
+
+
+DAMAGED_REPORT_INPUTS = {
+    "result.json not UTF-8": (lambda e: (best_trial_dir(e) / "result.json").write_bytes(
+        b'{"epoch": 1, "val_accuracy": 5\xff\xfe}\n'), ["result.json", "not UTF-8"]),
+    "params.json not UTF-8": (lambda e: (best_trial_dir(e) / "params.json").write_bytes(
+        b"\xff\xfe{}"), ["params.json", "not UTF-8"]),
+    "a bare number as a result line": (lambda e: (best_trial_dir(e) / "result.json").write_text(
+        "5\n"), ["result.json", "line 1 is not a result record", "'5'"]),
+    "best trial's state.pt truncated": (
+        lambda e: (best_trial_dir(e) / "checkpoint_000000" / "state.pt").write_bytes(
+            (best_trial_dir(e) / "checkpoint_000000" / "state.pt").read_bytes()[:300]),
+        ["state.pt", "the best trial's checkpoint cannot be read"]),
+    "trial_data not a list": (lambda e: (e / "experiment_state-2026-01-01_00-00-00.json")
+                              .write_text('{"trial_data": 5}'),
+                              ["experiment_state-", "trial_data is not a list"]),
+    "study.json a list": (lambda e: (e / "study.json").write_text("[1]"),
+                          ["study.json", "must hold a JSON object"]),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_REPORT_INPUTS, ids=list(DAMAGED_REPORT_INPUTS))
+def test_report_on_damaged_files_is_one_line_and_keeps_the_summary(
+        case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One line, exit 2, and summary/ as the previous report left it (not half new)."""
+    exp = fake_experiment(tmp_path / "exp")
+    assert cli.main(["report", str(exp)]) == 0
+    capsys.readouterr()
+    before = snapshot(exp / "summary")
+    assert "model.pt" in before and "report.md" in before
+    damage, needles = DAMAGED_REPORT_INPUTS[case]
+    damage(exp)
+    refused(capsys, ["report", str(exp)], *needles)
+    assert snapshot(exp / "summary") == before
+    assert [p.name for p in exp.iterdir() if p.name.startswith(".summary")] == []
+
+
+def test_report_never_selects_by_the_test_split(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A damaged study.json that names a test metric is refused, not obeyed."""
+    exp = fake_experiment(tmp_path / "exp", {"metric": "test_accuracy", "mode": "max"})
+    refused(capsys, ["report", str(exp)], str(exp / "study.json"),
+            "metric must be one of val_accuracy, val_loss, val_auroc", "'test_accuracy'")
+    assert not (exp / "summary").exists()
+    (exp / "study.json").write_text(json.dumps({"metric": "val_accuracy", "mode": "max"}))
+    assert cli.main(["report", str(exp)]) == 0
+    best = json.loads((exp / "summary" / "best_config.json").read_text())
+    assert best["trial_ids"] == ["aaaa0002"]  # best validation, not best test accuracy
+
+
+@pytest.mark.parametrize("where", ["summary", "--out"])
+def test_report_into_a_file_is_refused(where: str, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    exp = fake_experiment(tmp_path / "exp")
+    target = exp / "summary" if where == "summary" else tmp_path / "out"
+    target.write_text("mine")
+    argv = ["report", str(exp)] + (["--out", str(target)] if where == "--out" else [])
+    refused(capsys, argv, str(target), "exists and is not a folder")
+    assert target.read_text() == "mine"
+
+
+def test_report_refuses_a_folder_it_did_not_write(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    exp = fake_experiment(tmp_path / "exp")
+    out = tmp_path / "mine"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "my_plot.png").write_bytes(b"\x89PNG mine")
+    (out / "report.md").write_text("# my own report\n")
+    before = snapshot(out)
+    refused(capsys, ["report", str(exp), "--out", str(out)], f"--out {out}",
+            "did not write", "nothing was changed")
+    assert snapshot(out) == before
+    refused(capsys, ["report", str(exp), "--out", str(exp)], "is the experiment folder")
+    refused(capsys, ["report", str(exp), "--out", str(tmp_path)], "holds it")
+
+
+def test_report_keeps_files_it_did_not_write_in_its_own_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user's plots added to summary/figures survive the next report; what the report wrote
+    is replaced as a whole; a file of the report's that the user edited is never overwritten."""
+    exp = fake_experiment(tmp_path / "exp")
+    assert cli.main(["report", str(exp)]) == 0
+    summary = exp / "summary"
+    figures = sorted(p.name for p in (summary / "figures").glob("*.png"))
+    assert figures
+    (summary / "figures" / "my_plot.png").write_bytes(b"\x89PNG mine")
+    (summary / "notes.md").write_text("my notes")
+    (best_trial_dir(exp) / "result.json").write_text(  # new results: a new report
+        (best_trial_dir(exp) / "result.json").read_text().replace('"val_loss": 0.6',
+                                                                   '"val_loss": 0.5'))
+    old_board = (summary / "leaderboard.csv").read_text()
+    assert cli.main(["report", str(exp)]) == 0
+    assert (summary / "figures" / "my_plot.png").read_bytes() == b"\x89PNG mine"
+    assert (summary / "notes.md").read_text() == "my notes"
+    assert (summary / "leaderboard.csv").read_text() != old_board
+    assert sorted(p.name for p in (summary / "figures").glob("hpo_*.png")) == [
+        f for f in figures if f.startswith("hpo_")]
+
+    (summary / "report.md").write_text("# edited by hand\n")
+    before = snapshot(summary)
+    refused(capsys, ["report", str(exp)], str(summary / "report.md"), "move it away")
+    assert snapshot(summary) == before
+    capsys.readouterr()
+    (summary / "report.md").unlink()  # once moved away, the report writes it again
+    assert cli.main(["report", str(exp)]) == 0
+    assert (summary / "report.md").read_text().startswith("# Study report")
