@@ -5,7 +5,8 @@ The homework ran one model per setting and changed one factor at a time from its
 in that factor only: the other homework factors are held at the baseline when the study has the
 baseline's value, and otherwise averaged over (marginalised), which the comparison's `note` says.
 Any other parameter that varies within an arm (a searched learning rate, say) is marginalised
-too, and named in the note.
+too, and named in the note. Identical runs (same configuration, same seed: a study resumed
+twice, a copied trial) count once.
 
 `collect_*` return DataFrames; `plot_*` draw them on an Axes and return it.
 """
@@ -26,7 +27,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
 from analysis.results import CONFIG_KEYS, column_name  # noqa: E402
-from analysis.stats import ArmTest, compare_arms, finite, mean_ci  # noqa: E402
+from analysis.stats import ArmTest, adjust_holm, compare_arms, finite, mean_ci  # noqa: E402
 
 BASELINE: dict[str, Any] = {"loss": "ce", "batch_size": 32, "depth": 3}
 # What the homework reported, per arm: (test accuracy %, label). None: no number reported.
@@ -130,14 +131,31 @@ def homework_number(factor: str, value: Any) -> tuple[float | None, str]:
     return HOMEWORK.get(factor, {}).get(value, (None, "not run"))
 
 
+def distinct_runs(trials: pd.DataFrame) -> pd.DataFrame:
+    """Return `trials` with identical runs (same configuration and seed) counted once.
+
+    The same configuration with the same seed trains the same model, so a repeat of it adds no
+    information about seed-to-seed spread and would narrow the CI falsely. Runs read from disk
+    carry `duplicate` marks (`analysis.results.collect_runs`); a table without them keeps the
+    last of each.
+    """
+    if "duplicate" in trials:
+        return trials[~trials["duplicate"].astype(bool)]
+    keys = [column_name(k) for k in CONFIG_KEYS if column_name(k) in trials]
+    if "seed" not in keys or trials.empty:
+        return trials
+    return trials.loc[~trials[keys].astype(str).duplicated(keep="last")]
+
+
 def collect_arm_stats(comparison: Comparison) -> pd.DataFrame:
     """Return one row per arm: n, mean, SD and 95 % CI of test and best validation accuracy,
-    the per-seed test accuracies, trials left out (stopped, diverged, errored) and the
-    homework's number."""
+    the per-seed test accuracies, trials left out (stopped, diverged, errored, duplicates of
+    another run) and the homework's number."""
     rows = []
     for arm in comparison.arms:
         members = comparison.trials[comparison.trials[comparison.factor] == arm]
-        usable = members[members["status"].isin(USABLE)]
+        finished = members[members["status"].isin(USABLE)]
+        usable = distinct_runs(finished)
         test = mean_ci(usable["test_accuracy"].tolist())
         val = mean_ci(usable["best_val_accuracy"].tolist())
         number, label = homework_number(comparison.factor, arm)
@@ -151,6 +169,7 @@ def collect_arm_stats(comparison: Comparison) -> pd.DataFrame:
             "n_error": int(members["status"].isin(["error", "no_results"]).sum()),
             "n_unfinished": int(members["status"].isin(
                 ["unfinished", "running", "pending", "paused"]).sum()),
+            "n_duplicate": int(len(finished) - len(usable)),
             "homework": math.nan if number is None else number,
             "homework_label": label,
         })
@@ -158,8 +177,32 @@ def collect_arm_stats(comparison: Comparison) -> pd.DataFrame:
 
 
 def compare_test_accuracy(stats: pd.DataFrame) -> ArmTest:
-    """Welch's t-test (two arms) or one-way ANOVA (more) of the arms' test accuracies."""
+    """Welch's t-test (two arms) or Games-Howell pairs (more) of the arms' test accuracies,
+    before any adjustment across a report (`adjust_comparisons`)."""
     return compare_arms({row.label: row.test_values for row in stats.itertuples()})
+
+
+def adjust_comparisons(results: list[ArmTest]) -> list[ArmTest]:
+    """Holm-adjust the comparisons of one report together; verdicts say so."""
+    return adjust_holm(results)
+
+
+PAIR_COLUMNS = ["factor", "a", "b", "n_a", "n_b", "difference", "ci_low", "ci_high",
+                "hedges_g", "test", "df", "p_value", "p_holm", "detectable_80",
+                "seeds_needed", "target_difference"]
+
+
+def collect_pairs(comparison: Comparison, result: ArmTest) -> pd.DataFrame:
+    """Return one row per compared pair: difference a - b (points) with its 95 % CI, Hedges' g,
+    raw and Holm-adjusted p, the difference detectable with 80 % power at this n, and seeds per
+    arm needed to detect the target difference (2 points)."""
+    rows = [{"factor": comparison.factor, "a": q.a, "b": q.b, "n_a": q.n_a, "n_b": q.n_b,
+             "difference": q.difference, "ci_low": q.low, "ci_high": q.high,
+             "hedges_g": q.hedges_g, "test": result.test, "df": q.df, "p_value": q.p_value,
+             "p_holm": q.p_adjusted, "detectable_80": q.detectable,
+             "seeds_needed": q.seeds_needed, "target_difference": q.target}
+            for q in result.pairs]
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
 
 def collect_arm_curves(comparison: Comparison, epochs: pd.DataFrame) -> pd.DataFrame:
@@ -168,13 +211,18 @@ def collect_arm_curves(comparison: Comparison, epochs: pd.DataFrame) -> pd.DataF
     Trials stopped early contribute the epochs they ran, so n can fall at later epochs.
     """
     members = comparison.trials[comparison.trials["status"].isin(CURVE_STATUSES)]
-    arm_of = dict(zip(members["trial_id"], members[comparison.factor], strict=True))
+    if "duplicate" in members:  # the same run twice draws once
+        members = members[~members["duplicate"].astype(bool)]
+    # Runs are keyed by trial and seed where both tables have seeds (stacked trials).
+    by_seed = "seed" in members and "seed" in epochs
+    arm_of = dict(zip(_run_keys(members, by_seed), members[comparison.factor], strict=True))
     columns = ["arm", "label", "epoch", "metric", "mean", "low", "high", "n"]
     rows = []
     if epochs.empty or "trial_id" not in epochs:
         return pd.DataFrame(columns=columns)
-    df = epochs[epochs["trial_id"].isin(arm_of)].copy()
-    df["arm"] = df["trial_id"].map(arm_of)
+    run = _run_keys(epochs, by_seed)
+    df = epochs[run.isin(list(arm_of))].copy()
+    df["arm"] = run[df.index].map(arm_of)
     for (arm, epoch), group in df.groupby(["arm", "epoch"], sort=True):
         for metric in CURVE_METRICS:
             if metric not in group:
@@ -187,6 +235,15 @@ def collect_arm_curves(comparison: Comparison, epochs: pd.DataFrame) -> pd.DataF
                          "epoch": int(epoch), "metric": metric, "mean": ci.mean,
                          "low": ci.mean - half, "high": ci.mean + half, "n": ci.n})
     return pd.DataFrame(rows, columns=columns)
+
+
+def _run_keys(df: pd.DataFrame, by_seed: bool) -> pd.Series:
+    """`trial_id` (and `seed`) of each row as one string: a run's key in both tables."""
+    keys = df["trial_id"].astype(str)
+    if by_seed:
+        seeds = df["seed"].map(lambda v: "" if pd.isna(v) else str(int(v)))
+        keys = keys + "|" + seeds
+    return keys
 
 
 def _new_axes(ax: Axes | None, size: tuple[float, float] = (6.0, 4.0)) -> Axes:
@@ -299,9 +356,15 @@ def comparison_record(comparison: Comparison, stats: pd.DataFrame,
     for row in stats.to_dict("records"):
         arms.append({k: (None if isinstance(v, float) and math.isnan(v) else _py(v))
                      for k, v in row.items()})
+    pairs = [{k: (None if isinstance(v, float) and math.isnan(v) else _py(v))
+              for k, v in row.items()} for row in collect_pairs(comparison, result)
+             .astype(object).to_dict("records")]
     return {"factor": comparison.factor, "title": comparison.title, "note": comparison.note,
             "held": comparison.held, "marginalised": comparison.marginalised,
             "test": result.test,
             "p_value": None if math.isnan(result.p_value) else result.p_value,
+            "p_holm": None if math.isnan(result.p_adjusted) else result.p_adjusted,
+            "family": result.family, "excluded": list(result.excluded),
             "verdict": result.verdict, "stopped_trials": sorted(stopped),
-            "arms": json.loads(json.dumps(arms, default=str))}
+            "arms": json.loads(json.dumps(arms, default=str)),
+            "pairs": json.loads(json.dumps(pairs, default=str))}

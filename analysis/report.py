@@ -2,13 +2,15 @@
 
 summary/ holds best_config.json/.yaml, leaderboard.csv, model.pt (the best trial's kept weights),
 homework.csv (the homework's comparisons arm by arm), optuna.db (the study rebuilt as an Optuna
-SQLite storage), figures/*.png and report.md, which links them all. Every file is written
+SQLite storage), figures/*.png, report.md, which links them all, and report.html (report.md
+as one web page with the figures embedded). Every file is written
 atomically, so an interrupted report never leaves half a file; a partial experiment reports what
 it has and lists what is missing.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import errno
 import hashlib
@@ -16,12 +18,15 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -32,9 +37,16 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from analysis import homework, hpo  # noqa: E402
+from analysis.html_report import HTML_REPORT, write_html_report  # noqa: E402
 from analysis.optuna_study import build_study, write_optuna_db  # noqa: E402
 from analysis.results import check_experiment, collect_epochs  # noqa: E402
-from analysis.summary import summarise  # noqa: E402
+from analysis.summary import (  # noqa: E402
+    SEEDS_ON_DEMAND,
+    config_columns,
+    seed_standings,
+    summarise,
+    validation_source,
+)
 from study.errors import StudyError  # noqa: E402
 from study.io import write_json_atomic, write_text_atomic  # noqa: E402
 
@@ -44,11 +56,16 @@ FIGURES = "figures"
 OPTUNA_DB = "optuna.db"
 HOMEWORK_CSV = "homework.csv"
 DPI = 110
+MODEL_FILE = "model.pt"  # study.checkpoint.MODEL_FILE, named here so the report imports no torch
+MAX_WORKERS = 4  # drawing processes at most: a report has about a dozen figures
+# progress(phase, done, total): "figures" 5 of 13, "optuna.db" 1 of 1, ...
+Progress = Callable[[str, int, int], None]
 FINISHED = ("completed", "stopped", "diverged", "error")
 
 
 def export_best_model(exp_dir: Path, best: dict[str, Any], out: Path) -> Path | None:
-    """Copy the best trial's kept weights (best validation loss) to out/model.pt."""
+    """Copy the best run's kept weights (best validation loss) to out/model.pt: the
+    representative seed's slice of a stacked trial's checkpoint."""
     import torch
 
     from study.checkpoint import MODEL_FILE, save_model
@@ -70,11 +87,13 @@ def export_best_model(exp_dir: Path, best: dict[str, Any], out: Path) -> Path | 
         raise StudyError(f"{path}: the best trial's checkpoint holds no config and weights")
     config = TrialConfig.from_dict(state["config"], where=str(path))
     first_weight = next((v for k, v in weights.items()
-                         if k.endswith("weight") and getattr(v, "ndim", 0) == 2), None)
+                         if k.endswith("weight") and getattr(v, "ndim", 0) >= 2), None)
     if first_weight is None:
         raise StudyError(f"{path}: the best trial's checkpoint holds no layer weights")
-    image_size = int(round(first_weight.shape[1] ** 0.5))
-    save_model(out / MODEL_FILE, weights, config, image_size)
+    image_size = int(round(first_weight.shape[-1] ** 0.5))
+    seed = best.get("representative_seed", config.seed)
+    index = config.seeds.index(seed) if seed in config.seeds else 0
+    save_model(out / MODEL_FILE, weights, config, image_size, index=index)
     return out / MODEL_FILE
 
 
@@ -90,40 +109,106 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-class FigureWriter:
-    """Draws figures into figures/, records what was written and what failed."""
+class Figure(NamedTuple):
+    """One figure to draw: a module-level `plot` function and its arguments, so that a worker
+    process can draw it (everything here pickles). With `size`, `plot(*args, ax=ax, **kwargs)`
+    draws on one new Axes of that size; without, `plot(*args, **kwargs)` returns a Figure."""
 
-    def __init__(self, folder: Path) -> None:
+    name: str  # figures/<name>.png
+    title: str  # what report.md says it shows
+    plot: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    size: tuple[float, float] | None = None
+
+
+def render_png(figure: Figure) -> bytes:
+    """Draw `figure` and return it as PNG bytes (closing it: workers draw many in turn)."""
+    try:
+        if figure.size is None:
+            fig = figure.plot(*figure.args, **figure.kwargs)
+        else:
+            fig, ax = plt.subplots(figsize=figure.size)
+            figure.plot(*figure.args, ax=ax, **figure.kwargs)
+            fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+        return buffer.getvalue()
+    finally:
+        plt.close("all")  # this figure, and any that a failed plot left open
+
+
+def _workers(jobs: int) -> int:
+    """How many worker processes drawing `jobs` pays for: one per usable core, none on one core
+    or while Ray runs in this process (forking its threads is unsafe; the figures are then
+    drawn here, one after another)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    ray = sys.modules.get("ray")
+    if cores < 2 or jobs < 2 or (ray is not None and ray.is_initialized()):
+        return 0
+    return min(cores, jobs, MAX_WORKERS)
+
+
+def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A pool of forked workers: they start in milliseconds with matplotlib, pandas and the
+    analysis already imported, where spawned ones would import them again (a second each)."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                initializer=_ignore_sigint)
+
+
+class FigureWriter:
+    """Draws figures into figures/ (in worker processes where that pays), records what was
+    written and what failed, and reports progress as figures finish."""
+
+    def __init__(self, folder: Path, progress: Progress | None = None) -> None:
         self.folder = folder
-        self.written: dict[str, str] = {}  # file name -> title
+        self.progress = progress
+        self.written: dict[str, str] = {}  # file name -> title, in the order figures were asked
         self.failed: list[str] = []
 
-    def save(self, name: str, title: str, draw: Callable[[], plt.Figure]) -> str | None:
-        """Draw with `draw()`, write figures/<name>.png; on error record it and go on."""
+    def draw_all(self, figures: list[Figure],
+                 pool: concurrent.futures.Executor | None = None) -> None:
+        """Draw every figure (in `pool` if given), write figures/<name>.png atomically; a
+        figure that fails is recorded in `failed` and the others go on."""
+        results: dict[str, bytes | None] = {}
+        total = len(figures)
+        if pool is None:
+            for figure in figures:
+                results[figure.name] = self._draw_here(figure)
+                self._tick(len(results), total)
+        else:
+            futures = {pool.submit(render_png, f): f for f in figures}
+            for future in concurrent.futures.as_completed(futures):
+                figure = futures[future]
+                try:
+                    results[figure.name] = future.result()
+                except Exception as exc:  # one bad figure must not cost the whole report
+                    results[figure.name] = self._failure(figure, exc)
+                self._tick(len(results), total)
+        for figure in figures:  # written in the order asked, so report.md's order is stable
+            data = results[figure.name]
+            if data is not None:
+                write_bytes_atomic(self.folder / f"{figure.name}.png", data)
+                self.written[f"{figure.name}.png"] = figure.title
+
+    def _draw_here(self, figure: Figure) -> bytes | None:
         try:
-            fig = draw()
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+            return render_png(figure)
         except Exception as exc:  # one bad figure must not cost the whole report
-            log.warning("figure %s not drawn: %s", name, exc, exc_info=True)
-            self.failed.append(f"figure {name}.png not drawn ({type(exc).__name__}: {exc})")
-            return None
-        finally:
-            plt.close("all")
-        file = f"{name}.png"
-        write_bytes_atomic(self.folder / file, buffer.getvalue())
-        self.written[file] = title
-        return file
+            return self._failure(figure, exc)
 
+    def _failure(self, figure: Figure, exc: Exception) -> None:
+        log.warning("figure %s not drawn: %s", figure.name, exc, exc_info=exc)
+        self.failed.append(f"figure {figure.name}.png not drawn ({type(exc).__name__}: {exc})")
 
-def _single(draw: Callable[[Any], Any], size: tuple[float, float]) -> Callable[[], plt.Figure]:
-    def make() -> plt.Figure:
-        fig, ax = plt.subplots(figsize=size)
-        draw(ax)
-        fig.tight_layout()
-        return fig
-
-    return make
+    def _tick(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress("figures", done, total)
 
 
 # --- numbers for people -------------------------------------------------------------------
@@ -147,7 +232,8 @@ def _status_counts(trials: pd.DataFrame) -> str:
     if trials.empty:
         return "none"
     counts = trials["status"].value_counts()
-    return ", ".join(f"{n} {status}" for status, n in counts.items())
+    words = {"unfinished": "unfinished (interrupted)"}
+    return ", ".join(f"{n} {words.get(status, status)}" for status, n in counts.items())
 
 
 def _homework_section(comparisons: list[dict[str, Any]], search: str | None,
@@ -165,7 +251,7 @@ def _homework_section(comparisons: list[dict[str, Any]], search: str | None,
         "ran the baseline's value, and **averaged over (marginalised)** where it did not; each "
         "comparison below says which. Test accuracy is that of the weights with the best "
         "validation loss, over the arm's finished repeats (seeds); the CI is the 95 % t "
-        "interval. Two arms are compared with Welch's t-test, more with a one-way ANOVA.",
+        "interval.",
         "",
         "The homework's baseline run (CE, batch 32, depth 3) reported \"100 %\": a two-logit CE "
         "head scored with the BCE rule `sigmoid(out) > 0.5` broadcast against `(B, 1)` labels. "
@@ -188,27 +274,89 @@ def _homework_section(comparisons: list[dict[str, Any]], search: str | None,
                   "grid with `--scheduler fifo` (the default for `--search grid`) for an "
                   "unbiased comparison.", ""]
     lines += ["| Comparison | Arm | n | Test accuracy % (mean ± 95 % CI) | SD | "
-              "Best val. accuracy % (mean ± 95 % CI) | Homework (one run) | Verdict (test "
-              "accuracy) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "Best val. accuracy % (mean ± 95 % CI) | Homework (one run) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in comparisons:
         for i, a in enumerate(c["arms"]):
             extra = []
             for key, word in (("n_stopped", "stopped"), ("n_diverged", "diverged"),
-                              ("n_error", "errored"), ("n_unfinished", "unfinished")):
-                if a[key]:
+                              ("n_error", "errored"), ("n_unfinished", "unfinished"),
+                              ("n_duplicate", "duplicate run(s) counted once")):
+                if a.get(key):
                     extra.append(f"{a[key]} {word}")
             n = f"{a['n']}" + (f" ({', '.join(extra)})" if extra else "")
             lines.append(
                 f"| {c['title'] if i == 0 else ''} | {a['label']} | {n} | "
                 f"{_mean_ci(a['test_mean'], a['test_ci'])} | {_fmt(a['test_sd'])} | "
-                f"{_mean_ci(a['val_mean'], a['val_ci'])} | {a['homework_label']} | "
-                f"{c['verdict'] if i == 0 else ''} |")
+                f"{_mean_ci(a['val_mean'], a['val_ci'])} | {a['homework_label']} |")
     lines.append("")
+    lines += _differences_section(comparisons)
+    return lines
+
+
+def _differences_section(comparisons: list[dict[str, Any]]) -> list[str]:
+    tested = [c for c in comparisons if c["test"] != "none"]
+    family = max((c["family"] for c in comparisons), default=0)
+    lines = ["### How large, how sure, and could we have seen it", "",
+             "Each difference is the first arm's mean test accuracy minus the second's, in "
+             "percentage points, with its 95 % CI. Two arms: Welch's t-test and interval (no "
+             "equal-variance assumption). More arms: **Games-Howell** pairs, not Tukey's HSD: "
+             "Tukey pools one variance over all arms, and seed-to-seed spread differs widely "
+             "between settings (a small batch spreads far more than a large one), so its "
+             "intervals would be too narrow for the wide arm and too wide for the narrow ones; "
+             "Games-Howell gives each pair its own Welch standard error and degrees of freedom "
+             "and adjusts for the pairs of its comparison (studentized range). Hedges' g is the "
+             "difference in pooled standard deviations, corrected for small samples.", "",
+             f"**The verdicts of this report are Holm-adjusted together** (over the {family} "
+             "comparison(s) that could be tested), so that several comparisons at alpha = 0.05 "
+             "do not each get their own 5 % chance of a false \"significant\". A many-arm "
+             "comparison enters "
+             "the family with its smallest pair p-value; each of its pairs is read only where "
+             "the comparison is significant, so a pair's Holm p is the larger of its own "
+             "(Games-Howell) p and its comparison's. An arm with fewer than two seeds, or whose "
+             "seeds all score the same, gives no estimate of its spread: its comparisons say "
+             "\"cannot tell\".", "",
+             "*Detectable at this n* is the smallest true difference a two-arm Welch test at "
+             "alpha = 0.05 would find with 80 % power at the arms' seeds and observed spread "
+             "(before any adjustment, which needs more); *seeds for 2 points* is how many seeds "
+             "per arm the same test needs to find a 2-point difference with 80 % power. A \"no "
+             "significant difference\" with a detectable difference of 15 points means \"too "
+             "few seeds\", not \"no difference\".", ""]
+    if tested:
+        lines += ["| Comparison | Pair | n | Difference (points, 95 % CI) | Hedges' g | p | "
+                  "Holm p | Detectable at this n (80 % power) | Seeds per arm for 2 points |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in tested:
+        for i, q in enumerate(c["pairs"]):
+            needed = q["seeds_needed"]
+            needed = "–" if needed is None else f"{int(needed)}"
+            target = q["target_difference"]
+            if target != 2.0 and needed != "–":
+                needed += f" (for {target:g} points)"
+            lines.append(
+                f"| {c['title'] if i == 0 else ''} | {q['a']} − {q['b']} | "
+                f"{q['n_a']}/{q['n_b']} | {_signed(q['difference'])} "
+                f"[{_signed(q['ci_low'])}, {_signed(q['ci_high'])}] | "
+                f"{_signed(q['hedges_g'])} | {_p(q['p_value'])} | {_p(q['p_holm'])} | "
+                f"{_fmt(q['detectable_80'], 1)} points | {needed} |")
+    if tested:
+        lines.append("")
     for c in comparisons:
         lines.append(f"- **{c['title']}**: {c['verdict']}. Arms: {c['note']}")
     lines.append("")
     return lines
+
+
+def _signed(value: Any, digits: int = 2) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:+.{digits}f}".replace("-", "−")
+
+
+def _p(value: Any) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def _best_section(best: dict[str, Any] | None, metric: str, mode: str) -> list[str]:
@@ -232,6 +380,77 @@ def _best_section(best: dict[str, Any] | None, metric: str, mode: str) -> list[s
             value = _mean_ci(best["metrics"][key], best["ci95"].get(key, math.nan), digits)
             lines.append(f"| {key} | {value}{unit} |")
     lines.append("")
+    return lines
+
+
+def _seeds_section(trials: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
+    """Where each configuration of a `--repeats auto` study stopped adding seeds, and why."""
+    from study.seed_rule import Rule
+
+    rule = meta.get(SEEDS_ON_DEMAND)
+    if not rule:
+        return []
+    stated = Rule(float(rule["target_ci"]), int(rule["max_repeats"]), int(rule["first_seeds"]))
+    table = seed_standings(trials, rule, meta.get("searched"))
+    lines = ["## Seeds added on demand (`--repeats auto`)", "",
+             f"**Stopping rule:** {stated.describe()}. The rule reads only each configuration's "
+             "spread, never which one is ahead, so it chose nothing; but an interval that "
+             "stopped because it happened to be narrow covers the true mean a little less often "
+             "than 95 %, and a configuration stopped at the cap has a wider interval than the "
+             "target. Read the intervals below and in the comparisons with that in mind.", ""]
+    if table.empty:
+        return lines + ["No configuration has finished a seed yet.", ""]
+    lines += ["| Configuration | Seeds | 95 % CI half-width (test accuracy, points) | "
+              "Where it stopped, and why |", "| --- | --- | --- | --- |"]
+    for row in table.itertuples():
+        seeds = f"{row.n}" + (f" ({row.tries - row.n} failed)" if row.tries > row.n else "")
+        lines.append(f"| {row.configuration} | {seeds} | {_fmt(row.half_width)} | {row.why} |")
+    narrow = int(table["why"].str.startswith("stopped: half-width").sum())
+    capped = int(table["why"].str.startswith("stopped at the cap").sum())
+    lines += ["", f"{narrow} of {len(table)} configuration(s) reached the target, {capped} "
+              "stopped at the cap"
+              + (f", {int((~table['done']).sum())} not done when the study ended"
+                 if (~table["done"]).any() else "") + ".", ""]
+    return lines
+
+
+def _validation_test_section(best: dict[str, Any] | None, meta: dict[str, Any],
+                             trials: pd.DataFrame) -> list[str]:
+    """The best configuration's validation and test accuracy side by side, with the gap read
+    against the test CI and, where it is larger, the plain reasons."""
+    if best is None or "val_accuracy" not in best["metrics"] \
+            or "test_accuracy" not in best["metrics"]:
+        return []
+    val, test = best["metrics"]["val_accuracy"], best["metrics"]["test_accuracy"]
+    ci = best["ci95"].get("test_accuracy", math.nan)
+    gap = val - test
+    source, _ = validation_source(meta.get("data"))
+    done = trials[trials["status"] == "completed"] if "status" in trials else trials
+    keys = config_columns(done)
+    n_configs = len(done.groupby(keys, dropna=False)) if keys and not done.empty else 1
+    lines = ["### Validation vs test", "",
+             f"Best configuration: validation accuracy {val:.2f} % vs test accuracy "
+             f"{_mean_ci(test, ci)} % (gap {_signed(gap)} points; validation images: "
+             f"{source}).", ""]
+    if not math.isfinite(ci):
+        return lines + ["One seed only: no test CI to read the gap against.", ""]
+    if abs(gap) <= ci:
+        return lines + [f"The gap is within the test CI (± {ci:.2f}): no sign that validation "
+                        "misstates test accuracy.", ""]
+    reasons = []
+    if gap > 0 and n_configs > 1:
+        reasons.append(f"**selection on validation**: this configuration was picked as the best "
+                       f"of {n_configs} on its validation accuracy, so part of that score is "
+                       "luck of the validation images that the test images do not repeat")
+    reasons.append("**a validation split that differs from the test split**: the validation "
+                   f"images are {source}; where the test images were collected or labelled "
+                   "differently, validation accuracy does not carry over to them")
+    word = "overstates" if gap > 0 else "understates"
+    lines += [f"**Warning: validation {word} test accuracy by {abs(gap):.2f} points, more than "
+              f"the test CI (± {ci:.2f}).** Plain reasons:", ""]
+    lines += [f"- {r}" for r in reasons]
+    lines += ["", "Quote the test accuracy, never the validation accuracy, as what this "
+              "configuration achieves.", ""]
     return lines
 
 
@@ -267,6 +486,8 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
         lines += ["## Missing", "", "This report covers what the experiment holds so far:", ""]
         lines += [f"- {m}" for m in missing] + [""]
     lines += _best_section(summary["best"], summary["metric"], summary["mode"])
+    lines += _validation_test_section(summary["best"], meta, trials)
+    lines += _seeds_section(trials, meta)
     lines += _homework_section(comparisons, meta.get("search"), meta.get("scheduler"))
     hw_figs = [f for f in figures if f.startswith("homework_")]
     if hw_figs:
@@ -288,10 +509,11 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
     hpo_figs = [f for f in figures if f.startswith("hpo_")]
     lines += [f"![{figures[f]}]({FIGURES}/{f})" for f in hpo_figs] + [""]
     lines += ["## Files", "",
-              "- `leaderboard.csv`: one row per trial, best first",
+              f"- `{HTML_REPORT}`: this report as one web page, figures embedded",
+              "- `leaderboard.csv`: one row per run (a trial and one of its seeds), best first",
               "- `best_config.json`, `best_config.yaml`: the best configuration with its metrics; "
               "`study train --config best_config.yaml` retrains it",
-              "- `model.pt`: the best trial's weights (best validation loss); "
+              "- `model.pt`: the best run's weights (its seed's best validation loss); "
               "`study evaluate --checkpoint model.pt --data ...` scores it",
               f"- `{HOMEWORK_CSV}`: the homework's comparisons, arm by arm"]
     if db is not None:
@@ -306,53 +528,79 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
 # --- the report ---------------------------------------------------------------------------
 
 
-def _homework_figures(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str, Any],
-                      figs: FigureWriter) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    records, tables = [], []
+def _homework_figures(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str, Any]
+                      ) -> tuple[list[dict[str, Any]], pd.DataFrame, list[Figure]]:
+    chosen = []
     for factor in homework.BASELINE:
         comparison = homework.select_comparison(trials, factor, meta.get("searched"))
         if comparison is None:
             continue
         stats = homework.collect_arm_stats(comparison)
-        result = homework.compare_test_accuracy(stats)
+        chosen.append((comparison, stats, homework.compare_test_accuracy(stats)))
+    # The verdicts of one report are adjusted together (Holm), so they are read as a family.
+    results = homework.adjust_comparisons([result for _, _, result in chosen])
+    records, tables, figures = [], [], []
+    for (comparison, stats, _), result in zip(chosen, results, strict=True):
+        factor = comparison.factor
         records.append(homework.comparison_record(comparison, stats, result))
-        tables.append(stats.assign(verdict=result.verdict, note=comparison.note))
+        tables.append(stats.assign(row="arm", verdict=result.verdict, note=comparison.note))
+        pairs = homework.collect_pairs(comparison, result)
+        if not pairs.empty:
+            tables.append(pairs.assign(row="pair", label=pairs["a"] + " - " + pairs["b"]))
         curves = homework.collect_arm_curves(comparison, epochs)
-        figs.save(f"homework_{factor}_curves",
-                  f"{comparison.title}: training and validation accuracy and loss per epoch",
-                  lambda c=comparison, d=curves: homework.plot_comparison_curves(c, d))
-        title = f"{comparison.title}: test accuracy\n{result.verdict}"
-        figs.save(f"homework_{factor}_test",
-                  f"{comparison.title}: test accuracy per arm beside the homework's numbers",
-                  _single(lambda ax, s=stats, t=title: homework.plot_arm_tests(s, ax=ax, title=t),
-                          (max(5.5, 1.7 * len(stats) + 2.5), 4.5)))
+        figures.append(Figure(
+            f"homework_{factor}_curves",
+            f"{comparison.title}: training and validation accuracy and loss per epoch",
+            homework.plot_comparison_curves, (comparison, curves)))
+        figures.append(Figure(
+            f"homework_{factor}_test",
+            f"{comparison.title}: test accuracy per arm beside the homework's numbers",
+            homework.plot_arm_tests, (stats,),
+            {"title": f"{comparison.title}: test accuracy\n{_short_verdict(result)}"},
+            (max(5.5, 1.7 * len(stats) + 2.5), 4.5)))
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    return records, table
+    if not table.empty:
+        first = ["row", "factor", "label", "arm", "n", "test_mean", "test_sd", "test_ci", "a",
+                 "b", "n_a", "n_b", "difference", "ci_low", "ci_high", "hedges_g", "test",
+                 "p_value", "p_holm", "detectable_80", "seeds_needed", "target_difference"]
+        table = table[[c for c in first if c in table] + [c for c in table if c not in first]]
+    return records, table, figures
 
 
-def _hpo_figures(study: Any, epochs: pd.DataFrame, trials: pd.DataFrame, metric: str,
-                 figs: FigureWriter) -> pd.DataFrame:
+def _short_verdict(result: Any) -> str:
+    """The verdict up to its first parenthesis and the Holm p: fits a figure title."""
+    head = result.verdict.split(" (")[0]
+    if result.test == "none":
+        return result.verdict[:90]
+    p = result.p_adjusted if math.isfinite(result.p_adjusted) else result.p_value
+    return f"{head} (Holm-adjusted p = {p:.3g})" if result.family > 1 else f"{head} (p = {p:.3g})"
+
+
+def _hpo_figures(study: Any, epochs: pd.DataFrame, trials: pd.DataFrame, metric: str
+                 ) -> tuple[pd.DataFrame, list[Figure]]:
     maximize = hpo._maximize(study)
     history = hpo.collect_history(study)
-    figs.save("hpo_history", "Optimisation history (best so far)",
-              _single(lambda ax: hpo.plot_history(history, metric, maximize, ax=ax), (7.5, 4.2)))
     importance = hpo.collect_importance(study)
-    figs.save("hpo_importance", "Parameter importance (Optuna evaluators)",
-              _single(lambda ax: hpo.plot_importance(importance, ax=ax),
-                      (7.0, 1.2 + 0.5 * max(2, importance["param"].nunique()))))
     params = hpo.collect_params(study)
     dists = hpo.param_distributions(study)
-    figs.save("hpo_parallel", "Parallel coordinates of the searched parameters",
-              _single(lambda ax: hpo.plot_parallel(params, dists, metric, ax=ax),
-                      (min(15.0, max(7.0, 1.8 * (len(dists) + 1))), 4.8)))
-    for name, dist in dists.items():
-        figs.save(f"hpo_scatter_{name}", f"{metric} against {name}",
-                  _single(lambda ax, n=name, d=dist: hpo.plot_param_scatter(
-                      params, n, d, metric, maximize, ax=ax), (5.5, 4.0)))
-    figs.save("hpo_learning_curves", "Learning curves of every trial, stopped trials marked",
-              _single(lambda ax: hpo.plot_learning_curves(epochs, trials, metric, ax=ax),
-                      (8.0, 4.8)))
-    return importance
+    figures = [
+        Figure("hpo_history", "Optimisation history (best so far)", hpo.plot_history,
+               (history, metric, maximize), size=(7.5, 4.2)),
+        Figure("hpo_importance", "Parameter importance (Optuna evaluators)",
+               hpo.plot_importance, (importance,),
+               size=(7.0, 1.2 + 0.5 * max(2, importance["param"].nunique()))),
+        Figure("hpo_parallel", "Parallel coordinates of the searched parameters",
+               hpo.plot_parallel, (params, dists, metric),
+               size=(min(15.0, max(7.0, 1.8 * (len(dists) + 1))), 4.8)),
+    ]
+    figures += [Figure(f"hpo_scatter_{name}", f"{metric} against {name}",
+                       hpo.plot_param_scatter, (params, name, dist, metric, maximize),
+                       size=(5.5, 4.0))
+                for name, dist in dists.items()]
+    figures.append(Figure("hpo_learning_curves",
+                          "Learning curves of every trial, stopped trials marked",
+                          hpo.plot_learning_curves, (epochs, trials, metric), size=(8.0, 4.8)))
+    return importance, figures
 
 
 # --- the output folder: only what the tool wrote is ever replaced ---------------------------
@@ -360,7 +608,7 @@ def _hpo_figures(study: Any, epochs: pd.DataFrame, trials: pd.DataFrame, metric:
 
 MANIFEST = ".study-report.json"  # what a report wrote into its folder, with each file's SHA-256
 _OWN_NAMES = ("leaderboard.csv", "best_config.json", "best_config.yaml", "model.pt",
-              HOMEWORK_CSV, OPTUNA_DB, "report.md")
+              HOMEWORK_CSV, OPTUNA_DB, "report.md", HTML_REPORT)
 
 
 def _sha256(path: Path) -> str:
@@ -468,7 +716,13 @@ def _swap_in(staging: Path, out: Path) -> None:
     shutil.rmtree(staging)  # the previous report (user files were linked into the new one)
 
 
-def write_report(exp_dir: Path, out: Path | None = None) -> dict[str, Any]:
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent, which cancels what is left and exits cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def write_report(exp_dir: Path, out: Path | None = None, *,
+                 progress: Progress | None = None) -> dict[str, Any]:
     """Write summary/ for an experiment folder and return what was written.
 
     The folder is built beside `out` and swapped in whole, so an interrupted or failed report
@@ -476,14 +730,25 @@ def write_report(exp_dir: Path, out: Path | None = None) -> dict[str, Any]:
     unchanged since) are replaced; other files in `out` are kept, and a non-empty folder that
     a report did not write is refused.
 
+    Figures, optuna.db and model.pt are written by worker processes side by side where there
+    are cores for them. `progress(phase, done, total)`, if given, is called as the work goes
+    (`("figures", 5, 13)` after the fifth of 13 figures; `("optuna.db", 1, 1)` when it is
+    written); the same steps are logged at INFO.
+
     Returns the summary (experiment, metric, mode, meta, trials, leaderboard, best) with `out`,
     `missing` (what a partial experiment lacks), `figures`, `comparisons` and `optuna_db`.
     """
+    def step(phase: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(phase, done, total)
+
     exp_dir = Path(exp_dir)
     check_experiment(exp_dir)
     default = out is None
     out = Path(out) if out is not None else exp_dir / "summary"
     user = _user_files(out, exp_dir, default)
+    log.info("reading the results of %s", exp_dir)
+    step("results", 0, 1)
     summary = summarise(exp_dir)  # damaged inputs are refused before anything is written
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -492,7 +757,7 @@ def write_report(exp_dir: Path, out: Path | None = None) -> dict[str, Any]:
         raise StudyError(f"{out}: cannot be created ({exc.strerror})") from None
     try:
         staging.chmod(0o777 & ~_umask())
-        result = _write_summary(exp_dir, summary, staging, out)
+        result = _write_summary(exp_dir, summary, staging, out, step, progress)
         ours = {rel: _sha256(path) for rel, path in _files(staging).items()}
         for rel, path in user.items():
             if rel in ours:
@@ -510,10 +775,13 @@ def write_report(exp_dir: Path, out: Path | None = None) -> dict[str, Any]:
     return result
 
 
-def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path,
-                   final: Path) -> dict[str, Any]:
+def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path, final: Path,
+                   step: Callable[[str, int, int], None],
+                   progress: Progress | None) -> dict[str, Any]:
     """Write the summary files into `out` (a fresh folder that will be moved to `final`)."""
     meta, trials, metric = summary["meta"], summary["trials"], summary["metric"]
+    epochs = collect_epochs(exp_dir)
+    step("results", 1, 1)
     write_text_atomic(out / "leaderboard.csv", summary["leaderboard"].to_csv(index=False))
     missing = []
     best = summary["best"]
@@ -529,11 +797,10 @@ def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path,
             "n_seeds": best["n_seeds"],
             "seeds": best["seeds"],
             "trial_ids": best["trial_ids"],
+            "representative_seed": best["representative_seed"],
         }
         write_json_atomic(out / "best_config.json", record)
         write_text_atomic(out / "best_config.yaml", yaml.safe_dump(record, sort_keys=False))
-        if export_best_model(exp_dir, best, out) is None:
-            missing.append("no checkpoint of the best trial; summary/model.pt not written")
     else:
         missing.append("no trial reported a validation score; no best configuration yet")
     if not meta:
@@ -551,22 +818,60 @@ def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path,
     if expected and len(trials) < expected:
         missing.append(f"{expected - len(trials)} of {expected} requested trials never started")
 
-    epochs = collect_epochs(exp_dir)
-    folder = out / FIGURES
-    folder.mkdir(exist_ok=True)
-    figs = FigureWriter(folder)
-    comparisons, table = _homework_figures(trials, epochs, meta, figs)
+    # The homework's intervals are over seeds: one row per run, each seed's own epochs.
+    comparisons, table, figures = _homework_figures(
+        summary["runs"], collect_epochs(exp_dir, per_seed=True), meta)
     if not table.empty:
         write_text_atomic(out / HOMEWORK_CSV, table.to_csv(index=False))
     study_name = exp_dir.resolve().name
     study = build_study(trials, epochs, meta, study_name)
-    importance = _hpo_figures(study, epochs, trials, metric, figs)
+    importance, hpo_figures = _hpo_figures(study, epochs, trials, metric)
+    figures += hpo_figures
+    folder = out / FIGURES
+    folder.mkdir(exist_ok=True)
+    figs = FigureWriter(folder, progress)
+
+    # The two single slow jobs (model.pt imports torch; optuna.db, SQLAlchemy) go first, so
+    # they run beside the figures instead of after them.
+    workers = _workers(len(figures) + 2)
+    pool = _pool(workers) if workers else None
+    model_job = db_job = None
+    try:
+        if pool is not None:
+            if best is not None:
+                model_job = pool.submit(export_best_model, exp_dir, best, out)
+            if study.trials:
+                db_job = pool.submit(write_optuna_db, study, out / OPTUNA_DB)
+        log.info("drawing %d figures%s", len(figures),
+                 f" in {workers} processes" if workers else "")
+        figs.draw_all(figures, pool)
+        log.info("writing %s", OPTUNA_DB)
+        step(OPTUNA_DB, 0, 1)
+        if db_job is not None:
+            db_job.result()
+        elif study.trials:
+            write_optuna_db(study, out / OPTUNA_DB)
+        db = final / OPTUNA_DB if study.trials else None  # where it will be once swapped in
+        step(OPTUNA_DB, 1, 1)
+        if best is not None:
+            log.info("writing %s", MODEL_FILE)
+            step(MODEL_FILE, 0, 1)
+            model = (model_job.result() if model_job is not None
+                     else export_best_model(exp_dir, best, out))
+            step(MODEL_FILE, 1, 1)
+            if model is None:
+                missing.append("no checkpoint of the best trial; summary/model.pt not written")
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     missing += figs.failed
-    db = final / OPTUNA_DB if study.trials and write_optuna_db(study, out / OPTUNA_DB) else None
     if db is None:
         missing.append("no trial ran; optuna.db not written")
     report = render_report(summary, comparisons, importance, figs.written, missing,
                            db.resolve() if db else None, study_name)
     write_text_atomic(out / "report.md", report)
+    step("report.md", 1, 1)
+    write_html_report(out)
+    step(HTML_REPORT, 1, 1)
     return {**summary, "out": final, "missing": missing, "figures": list(figs.written),
             "comparisons": comparisons, "optuna_db": db, "study_name": study_name}

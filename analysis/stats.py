@@ -1,8 +1,29 @@
-"""Small statistics for repeats: mean, standard deviation, t-based 95 % CI, and arm comparisons.
+"""Small statistics for repeats: CIs, arm comparisons, effect sizes, power, many-test adjustment.
 
-Two arms are compared with Welch's t-test (no equal-variance assumption: arms such as batch size
-2 and 128 need not spread alike); more than two with a one-way ANOVA. Each comparison ends in a
-plain sentence a reader of the homework can quote.
+What a comparison of arms (seeds of one setting against seeds of another) reports, and why:
+
+- **Difference of means with its 95 % CI** from Welch's t (no equal-variance assumption: at
+  n = 3 an arm such as batch size 2 spreads twenty times wider than batch size 128).
+- **Hedges' g**, the standardised difference with its small-sample correction (Cohen's d
+  overstates the effect by about 20 % at n = 3 per arm).
+- **More than two arms: Games-Howell pairs.** Tukey's HSD assumes every arm spreads alike and
+  uses one pooled variance; with unequal spreads its intervals are too narrow for the wide arm
+  and too wide for the narrow ones. Games-Howell gives each pair its own Welch standard error
+  and degrees of freedom and takes its critical value from the studentized range over all the
+  comparison's arms, so its pairs are already adjusted among themselves. The comparison's own
+  p-value is its smallest pair p-value (the range test of "all arms equal").
+- **Holm across the report**: one p-value per comparison, adjusted together, so three
+  comparisons at alpha 0.05 do not give three 5 % chances of a false "significant". A pair of a
+  many-arm comparison is read only where its comparison is significant after Holm; its adjusted
+  p-value is the larger of its Games-Howell p and its comparison's Holm-adjusted p.
+- **Could we have seen it**: the smallest difference a two-arm Welch test at alpha 0.05 would
+  detect with 80 % power at the observed n and spreads, and the seeds per arm a stated
+  difference (2 points by default) would need. Both use the noncentral t with Welch's degrees
+  of freedom; with equal spreads and n this is exactly the textbook two-sample t power.
+- **Cannot tell**: an arm with fewer than two values, or whose values are all equal (no
+  estimate of its spread), never gets a verdict.
+
+`collect`-style functions return NamedTuples; nothing here draws or prints.
 """
 
 from __future__ import annotations
@@ -13,9 +34,12 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, special, stats
 
 ALPHA = 0.05
+POWER = 0.8  # the conventional power at which a "detectable difference" is quoted
+TARGET_DIFFERENCE = 2.0  # points of accuracy: the difference the seeds-needed column is for
+MAX_SEEDS = 10_000  # beyond this, "seeds needed" is reported as more than this
 
 
 class MeanCI(NamedTuple):
@@ -35,14 +59,39 @@ class MeanCI(NamedTuple):
         return self.mean + self.half_width
 
 
-class ArmTest(NamedTuple):
-    """The outcome of comparing arms: which test, its statistic and p-value, and a verdict."""
+class PairTest(NamedTuple):
+    """Two arms a and b compared: difference a - b with its CI, effect size, test and power."""
 
-    test: str  # "welch", "anova", or "none" when no test could be run
+    a: str
+    b: str
+    n_a: int
+    n_b: int
+    difference: float  # mean(a) - mean(b)
+    low: float  # 95 % CI of the difference: Welch (two arms) or Games-Howell (more)
+    high: float
+    hedges_g: float  # standardised difference (pooled SD), small-sample corrected
+    statistic: float  # Welch's t of a - b
+    df: float  # Welch-Satterthwaite degrees of freedom
+    p_value: float  # Welch (two arms) or Games-Howell (adjusted over the comparison's pairs)
+    p_adjusted: float  # after Holm across the report (NaN until `adjust_holm`)
+    detectable: float  # smallest difference found with 80 % power at n_a, n_b (points)
+    seeds_needed: int | None  # seeds per arm for 80 % power at TARGET_DIFFERENCE
+    target: float  # the difference `seeds_needed` is for
+
+
+class ArmTest(NamedTuple):
+    """The outcome of comparing arms: which test, its statistic and p-values, pairs, verdict."""
+
+    test: str  # "welch", "games-howell", or "none" when no test could be run
     statistic: float
     p_value: float
     ns: tuple[int, ...]  # finite values per arm, in the order the arms were given
     verdict: str
+    pairs: tuple[PairTest, ...] = ()
+    p_adjusted: float = math.nan  # Holm-adjusted across the report (NaN until adjusted)
+    family: int = 1  # how many comparisons were adjusted together
+    excluded: tuple[str, ...] = ()  # arms left out of the test, with the reason
+    means: tuple[tuple[str, float], ...] = ()  # (arm, mean) of the arms tested
 
 
 def finite(values: Sequence[float]) -> np.ndarray:
@@ -73,58 +122,244 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> MeanCI:
     return MeanCI(float(x.mean()), std, t * std / math.sqrt(n), n)
 
 
+# --- effect size, power -------------------------------------------------------------------
+
+
+def hedges_g(a: Sequence[float], b: Sequence[float]) -> float:
+    """Return Hedges' g of a - b: Cohen's d (pooled SD) times the exact correction J(df).
+
+    J(df) = Gamma(df/2) / (sqrt(df/2) Gamma((df-1)/2)), df = n_a + n_b - 2 (Hedges 1981);
+    the familiar 1 - 3/(4 df - 1) approximates it. NaN for n < 2 or zero pooled SD.
+    """
+    x, y = finite(a), finite(b)
+    df = len(x) + len(y) - 2
+    if len(x) < 2 or len(y) < 2:
+        return math.nan
+    pooled = math.sqrt(((len(x) - 1) * x.var(ddof=1) + (len(y) - 1) * y.var(ddof=1)) / df)
+    if pooled == 0:
+        return math.nan
+    j = math.exp(special.gammaln(df / 2) - special.gammaln((df - 1) / 2)) / math.sqrt(df / 2)
+    return float(j * (x.mean() - y.mean()) / pooled)
+
+
+def _welch_se_df(sd_a: float, sd_b: float, n_a: int, n_b: int) -> tuple[float, float]:
+    va, vb = sd_a**2 / n_a, sd_b**2 / n_b
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    return se, df
+
+
+def welch_power(difference: float, sd_a: float, sd_b: float, n_a: int, n_b: int,
+                alpha: float = ALPHA) -> float:
+    """Return the power of a two-sided Welch t-test at `alpha` to detect `difference`.
+
+    The statistic is taken as noncentral t with Welch's degrees of freedom and noncentrality
+    difference / SE; with equal SDs and n this is the exact two-sample t power.
+    """
+    se, df = _welch_se_df(sd_a, sd_b, n_a, n_b)
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+    nc = difference / se
+    # the lower tail as sf at -nc: scipy's nct.cdf turns NaN far out in the tail
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
+
+
+def detectable_difference(sd_a: float, sd_b: float, n_a: int, n_b: int, power: float = POWER,
+                          alpha: float = ALPHA) -> float:
+    """Return the smallest difference (same units as the values) that a two-sided Welch t-test
+    at `alpha` detects with `power`, at these SDs and n. NaN for n < 2 or zero spread."""
+    if min(n_a, n_b) < 2 or not (sd_a > 0 or sd_b > 0):
+        return math.nan
+    se, _ = _welch_se_df(sd_a, sd_b, n_a, n_b)
+    high = se
+    while welch_power(high, sd_a, sd_b, n_a, n_b, alpha) < power:
+        high *= 2
+    return float(optimize.brentq(
+        lambda d: welch_power(d, sd_a, sd_b, n_a, n_b, alpha) - power, 0.0, high, xtol=1e-10))
+
+
+def seeds_needed(difference: float, sd_a: float, sd_b: float, power: float = POWER,
+                 alpha: float = ALPHA, limit: int = MAX_SEEDS) -> int | None:
+    """Return the seeds per arm a two-sided Welch t-test at `alpha` needs to detect
+    `difference` with `power`, at these SDs; None for zero spread or more than `limit`."""
+    if not (sd_a > 0 or sd_b > 0) or difference <= 0:
+        return None
+
+    def enough(n: int) -> bool:
+        return welch_power(difference, sd_a, sd_b, n, n, alpha) >= power
+
+    if not enough(limit):
+        return None
+    low, high = 1, 2  # enough(high) is searched by doubling, then bisected
+    while not enough(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high
+
+
+# --- comparisons --------------------------------------------------------------------------
+
+
 def _format_p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
 
 
 def _format_n(ns: Sequence[int]) -> str:
     return f"n = {ns[0]} per arm" if len(set(ns)) == 1 else f"n = {'/'.join(map(str, ns))}"
 
 
-def compare_arms(arms: Mapping[str, Sequence[float]], alpha: float = ALPHA) -> ArmTest:
-    """Compare the arms' values: Welch's t-test for two arms, one-way ANOVA for more.
+def _unusable(name: str, x: np.ndarray) -> str | None:
+    if len(x) < 2:
+        return f"{name} (n = {len(x)})"
+    if np.ptp(x) == 0:
+        return f"{name} (every value {x[0]:g}, no spread)"
+    return None
 
-    Returns the test, its statistic and p-value, and a verdict such as
-    "no significant difference at alpha = 0.05 (p = 0.41, n = 3 per arm)". Arms need at least
-    two finite values each; otherwise the verdict says why no test was run.
-    """
-    names = list(arms)
-    samples = [finite(arms[name]) for name in names]
-    ns = tuple(len(s) for s in samples)
-    if len(samples) < 2:
-        return ArmTest("none", math.nan, math.nan, ns,
-                          f"not tested: {len(samples)} arm(s), a comparison needs two")
-    if min(ns) < 2:
-        short = ", ".join(f"{name} (n = {n})" for name, n in zip(names, ns, strict=True) if n < 2)
-        return ArmTest("none", math.nan, math.nan, ns,
-                          f"not tested: fewer than 2 values in {short}")
-    test = "welch" if len(samples) == 2 else "anova"
-    if all(np.ptp(s) == 0 for s in samples):
-        # Every arm constant: the tests divide by zero variance. Equal constants are no
-        # difference at all; different constants are as different as data can be.
-        if len({float(s[0]) for s in samples}) == 1:
-            return ArmTest(test, math.nan, 1.0, ns,
-                              f"no difference: every value is {samples[0][0]:g} "
-                              f"({_format_n(ns)})")
-        return ArmTest(test, math.inf, 0.0, ns,
-                          f"significant difference at alpha = {alpha:g} (every arm constant, "
-                          f"zero variance, {_format_n(ns)})")
+
+def _pair(name_a: str, name_b: str, x: np.ndarray, y: np.ndarray, p_value: float,
+          low: float, high: float, target: float) -> PairTest:
+    sd_a, sd_b = float(x.std(ddof=1)), float(y.std(ddof=1))
+    se, df = _welch_se_df(sd_a, sd_b, len(x), len(y))
+    diff = float(x.mean() - y.mean())
+    return PairTest(name_a, name_b, len(x), len(y), diff, low, high, hedges_g(x, y), diff / se,
+                    df, p_value, math.nan, detectable_difference(sd_a, sd_b, len(x), len(y)),
+                    seeds_needed(target, sd_a, sd_b), target)
+
+
+def welch_pair(name_a: str, x: np.ndarray, name_b: str, y: np.ndarray,
+               target: float = TARGET_DIFFERENCE, confidence: float = 0.95) -> PairTest:
+    """Welch's t-test of a - b with its CI (scipy), Hedges' g and power figures."""
     with warnings.catch_warnings():
         # scipy warns of precision loss when values are nearly identical; p stays usable
         warnings.simplefilter("ignore", RuntimeWarning)
-        if test == "welch":
-            statistic, p = stats.ttest_ind(samples[0], samples[1], equal_var=False)
-        else:
-            statistic, p = stats.f_oneway(*samples)
-    statistic, p = float(statistic), float(p)
-    if p < alpha:
-        means = [float(s.mean()) for s in samples]
-        order = f"highest: {names[int(np.argmax(means))]}"
-        if len(samples) > 2:
-            order += f", lowest: {names[int(np.argmin(means))]}"
-        verdict = (f"significant difference at alpha = {alpha:g} ({_format_p(p)}, "
-                   f"{_format_n(ns)}; {order})")
+        result = stats.ttest_ind(x, y, equal_var=False)
+        ci = result.confidence_interval(confidence)
+    return _pair(name_a, name_b, x, y, float(result.pvalue), float(ci.low), float(ci.high),
+                 target)
+
+
+def games_howell(samples: Mapping[str, np.ndarray], target: float = TARGET_DIFFERENCE,
+                 confidence: float = 0.95) -> list[PairTest]:
+    """Games-Howell: every pair a - b with its own Welch SE and df; p and simultaneous CI from
+    the studentized range over all k arms (scipy has Tukey's HSD, which pools the variances,
+    but not this unequal-variance form, so the few lines are written here)."""
+    names = list(samples)
+    k = len(names)
+    pairs = []
+    for i in range(k):
+        for j in range(i + 1, k):
+            x, y = samples[names[i]], samples[names[j]]
+            se, df = _welch_se_df(float(x.std(ddof=1)), float(y.std(ddof=1)), len(x), len(y))
+            diff = float(x.mean() - y.mean())
+            q = abs(diff) / se * math.sqrt(2)
+            p = float(stats.studentized_range.sf(q, k, df))
+            half = float(stats.studentized_range.ppf(confidence, k, df)) / math.sqrt(2) * se
+            pairs.append(_pair(names[i], names[j], x, y, min(1.0, p), diff - half, diff + half,
+                               target))
+    return pairs
+
+
+def compare_arms(arms: Mapping[str, Sequence[float]], alpha: float = ALPHA,
+                 target: float = TARGET_DIFFERENCE) -> ArmTest:
+    """Compare the arms' values: Welch's t-test for two arms, Games-Howell pairs for more.
+
+    Returns the test, its statistic and p-value (for more arms: the smallest pair p-value),
+    every pair with difference, CI, Hedges' g, detectable difference and seeds needed, and a
+    verdict at `alpha` before any adjustment (`adjust_holm` rewrites it for a report). An arm
+    with fewer than two values or no spread is left out; with fewer than two arms left the
+    verdict is "cannot tell".
+    """
+    names = list(arms)
+    samples = {name: finite(arms[name]) for name in names}
+    ns = tuple(len(s) for s in samples.values())
+    if len(samples) < 2:
+        return ArmTest("none", math.nan, math.nan, ns,
+                       f"cannot tell: {len(samples)} arm(s), a comparison needs two")
+    excluded = tuple(r for name, s in samples.items() if (r := _unusable(name, s)))
+    usable = {name: s for name, s in samples.items() if _unusable(name, s) is None}
+    if len(usable) < 2:
+        return ArmTest("none", math.nan, math.nan, ns,
+                       "cannot tell: too few values or no spread in " + ", ".join(excluded),
+                       excluded=excluded)
+    if len(usable) == 2:
+        (name_a, x), (name_b, y) = usable.items()
+        pairs = [welch_pair(name_a, x, name_b, y, target)]
+        test, statistic = "welch", pairs[0].statistic
     else:
-        verdict = (f"no significant difference at alpha = {alpha:g} ({_format_p(p)}, "
-                   f"{_format_n(ns)})")
-    return ArmTest(test, statistic, p, ns, verdict)
+        pairs = games_howell(usable, target)
+        test = "games-howell"
+        statistic = max(abs(p.statistic) for p in pairs) * math.sqrt(2)  # studentized range q
+    p_value = min(p.p_value for p in pairs)
+    means = tuple((name, float(s.mean())) for name, s in usable.items())
+    result = ArmTest(test, float(statistic), float(p_value), ns, "", tuple(pairs),
+                     excluded=excluded, means=means)
+    return result._replace(verdict=verdict(result, alpha))
+
+
+def verdict(result: ArmTest, alpha: float = ALPHA) -> str:
+    """A plain sentence for `result`, using its Holm-adjusted p-value where it has one."""
+    if result.test == "none":
+        return result.verdict
+    means = dict(result.means)
+    adjusted = not math.isnan(result.p_adjusted)
+    p = result.p_adjusted if adjusted else result.p_value
+    n_of = {q.a: q.n_a for q in result.pairs} | {q.b: q.n_b for q in result.pairs}
+    where = f"{_format_p(result.p_value)}, {_format_n([n_of[name] for name in means])}"
+    if adjusted and result.family > 1:
+        where += f"; Holm-adjusted over {result.family} comparisons: {_format_p(p)}"
+    tail = "; cannot tell for " + ", ".join(result.excluded) if result.excluded else ""
+    if p < alpha:
+        order = f"highest: {max(means, key=means.get)}"
+        if len(means) > 2:
+            order += f", lowest: {min(means, key=means.get)}"
+            sig = [f"{q.a} vs {q.b}" for q in result.pairs
+                   if max(q.p_value, p) < alpha]
+            order += "; pairs that differ: " + ", ".join(sig)
+        return f"significant difference at alpha = {alpha:g} ({where}; {order}){tail}"
+    detectable = [q.detectable for q in result.pairs if math.isfinite(q.detectable)]
+    power = ""
+    if detectable:
+        low, high = min(detectable), max(detectable)
+        size = (f"a difference of {low:.1f} points" if len(detectable) == 1
+                else f"differences of {low:.1f} to {high:.1f} points")
+        power = f"; at this n only {size} or more would be found with {POWER * 100:g} % power"
+    return f"no significant difference at alpha = {alpha:g} ({where}){power}{tail}"
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment; NaN p-values (no test) stay NaN and do not count.
+
+    scipy has only false-discovery-rate adjustments (`false_discovery_control`), and
+    statsmodels' `multipletests` would be a dependency for these few lines.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    index = np.flatnonzero(~np.isnan(p))
+    m = len(index)
+    order = index[np.argsort(p[index], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (m - rank) * p[i])
+        out[i] = min(1.0, running)
+    return out
+
+
+def adjust_holm(results: Sequence[ArmTest], alpha: float = ALPHA) -> list[ArmTest]:
+    """Adjust the comparisons of one report together (Holm) and rewrite their verdicts.
+
+    Every pair gets an adjusted p-value: for two arms the comparison's; for more, the larger
+    of its Games-Howell p and its comparison's adjusted p (a pair is read only where its
+    comparison is significant).
+    """
+    adjusted = holm([r.p_value for r in results])
+    family = int(np.sum(~np.isnan(adjusted)))
+    out = []
+    for result, p_adj in zip(results, adjusted, strict=True):
+        if result.test == "none":
+            out.append(result._replace(family=family))
+            continue
+        pairs = tuple(q._replace(p_adjusted=float(max(q.p_value, p_adj))) for q in result.pairs)
+        updated = result._replace(pairs=pairs, p_adjusted=float(p_adj), family=family)
+        out.append(updated._replace(verdict=verdict(updated, alpha)))
+    return out

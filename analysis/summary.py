@@ -7,9 +7,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from analysis.results import CONFIG_KEYS, META_FILE, collect_trials, column_name, read_meta
+from analysis.results import (
+    CONFIG_KEYS,
+    META_FILE,
+    collect_runs,
+    collect_trials,
+    column_name,
+    read_meta,
+)
 from analysis.stats import mean_ci
 from study.errors import StudyError
 from study.space import METRICS, MODES
@@ -28,11 +36,12 @@ def config_columns(trials: pd.DataFrame) -> list[str]:
 
 
 def leaderboard(trials: pd.DataFrame, metric: str, mode: str, searched: list[str]) -> pd.DataFrame:
-    """Return one row per trial, best first by `metric`, with the documented columns."""
+    """Return one row per row of `trials` (runs: one per trial and seed), best first by
+    `metric`, with the documented columns."""
     params = [p for p in searched if p in trials.columns]
     rest = [c for c in config_columns(trials) if c not in params]
-    columns = [*LEADERBOARD_FIRST, *params, *LEADERBOARD_METRICS, *rest, "reason", "failures",
-               "time_total_s", "trial_dir"]
+    columns = [*LEADERBOARD_FIRST, *params, *LEADERBOARD_METRICS, *rest, "repeats", "duplicate",
+               "reason", "failures", "time_total_s", "trial_dir"]
     board = trials.reindex(columns=[c for c in columns if c in trials.columns or c in
                                     (*LEADERBOARD_FIRST, *LEADERBOARD_METRICS)])
     if metric in board:
@@ -43,12 +52,17 @@ def leaderboard(trials: pd.DataFrame, metric: str, mode: str, searched: list[str
 def best_configuration(trials: pd.DataFrame, metric: str, mode: str) -> dict[str, Any] | None:
     """Pick the configuration with the best mean `metric` over its seeds (validation only).
 
-    Completed trials count first; a partial study with none falls back to stopped ones.
-    Diverged and errored trials never count. Returns the config, mean metrics with 95 % CIs,
-    the seeds and trial ids, and the trial whose checkpoint best represents it.
+    `trials` holds one row per run (`collect_runs`: a trial and seed). Completed runs count
+    first; a partial study with none falls back to stopped ones. Diverged and errored runs
+    never count. Returns the config, mean metrics with 95 % CIs, the seeds and trial ids, and
+    the run whose checkpoint best represents it (`trial_dir` and `seed`). The config's `seed`
+    and `repeats` are those of the representative's trial, so `study train --config` retrains
+    that trial: every seed it stacked, the representative among them.
     """
     if trials.empty or metric not in trials:
         return None
+    if "duplicate" in trials:  # another copy of the same run is counted instead
+        trials = trials[~trials["duplicate"].astype(bool)]
     usable = trials[trials["status"] == "completed"]
     if usable[metric].notna().sum() == 0:
         usable = trials[trials["status"].isin(["completed", "stopped", "unfinished"])]
@@ -72,7 +86,9 @@ def best_configuration(trials: pd.DataFrame, metric: str, mode: str) -> dict[str
             value = json.loads(value)
         config[name] = value.item() if hasattr(value, "item") else value
     representative = members.sort_values(metric, ascending=mode == "min").iloc[0]
-    config["seed"] = int(representative["seed"])
+    trial_seeds = _seeds(representative)
+    config["seed"] = trial_seeds[0]
+    config["repeats"] = len(trial_seeds)
     metrics, ci95 = {}, {}
     for name in SUMMARY_METRICS:
         if name in members and members[name].notna().any():
@@ -86,9 +102,81 @@ def best_configuration(trials: pd.DataFrame, metric: str, mode: str) -> dict[str
         "ci95": ci95,
         "n_seeds": int(len(members)),
         "seeds": sorted(int(s) for s in members["seed"]),
-        "trial_ids": list(members["trial_id"]),
+        "trial_ids": list(dict.fromkeys(members["trial_id"])),
         "trial_dir": representative["trial_dir"],
+        "representative_seed": int(representative["seed"]),
     }
+
+
+def _seeds(run: pd.Series) -> list[int]:
+    """The seeds of a run's trial (its `seeds` JSON list; older results: its one seed)."""
+    raw = run.get("seeds")
+    if isinstance(raw, str):
+        return [int(s) for s in json.loads(raw)]
+    return [int(run["seed"])]
+
+
+SEEDS_ON_DEMAND = "seeds_on_demand"  # study.json key: the rule of `study run --repeats auto`
+RUNNING = ("running", "pending", "paused", "unfinished")
+
+
+def seed_standings(trials: pd.DataFrame, rule: dict[str, Any],
+                   searched: list[str] | None = None) -> pd.DataFrame:
+    """Return one row per configuration of a `--repeats auto` study: its label, seeds with a
+    value, seeds tried, the 95 % CI half-width of the rule's metric, and where it stopped and
+    why, by the same rule the searcher applied (`study.seed_rule.Rule`), read from disk."""
+    from study.seed_rule import CI_METRIC, Rule
+
+    check = Rule(float(rule["target_ci"]), int(rule["max_repeats"]), int(rule["first_seeds"]))
+    metric = rule.get("metric", CI_METRIC)
+    columns = ["configuration", "n", "tries", "half_width", "done", "why"]
+    keys = [c for c in config_columns(trials) if c != "repeats"]
+    if trials.empty or not keys or metric not in trials:
+        return pd.DataFrame(columns=columns)
+    named = [c for c in (searched or []) if c in keys] or keys
+    rows = []
+    for key, group in trials.groupby(keys, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True) if k in named)
+        done = group[group["status"] == "completed"]
+        values = [float(v) for v in done[metric] if isinstance(v, float) and math.isfinite(v)]
+        running = int(group["status"].isin(RUNNING).sum())
+        tries = int(len(group)) - running
+        wants, why = check.decide(values, tries, running)
+        if wants or running:
+            why = f"not done: the study ended first ({why})"
+        rows.append({"configuration": label, "n": len(values), "tries": tries,
+                     "half_width": mean_ci(values).half_width, "done": not (wants or running),
+                     "why": why})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def validation_source(data_spec: str | None) -> tuple[str, bool]:
+    """Return where a study's validation images came from, in words, and whether that is a
+    split of its own (a file's `val_*` arrays) rather than a hold-out of the training images.
+
+    Mirrors `study.data.load_data`: synthetic data and the homework layout hold out a seeded,
+    stratified 20 % of train; a `.npz` with `val_images` brings its own validation split.
+    """
+    if not data_spec:
+        return "unknown (no study.json records the data)", False
+    if data_spec == "synthetic" or data_spec.startswith("synthetic:"):
+        return ("a seeded, stratified hold-out of the synthetic training images; the test "
+                "images are generated apart from them"), False
+    path = Path(data_spec)
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                own = "val_images" in archive.files
+        except (OSError, ValueError):
+            return f"unknown ({path} cannot be read now)", False
+        if own:
+            return (f"the file's own validation split (`val_images` in {path.name}), a "
+                    "different split from its `test_images`"), True
+        return (f"a seeded, stratified hold-out of the training images in {path.name}; its "
+                "`test_images` are a different split"), False
+    return ("a seeded, stratified hold-out of the training images (`train/`), while the test "
+            "images come from their own files (`test/`)"), False
 
 
 def _isnan(value: Any) -> bool:
@@ -112,12 +200,14 @@ def summarise(exp_dir: Path) -> dict[str, Any]:
         raise StudyError(f"{where}: searched must be a list of parameter names, got "
                          f"{searched!r:.100}")
     trials = collect_trials(exp_dir)
+    runs = collect_runs(trials=trials)
     return {
         "experiment": str(exp_dir.resolve()),
         "metric": metric,
         "mode": mode,
         "meta": meta,
-        "trials": trials,
-        "leaderboard": leaderboard(trials, metric, mode, searched),
-        "best": best_configuration(trials, metric, mode),
+        "trials": trials,  # one row per trial: what the searcher saw (seed-means)
+        "runs": runs,  # one row per (trial, seed), duplicates counted once
+        "leaderboard": leaderboard(runs, metric, mode, searched),
+        "best": best_configuration(runs, metric, mode),
     }

@@ -1,12 +1,14 @@
 """`study report` on a tiny real experiment: figures, exports, optuna.db, partial experiments.
 
-One experiment per module (a 2x2x2 homework-like grid, 2 seeds, 3 epochs on 8x8 synthetic
-images), made by `study run` in a subprocess so its Ray never meets another module's.
+One experiment per module (a 2x2x2 homework-like grid, 2 seeds, 4 epochs on 16x16 synthetic
+images: enough to learn a little, so seeds differ), made by `study run` in a subprocess so its
+Ray never meets another module's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from study.cli import main
 
 pytestmark = pytest.mark.slow
 
-DATA = "synthetic:size=8,n=40,n_test=20"
+DATA = "synthetic:size=16,n=100,n_test=60"
 SPACE = """\
 metric: val_accuracy
 mode: max
@@ -33,8 +35,8 @@ params:
 fixed:
   width: {by_depth: {3: 16, 5: [32, 16, 16, 16, 16]}}
   dropout: 0.2
-  lr: 1.0e-3
-  epochs: 3
+  lr: 3.0e-3
+  epochs: 4
 """
 TRIALS = 2 * 2 * 2 * 2  # loss x batch size x depth x seeds
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -91,12 +93,32 @@ def test_report_md_answers_the_homework(experiment: Path) -> None:
                           ("3 layers", '"100 %" (scoring bug)'), ("5 layers", "72 %")):
         row = next(r for r in rows if f"| {arm} | 2 |" in r)
         assert " ± " in row and homework in row, row
-    for title in ("Loss: BCE vs CE", "Batch size", "Depth (hidden layers)"):
-        verdict = next(r for r in report.splitlines() if r.startswith(f"- **{title}**: "))
-        assert "difference" in verdict and "n = 2 per arm" in verdict, verdict
-    assert "held at the homework's baseline" in report
     homework = pd.read_csv(experiment / "summary" / "homework.csv")
-    assert len(homework) == 6 and set(homework["n"]) == {2}
+    arms = homework[homework["row"] == "arm"]
+    assert len(arms) == 6 and set(arms["n"]) == {2}
+    pairs = homework[homework["row"] == "pair"]
+    tested = 0
+    for title, factor in (("Loss: BCE vs CE", "loss"), ("Batch size", "batch_size"),
+                          ("Depth (hidden layers)", "depth")):
+        verdict = next(r for r in report.splitlines() if r.startswith(f"- **{title}**: "))
+        mine = arms[arms["factor"] == factor]
+        if (mine["test_sd"] == 0).any():  # an arm whose seeds all scored alike
+            assert "cannot tell" in verdict and factor not in set(pairs["factor"]), verdict
+            continue
+        tested += 1
+        assert "difference" in verdict and "n = 2 per arm" in verdict, verdict
+        (pair,) = pairs[pairs["factor"] == factor].itertuples()
+        values = [json.loads(v) for v in mine["test_values"]]
+        assert pair.difference == pytest.approx(sum(values[0]) / 2 - sum(values[1]) / 2)
+        assert pair.ci_low < pair.difference < pair.ci_high
+        assert pair.p_holm >= pair.p_value and pair.detectable_80 > 0
+        row = next(r for r in report.splitlines() if f"| {pair.a} − {pair.b} | 2/2 |" in r)
+        assert f"{pair.detectable_80:.1f} points" in row, row
+    assert tested, "every comparison had an arm without spread; the fixture learns nothing"
+    assert "Holm-adjusted together" in report and "Games-Howell" in report
+    assert "held at the homework's baseline" in report
+    assert "### Validation vs test" in report and "Best configuration: validation accuracy" \
+        in report
     for key in ("test_accuracy", "test_auroc", "test_sensitivity", "test_specificity"):
         assert f"| {key} | " in report
 
@@ -118,8 +140,8 @@ def test_optuna_db_holds_every_trial_and_the_best_value(experiment: Path) -> Non
     for trial in study.trials:
         assert trial.state == optuna.trial.TrialState.COMPLETE
         assert set(trial.params) == {"loss", "batch_size", "depth"}
-        assert sorted(trial.intermediate_values) == [1, 2, 3]
-        assert trial.intermediate_values[3] == pytest.approx(trial.value)
+        assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
+        assert trial.intermediate_values[4] == pytest.approx(trial.value)
     assert not list(db.parent.glob(".optuna.db.*"))  # the temporary file was renamed
 
 
@@ -190,3 +212,67 @@ def test_report_on_a_folder_that_is_not_an_experiment(tmp_path: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a study experiment folder" in err[0]
     assert not (tmp_path / "summary").exists()
+
+
+@pytest.fixture
+def interrupted(experiment: Path, tmp_path: Path) -> Path:
+    """A copy of the experiment as Ctrl-C leaves it: one trial part-trained, RUNNING in Ray's
+    last saved state."""
+    copy = tmp_path / "interrupted"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("summary"))
+    trial_dir = trial_dirs(copy)[0]
+    _truncate(trial_dir, keep=1)
+    running = json.loads((trial_dir / "result.json").read_text().splitlines()[0])["trial_id"]
+    for state_file in copy.glob("experiment_state-*.json"):
+        state = json.loads(state_file.read_text())
+        for entry in state["trial_data"]:
+            trial = json.loads(entry[0])
+            if trial["trial_id"] == running:
+                entry[0] = json.dumps({**trial, "status": "RUNNING"})
+        state_file.write_text(json.dumps(state))
+    return copy
+
+
+def test_report_of_an_interrupted_study_says_unfinished(interrupted: Path) -> None:
+    summary = write_report(interrupted)
+    trials = summary["trials"]
+    assert trials["status"].value_counts().to_dict() == {"completed": TRIALS - 1,
+                                                         "unfinished": 1}
+    report = (interrupted / "summary" / "report.md").read_text()
+    assert f"({TRIALS - 1} completed, 1 unfinished (interrupted))" in report
+    assert "running" not in report.lower()
+    assert "1 trial(s) did not finish: 1 unfinished (interrupted)" in report
+
+
+def test_report_html_embeds_every_figure_of_a_real_study(experiment: Path) -> None:
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    page = (experiment / "summary" / "report.html").read_text()
+    found = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(found) == len(FIGURE_NAMES)
+    for data in found:
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        image.load()
+        assert image.format == "PNG" and min(image.size) > 50
+
+
+@pytest.mark.xfail(reason="the summary's atomic writers create files with mkstemp's 0600 until "
+                   "they take the mode a plain write gives", strict=False)
+def test_summary_files_are_readable_by_others_under_umask_022(experiment: Path,
+                                                              tmp_path: Path) -> None:
+    """A plain write under umask 022 gives 0644: a teaching assistant can read the summary."""
+    old = os.umask(0o022)
+    try:
+        write_report(experiment, out=tmp_path / "summary")
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "summary").rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"report.md", "report.html", "leaderboard.csv",
+                                       "best_config.json", "best_config.yaml", "model.pt",
+                                       "homework.csv", "optuna.db", "hpo_history.png"}
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o644, (path.name, oct(path.stat().st_mode))

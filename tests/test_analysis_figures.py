@@ -102,10 +102,40 @@ def test_arm_stats_carry_the_homework_numbers_and_a_verdict() -> None:
     assert list(stats["n"]) == [3, 3, 3]
     assert list(stats["homework_label"]) == ["74 %", '"100 %" (scoring bug)', "72.25 %"]
     result = homework.compare_test_accuracy(stats)
-    assert result.test == "anova" and result.p_value < 0.001
+    assert result.test == "games-howell" and result.p_value < 0.001
     assert "highest: batch 128" in result.verdict
+    (result,) = homework.adjust_comparisons([result])
     record = homework.comparison_record(comparison, stats, result)
-    assert json.loads(json.dumps(record))["arms"][0]["n"] == 3
+    loaded = json.loads(json.dumps(record))
+    assert loaded["arms"][0]["n"] == 3 and loaded["family"] == 1
+    assert [(p["a"], p["b"]) for p in loaded["pairs"]] == [
+        ("batch 16", "batch 32"), ("batch 16", "batch 128"), ("batch 32", "batch 128")]
+    pairs = homework.collect_pairs(comparison, result)
+    assert list(pairs.columns) == homework.PAIR_COLUMNS
+    row = pairs.iloc[1]  # batch 16 - batch 128: the trials' accuracy rises by batch / 16
+    values = stats.set_index("label")["test_values"]
+    assert row["difference"] == pytest.approx(np.mean(values["batch 16"])
+                                              - np.mean(values["batch 128"]))
+    assert row["ci_low"] < row["difference"] < row["ci_high"] < 0
+    assert row["p_holm"] == pytest.approx(max(row["p_value"], result.p_adjusted))
+    assert row["detectable_80"] > 0 and row["seeds_needed"] >= 2
+
+
+def test_identical_runs_count_once() -> None:
+    trials = _trials()
+    comparison = homework.select_comparison(trials, "loss")
+    assert comparison is not None
+    doubled = comparison._replace(trials=pd.concat([comparison.trials,
+                                                    comparison.trials.iloc[:2]]))
+    stats = homework.collect_arm_stats(doubled)
+    assert list(stats["n"]) == [3, 3] and list(stats["n_duplicate"]) == [2, 0]
+    reference = homework.collect_arm_stats(comparison)
+    assert list(stats["test_mean"]) == pytest.approx(list(reference["test_mean"]))
+    # another seed of the same configuration is a new run
+    other = comparison.trials.iloc[:1].assign(seed=99, test_accuracy=50.0)
+    more = homework.collect_arm_stats(comparison._replace(
+        trials=pd.concat([comparison.trials, other])))
+    assert list(more["n"]) == [4, 3]
 
 
 def test_homework_plots_return_axes_and_draw() -> None:
@@ -145,6 +175,22 @@ def test_rebuilt_study_has_every_trial_state_and_value(tmp_path: Path) -> None:
     loaded = optuna.load_study(study_name="unit", storage=f"sqlite:///{path}")
     assert len(loaded.trials) == len(trials) and loaded.best_value == study.best_value
     assert loaded.user_attrs["metric"] == "val_accuracy"
+
+
+def test_rebuilt_study_numbers_trials_by_creation_index_under_a_searcher() -> None:
+    """Under --search optuna Ray's trial ids are random hex (no `_00012` counter); the creation
+    index is in the trial folder's name, and it orders the rebuilt study."""
+    trials = _trials(batch_sizes=(16,), seeds=1)  # 4 trials
+    hexes = ["f3a9c2d1", "0b12aa34", "c0ffee00", "11aa22bb"]  # created in this order
+    trials["trial_id"] = hexes
+    trials["trial_dir"] = [f"train_trial_{h}_{i + 1}_batch_size=16,depth=3_2026-11-27_23-00-0{i}"
+                           for i, h in enumerate(hexes)]
+    shuffled = trials.iloc[[2, 0, 3, 1]].reset_index(drop=True)  # as read from disk
+    study = build_study(shuffled, _epochs(shuffled), META, "order")
+    assert [t.user_attrs["trial_id"] for t in study.trials] == hexes
+    history = hpo.collect_history(study)
+    assert list(history["trial_id"]) == hexes
+    assert list(history["number"]) == [0, 1, 2, 3]
 
 
 def test_hpo_collectors_and_plots() -> None:
