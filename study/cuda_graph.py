@@ -43,7 +43,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 class CapturedSteps:
     """One captured training step for `seeds` x `batch_size`, replayed for an epoch's full
-    batches; the epoch's loss sum, scores and labels accumulate in static device buffers."""
+    batches; the epoch's loss sum, scores and labels accumulate in static device buffers.
+    Before `capture` the same step runs eagerly (on any device), which is how its bookkeeping
+    is tested where there is no GPU."""
 
     def __init__(self, step: Step, n: int, seeds: int, batch_size: int, label_dtype: torch.dtype,
                  device: torch.device) -> None:
@@ -56,7 +58,9 @@ class CapturedSteps:
         self.probs = torch.zeros(seeds, n, device=device)
         self.labels = torch.zeros(seeds, n, dtype=label_dtype, device=device)
         self._offsets = torch.arange(batch_size, device=device)
-        self.graph = torch.cuda.CUDAGraph()
+        self.graph: torch.cuda.CUDAGraph | None = None
+        # One step: the body run eagerly until `capture`, then the graph's replay.
+        self.replay: Callable[[], None] = self._body
 
     def _body(self) -> None:
         slot = self.batch * self.batch_size + self._offsets  # this batch's positions, (B,)
@@ -81,8 +85,10 @@ class CapturedSteps:
             for _ in range(WARMUP_STEPS):
                 self._body()
         torch.cuda.current_stream().wait_stream(side)
-        with torch.cuda.graph(self.graph):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
             self._body()
+        self.graph, self.replay = graph, graph.replay
 
     def run(self, order: torch.Tensor, stop: int) -> int:
         """Train the full batches of an epoch whose order is `order` (K, n) and which uses its
@@ -91,7 +97,7 @@ class CapturedSteps:
         self._reset(order)
         full = stop // self.batch_size
         for _ in range(full):
-            self.graph.replay()
+            self.replay()
         return full * self.batch_size
 
 
@@ -133,7 +139,7 @@ def capture_steps(step: Step, model: nn.Module, optimizer: torch.optim.Optimizer
     optimizer as they were; None (one log line saying why) where training stays eager."""
     device = order.device
     if device.type != "cuda":
-        log.debug("training eagerly: CUDA graphs need a CUDA device, this trial has %s", device)
+        log.info("training eagerly: CUDA graphs need a CUDA device, this trial has %s", device)
         return None
     if stop < batch_size:
         log.info("training eagerly: no full batch of %d in %d examples to capture",
