@@ -207,13 +207,18 @@ def collect_arm_curves(comparison: Comparison, epochs: pd.DataFrame) -> pd.DataF
     Trials stopped early contribute the epochs they ran, so n can fall at later epochs.
     """
     members = comparison.trials[comparison.trials["status"].isin(CURVE_STATUSES)]
-    arm_of = dict(zip(members["trial_id"], members[comparison.factor], strict=True))
+    if "duplicate" in members:  # the same run twice draws once
+        members = members[~members["duplicate"].astype(bool)]
+    # Runs are keyed by trial and seed where both tables have seeds (stacked trials).
+    by_seed = "seed" in members and "seed" in epochs
+    arm_of = dict(zip(_run_keys(members, by_seed), members[comparison.factor], strict=True))
     columns = ["arm", "label", "epoch", "metric", "mean", "low", "high", "n"]
     rows = []
     if epochs.empty or "trial_id" not in epochs:
         return pd.DataFrame(columns=columns)
-    df = epochs[epochs["trial_id"].isin(arm_of)].copy()
-    df["arm"] = df["trial_id"].map(arm_of)
+    run = _run_keys(epochs, by_seed)
+    df = epochs[run.isin(list(arm_of))].copy()
+    df["arm"] = run[df.index].map(arm_of)
     for (arm, epoch), group in df.groupby(["arm", "epoch"], sort=True):
         for metric in CURVE_METRICS:
             if metric not in group:
@@ -226,6 +231,15 @@ def collect_arm_curves(comparison: Comparison, epochs: pd.DataFrame) -> pd.DataF
                          "epoch": int(epoch), "metric": metric, "mean": ci.mean,
                          "low": ci.mean - half, "high": ci.mean + half, "n": ci.n})
     return pd.DataFrame(rows, columns=columns)
+
+
+def _run_keys(df: pd.DataFrame, by_seed: bool) -> pd.Series:
+    """`trial_id` (and `seed`) of each row as one string: a run's key in both tables."""
+    keys = df["trial_id"].astype(str)
+    if by_seed:
+        seeds = df["seed"].map(lambda v: "" if pd.isna(v) else str(int(v)))
+        keys = keys + "|" + seeds
+    return keys
 
 
 def _new_axes(ax: Axes | None, size: tuple[float, float] = (6.0, 4.0)) -> Axes:

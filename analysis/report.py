@@ -50,7 +50,8 @@ FINISHED = ("completed", "stopped", "diverged", "error")
 
 
 def export_best_model(exp_dir: Path, best: dict[str, Any], out: Path) -> Path | None:
-    """Copy the best trial's kept weights (best validation loss) to out/model.pt."""
+    """Copy the best run's kept weights (best validation loss) to out/model.pt: the
+    representative seed's slice of a stacked trial's checkpoint."""
     import torch
 
     from study.checkpoint import MODEL_FILE, save_model
@@ -64,8 +65,10 @@ def export_best_model(exp_dir: Path, best: dict[str, Any], out: Path) -> Path | 
     config = TrialConfig.from_dict(state["config"], where=str(checkpoints[-1]))
     weights = state["best_model"] or state["model"]
     first = next(v for k, v in weights.items() if k.endswith("weight"))
-    image_size = int(round(first.shape[1] ** 0.5))
-    save_model(out / MODEL_FILE, weights, config, image_size)
+    image_size = int(round(first.shape[-1] ** 0.5))
+    seed = best.get("representative_seed", config.seed)
+    index = config.seeds.index(seed) if seed in config.seeds else 0
+    save_model(out / MODEL_FILE, weights, config, image_size, index=index)
     return out / MODEL_FILE
 
 
@@ -454,10 +457,10 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
     hpo_figs = [f for f in figures if f.startswith("hpo_")]
     lines += [f"![{figures[f]}]({FIGURES}/{f})" for f in hpo_figs] + [""]
     lines += ["## Files", "",
-              "- `leaderboard.csv`: one row per trial, best first",
+              "- `leaderboard.csv`: one row per run (a trial and one of its seeds), best first",
               "- `best_config.json`, `best_config.yaml`: the best configuration with its metrics; "
               "`study train --config best_config.yaml` retrains it",
-              "- `model.pt`: the best trial's weights (best validation loss); "
+              "- `model.pt`: the best run's weights (its seed's best validation loss); "
               "`study evaluate --checkpoint model.pt --data ...` scores it",
               f"- `{HOMEWORK_CSV}`: the homework's comparisons, arm by arm"]
     if db is not None:
@@ -593,6 +596,7 @@ def write_report(exp_dir: Path, out: Path | None = None, *,
             "n_seeds": best["n_seeds"],
             "seeds": best["seeds"],
             "trial_ids": best["trial_ids"],
+            "representative_seed": best["representative_seed"],
         }
         write_json_atomic(out / "best_config.json", record)
         write_text_atomic(out / "best_config.yaml", yaml.safe_dump(record, sort_keys=False))
@@ -613,7 +617,9 @@ def write_report(exp_dir: Path, out: Path | None = None, *,
     if expected and len(trials) < expected:
         missing.append(f"{expected - len(trials)} of {expected} requested trials never started")
 
-    comparisons, table, figures = _homework_figures(trials, epochs, meta)
+    # The homework's intervals are over seeds: one row per run, each seed's own epochs.
+    comparisons, table, figures = _homework_figures(
+        summary["runs"], collect_epochs(exp_dir, per_seed=True), meta)
     if not table.empty:
         write_text_atomic(out / HOMEWORK_CSV, table.to_csv(index=False))
     study_name = exp_dir.resolve().name

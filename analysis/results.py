@@ -18,6 +18,8 @@ from study.errors import StudyError
 from study.io import read_trial_states
 
 META_FILE = "study.json"
+RUN_METRICS = ("val_accuracy", "val_loss", "val_auroc", "train_accuracy", "train_loss",
+               "test_accuracy", "test_auroc", "test_sensitivity", "test_specificity")
 CONFIG_KEYS = ("loss", "batch_size", "depth", "width", "dropout", "batchnorm", "optimizer", "lr",
                "weight_decay", "schedule", "epochs", "seed", "image_size")
 
@@ -115,16 +117,46 @@ def _status(last: dict[str, Any] | None, config: dict[str, Any], ray_status: str
     return "completed", ""
 
 
-def collect_epochs(exp_dir: Path) -> pd.DataFrame:
-    """Return one row per reported epoch: trial_id, epoch, metrics, and the trial's config."""
+def _result_seeds(result: dict[str, Any], config: dict[str, Any]) -> list[Any]:
+    """The seeds a result covers: its `seeds` list, or (older results) its one `seed`."""
+    seeds = result.get("seeds")
+    if isinstance(seeds, list) and seeds:
+        return seeds
+    return [result.get("seed", config.get("seed"))]
+
+
+def _seed_values(result: dict[str, Any], index: int, names: tuple[str, ...] | list[str]
+                 ) -> dict[str, Any]:
+    """Seed `index`'s values of `names` in one result: from `seed_metrics` when the result has
+    it, else (one seed, older results) the result's own values."""
+    per_seed = result.get("seed_metrics")
+    out = {}
+    for name in names:
+        if isinstance(per_seed, dict) and isinstance(per_seed.get(name), list):
+            values = per_seed[name]
+            out[name] = values[index] if index < len(values) else math.nan
+        elif index == 0 and not isinstance(per_seed, dict):
+            out[name] = result.get(name)
+    return out
+
+
+def collect_epochs(exp_dir: Path, per_seed: bool = False) -> pd.DataFrame:
+    """Return one row per reported epoch: trial_id, epoch, metrics, and the trial's config.
+
+    The metrics are what the trial reported, the seed-mean of a stacked trial (what the
+    searcher and the scheduler saw). With `per_seed`, one row per seed and epoch instead, with
+    a `seed` column and that seed's own values (`seed_metrics`).
+    """
     frames = []
     for trial_dir in trial_dirs(exp_dir):
         results = _read_results(trial_dir / "result.json")
         if not results:
             continue
-        df = pd.DataFrame(results)
         config = results[-1].get("config", {})
-        df = df.drop(columns=[c for c in ("config",) if c in df])
+        if per_seed:
+            results = _expand_seeds(results, config)
+        df = pd.DataFrame(results)
+        df = df.drop(columns=[c for c in ("config", "seeds", "seed_metrics") if c in df])
         for key in CONFIG_KEYS:
             if key in config and key not in df:
                 df[key] = _hashable(config[key])
@@ -134,14 +166,34 @@ def collect_epochs(exp_dir: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=["trial_id", "epoch"])
     out = pd.concat(frames, ignore_index=True)
     # PBT and restarts may report an epoch twice; keep the latest report of each.
-    return out.drop_duplicates(["trial_id", "epoch"], keep="last").reset_index(drop=True)
+    key = ["trial_id", "seed", "epoch"] if per_seed else ["trial_id", "epoch"]
+    return out.drop_duplicates(key, keep="last").reset_index(drop=True)
+
+
+def _expand_seeds(results: list[dict[str, Any]], config: dict[str, Any]
+                  ) -> list[dict[str, Any]]:
+    """One row per seed of each result, holding that seed's values under the metric names."""
+    rows = []
+    for result in results:
+        names = list(result.get("seed_metrics") or {})
+        for index, seed in enumerate(_result_seeds(result, config)):
+            row = {k: v for k, v in result.items() if k not in ("seeds", "seed_metrics")}
+            if names:
+                for name in names:  # a metric missing for this seed is not the mean's value
+                    row.pop(name, None)
+                row.update(_seed_values(result, index, names))
+            row["seed"] = seed
+            rows.append(row)
+    return rows
 
 
 def collect_trials(exp_dir: Path) -> pd.DataFrame:
     """Return one row per trial: id, status, reason, epochs trained, seed, node, config, metrics.
 
-    Metrics are those of the last reported epoch (what the scheduler and searcher saw), plus
-    `best_val_accuracy` over epochs and the test metrics reported at the end of the trial.
+    Metrics are those of the last reported epoch (what the scheduler and searcher saw: the
+    seed-mean of a stacked trial), plus `best_val_accuracy` over epochs and the test metrics
+    reported at the end of the trial. `seeds`, `repeats` and (internal, for `collect_runs`)
+    `_per_seed` carry each seed's values.
     """
     exp_dir = Path(exp_dir)
     check_experiment(exp_dir)
@@ -161,13 +213,17 @@ def collect_trials(exp_dir: Path) -> pd.DataFrame:
                                  trial_dir / "error.txt")
         row: dict[str, Any] = {"trial_id": trial_id, "status": status, "reason": reason,
                                "epochs": int(last.get("epoch", 0)) if last else 0}
-        row["seed"] = (last or {}).get("seed", config.get("seed"))
+        seeds = _result_seeds(last or {}, config)
+        row["seed"] = seeds[0]
+        row["seeds"] = json.dumps(seeds)
+        row["repeats"] = len(seeds)
+        row["_per_seed"] = _per_seed_rows(results, config, seeds, ray_info.get("status", ""),
+                                          trial_dir / "error.txt") if last else []
         row["node_id"] = (last or {}).get("node_id")
         for key in CONFIG_KEYS:
             if key in config and key != "seed":
                 row[column_name(key)] = _hashable(config[key])
-        for key in ("val_accuracy", "val_loss", "val_auroc", "train_accuracy", "train_loss",
-                    "test_accuracy", "test_auroc", "test_sensitivity", "test_specificity"):
+        for key in RUN_METRICS:
             value = (last or {}).get(key)
             row[key] = value if isinstance(value, (int, float)) else math.nan
         accs = [r["val_accuracy"] for r in results if isinstance(r.get("val_accuracy"), float)]
@@ -183,3 +239,72 @@ def collect_trials(exp_dir: Path) -> pd.DataFrame:
             rows.append({"trial_id": trial_id, "status": info["status"].lower() or "pending",
                          "reason": "never started", "epochs": 0})
     return pd.DataFrame(rows)
+
+
+def _per_seed_rows(results: list[dict[str, Any]], config: dict[str, Any], seeds: list[Any],
+                   ray_status: str, error_file: Path) -> list[dict[str, Any]]:
+    """Each seed's status, metrics and best validation accuracy from a trial's results."""
+    last = results[-1]
+    rows = []
+    for index, seed in enumerate(seeds):
+        values = _seed_values(last, index, [*RUN_METRICS, "diverged"])
+        # The seed's own status: the trial's, with divergence judged per seed.
+        alive = {k: v for k, v in last.items() if k != "diverged"}
+        status, reason = _status(alive, config, ray_status, error_file)
+        if values.get("diverged") and status != "error":
+            status = "diverged"
+            reason = f"train_loss={values.get('train_loss')} (seed {seed})"
+        row = {"seed": seed, "status": status, "reason": reason}
+        for key in RUN_METRICS:
+            value = values.get(key)
+            row[key] = value if isinstance(value, (int, float)) else math.nan
+        accs = [v.get("val_accuracy") for v in (_seed_values(r, index, ["val_accuracy"])
+                                                for r in results)]
+        accs = [a for a in accs if isinstance(a, float) and math.isfinite(a)]
+        row["best_val_accuracy"] = max(accs) if accs else math.nan
+        rows.append(row)
+    return rows
+
+
+STATUS_RANK = {"completed": 0, "stopped": 1, "unfinished": 1, "diverged": 2, "running": 3,
+               "paused": 3, "pending": 3}
+
+
+def collect_runs(exp_dir: Path | None = None, trials: pd.DataFrame | None = None
+                 ) -> pd.DataFrame:
+    """Return one row per run, a (trial, seed): the trial's columns with that seed's status,
+    metrics and best validation accuracy. What intervals over seeds are computed from.
+
+    A stacked trial (repeats K) gives K rows; a trial of older results, one. Two rows with the
+    same configuration (every config key but `seed` and `repeats`) and the same seed are the
+    same run and count once: every copy but one is marked `duplicate` (kept in the table, so
+    a report can say so; left out of every statistic). The copy counted is the furthest along
+    (completed, then stopped or unfinished, then diverged, then running, then errored; then
+    the most epochs; then the later trial).
+    """
+    if trials is None:
+        assert exp_dir is not None
+        trials = collect_trials(exp_dir)
+    rows = []
+    for order, trial in enumerate(trials.to_dict("records")):
+        per_seed = trial.pop("_per_seed", None)
+        if not isinstance(per_seed, list) or not per_seed:
+            rows.append({**trial, "_order": order})  # never started: one row, as it was
+            continue
+        for seed_row in per_seed:
+            rows.append({**trial, **seed_row, "_order": order})
+    runs = pd.DataFrame(rows)
+    if runs.empty:
+        return runs.drop(columns=["_per_seed"], errors="ignore")
+    config = [column_name(k) for k in CONFIG_KEYS if k != "seed" and column_name(k) in runs]
+    runs["_rank"] = runs["status"].map(STATUS_RANK).fillna(4)
+    runs = runs.sort_values(["_rank", "epochs", "_order"], ascending=[True, False, False],
+                            kind="stable")
+    has_seed = runs["seed"].notna() if "seed" in runs else pd.Series(False, index=runs.index)
+    key = [*config, "seed"]
+    keyed = runs[has_seed].astype({c: str for c in key}).duplicated(key, keep="first")
+    runs["duplicate"] = False
+    runs.loc[keyed.index, "duplicate"] = keyed
+    runs = runs.sort_values(["_order", "seed"], kind="stable")
+    return runs.drop(columns=["_rank", "_order", "_per_seed"], errors="ignore"
+                     ).reset_index(drop=True)

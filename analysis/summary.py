@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.results import CONFIG_KEYS, collect_trials, column_name, read_meta
+from analysis.results import CONFIG_KEYS, collect_runs, collect_trials, column_name, read_meta
 from analysis.stats import mean_ci
 
 LEADERBOARD_FIRST = ("trial_id", "status", "epochs", "seed", "node_id")
@@ -27,11 +27,12 @@ def config_columns(trials: pd.DataFrame) -> list[str]:
 
 
 def leaderboard(trials: pd.DataFrame, metric: str, mode: str, searched: list[str]) -> pd.DataFrame:
-    """Return one row per trial, best first by `metric`, with the documented columns."""
+    """Return one row per row of `trials` (runs: one per trial and seed), best first by
+    `metric`, with the documented columns."""
     params = [p for p in searched if p in trials.columns]
     rest = [c for c in config_columns(trials) if c not in params]
-    columns = [*LEADERBOARD_FIRST, *params, *LEADERBOARD_METRICS, *rest, "reason", "failures",
-               "time_total_s", "trial_dir"]
+    columns = [*LEADERBOARD_FIRST, *params, *LEADERBOARD_METRICS, *rest, "repeats", "duplicate",
+               "reason", "failures", "time_total_s", "trial_dir"]
     board = trials.reindex(columns=[c for c in columns if c in trials.columns or c in
                                     (*LEADERBOARD_FIRST, *LEADERBOARD_METRICS)])
     if metric in board:
@@ -42,12 +43,17 @@ def leaderboard(trials: pd.DataFrame, metric: str, mode: str, searched: list[str
 def best_configuration(trials: pd.DataFrame, metric: str, mode: str) -> dict[str, Any] | None:
     """Pick the configuration with the best mean `metric` over its seeds (validation only).
 
-    Completed trials count first; a partial study with none falls back to stopped ones.
-    Diverged and errored trials never count. Returns the config, mean metrics with 95 % CIs,
-    the seeds and trial ids, and the trial whose checkpoint best represents it.
+    `trials` holds one row per run (`collect_runs`: a trial and seed). Completed runs count
+    first; a partial study with none falls back to stopped ones. Diverged and errored runs
+    never count. Returns the config, mean metrics with 95 % CIs, the seeds and trial ids, and
+    the run whose checkpoint best represents it (`trial_dir` and `seed`). The config's `seed`
+    and `repeats` are those of the representative's trial, so `study train --config` retrains
+    that trial: every seed it stacked, the representative among them.
     """
     if trials.empty or metric not in trials:
         return None
+    if "duplicate" in trials:  # another copy of the same run is counted instead
+        trials = trials[~trials["duplicate"].astype(bool)]
     usable = trials[trials["status"] == "completed"]
     if usable[metric].notna().sum() == 0:
         usable = trials[trials["status"].isin(["completed", "stopped", "unfinished"])]
@@ -71,7 +77,9 @@ def best_configuration(trials: pd.DataFrame, metric: str, mode: str) -> dict[str
             value = json.loads(value)
         config[name] = value.item() if hasattr(value, "item") else value
     representative = members.sort_values(metric, ascending=mode == "min").iloc[0]
-    config["seed"] = int(representative["seed"])
+    trial_seeds = _seeds(representative)
+    config["seed"] = trial_seeds[0]
+    config["repeats"] = len(trial_seeds)
     metrics, ci95 = {}, {}
     for name in SUMMARY_METRICS:
         if name in members and members[name].notna().any():
@@ -85,9 +93,18 @@ def best_configuration(trials: pd.DataFrame, metric: str, mode: str) -> dict[str
         "ci95": ci95,
         "n_seeds": int(len(members)),
         "seeds": sorted(int(s) for s in members["seed"]),
-        "trial_ids": list(members["trial_id"]),
+        "trial_ids": list(dict.fromkeys(members["trial_id"])),
         "trial_dir": representative["trial_dir"],
+        "representative_seed": int(representative["seed"]),
     }
+
+
+def _seeds(run: pd.Series) -> list[int]:
+    """The seeds of a run's trial (its `seeds` JSON list; older results: its one seed)."""
+    raw = run.get("seeds")
+    if isinstance(raw, str):
+        return [int(s) for s in json.loads(raw)]
+    return [int(run["seed"])]
 
 
 def validation_source(data_spec: str | None) -> tuple[str, bool]:
@@ -127,6 +144,7 @@ def summarise(exp_dir: Path) -> dict[str, Any]:
     exp_dir = Path(exp_dir)
     meta = read_meta(exp_dir)
     trials = collect_trials(exp_dir)
+    runs = collect_runs(trials=trials)
     metric = meta.get("metric", "val_accuracy")
     mode = meta.get("mode", "max")
     searched = meta.get("searched", [])
@@ -135,7 +153,8 @@ def summarise(exp_dir: Path) -> dict[str, Any]:
         "metric": metric,
         "mode": mode,
         "meta": meta,
-        "trials": trials,
-        "leaderboard": leaderboard(trials, metric, mode, searched),
-        "best": best_configuration(trials, metric, mode),
+        "trials": trials,  # one row per trial: what the searcher saw (seed-means)
+        "runs": runs,  # one row per (trial, seed), duplicates counted once
+        "leaderboard": leaderboard(runs, metric, mode, searched),
+        "best": best_configuration(runs, metric, mode),
     }

@@ -317,7 +317,7 @@ def phase_epoch(args: argparse.Namespace) -> dict[str, Any]:
     def ours() -> float:
         start = _now()
         out = train_one_epoch(state.model, loss, state.optimizer, dev.train, cfg.batch_size,
-                              state.generator)
+                              state.generators)
         float(out["loss"])  # the epoch's one sync
         return _now() - start
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,21 @@ from torch import nn
 from study.config import TrialConfig
 from study.errors import StudyError
 from study.losses import get_loss
-from study.model import build_mlp
+from study.model import build_mlp, is_stacked_state, unstack_state
 
 MODEL_FILE = "model.pt"
 
 
 def save_model(path: Path, model_state: dict[str, torch.Tensor], config: TrialConfig,
-               image_size: int) -> None:
-    """Write the weights with the config and image size needed to rebuild the model."""
+               image_size: int, index: int = 0) -> None:
+    """Write the weights with the config and image size needed to rebuild the model.
+
+    A stacked state (several seeds) is saved as seed `index`'s plain model, with that seed in
+    its config and `repeats` 1: a model file always holds one model.
+    """
+    if is_stacked_state(model_state):
+        model_state = unstack_state(model_state, index)
+        config = dataclasses.replace(config, seed=config.seeds[index], repeats=1)
     cpu_state = {k: v.detach().cpu() for k, v in model_state.items()}
     payload = {"state_dict": cpu_state, "config": config.to_dict(), "image_size": image_size}
     tmp = path.with_name(path.name + ".tmp")

@@ -35,10 +35,16 @@ class TrialConfig:
     schedule: str = "cosine"  # learning-rate schedule over the epochs
     epochs: int = 30
     seed: int = 0  # model init and batch order; the data split has its own fixed seed
+    repeats: int = 1  # seeds seed, seed+1, ..., trained together as one stacked model
     image_size: int | None = None  # None: the data's own size; only ever downsamples
 
     def __post_init__(self) -> None:
         _check(self)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds this config trains: `seed` ... `seed + repeats - 1`."""
+        return list(range(self.seed, self.seed + self.repeats))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> TrialConfig:
@@ -111,6 +117,8 @@ def _check(c: TrialConfig) -> None:
         raise StudyError(f"epochs must be an integer >= 1, got {c.epochs!r}")
     if not _is_int(c.seed) or c.seed < 0:
         raise StudyError(f"seed must be an integer >= 0, got {c.seed!r}")
+    if not _is_int(c.repeats) or c.repeats < 1:
+        raise StudyError(f"repeats must be an integer >= 1, got {c.repeats!r}")
     if c.image_size is not None and (not _is_int(c.image_size) or c.image_size < 1):
         raise StudyError(f"image_size must be an integer >= 1, got {c.image_size!r}")
 

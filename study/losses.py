@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from study.config import LOSSES
@@ -36,11 +37,24 @@ class Loss:
             return labels.to(torch.float32).unsqueeze(1)  # (B, 1) float, like the logits
         return labels.to(torch.long)  # (B,) class indices
 
+    def per_example(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Return each example's loss, shape (B,), for (B, out) logits and (B,) labels.
+
+        BCE is computed as the cross-entropy of the two logits (0, z): the same function,
+        log(1 + e^z) - y z. BCEWithLogits' elementwise kernels round an element differently
+        depending on where it falls in the tensor, so a seed's loss would depend on how many
+        seeds are stacked beside it; the row-wise cross-entropy kernel rounds every row alike.
+        """
+        return F.cross_entropy(self._two_logits(logits), labels.to(torch.long),
+                               reduction="none")
+
     def positive_probability(self, logits: torch.Tensor) -> torch.Tensor:
-        """Return P(pneumonia) per example, shape (B,)."""
-        if self.name == "bce":
-            return torch.sigmoid(logits[:, 0])
-        return torch.softmax(logits, dim=1)[:, 1]
+        """Return P(pneumonia) per example, shape (B,) (for BCE sigmoid(z), computed row-wise
+        as softmax(0, z) for the reason `per_example` gives)."""
+        return torch.softmax(self._two_logits(logits), dim=1)[:, 1]
+
+    def _two_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.pad(logits, (1, 0)) if self.name == "bce" else logits
 
 
 def get_loss(name: str) -> Loss:

@@ -23,7 +23,13 @@ from study.data import Dataset, Split, at_size
 from study.errors import StudyError
 from study.losses import Loss, get_loss
 from study.metrics import classification_metrics
-from study.model import build_mlp
+from study.model import (
+    StackedBatchNorm1d,
+    StackedMLP,
+    build_mlp,
+    build_stacked_mlp,
+    unstack_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,68 +120,144 @@ def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimiz
     )
 
 
+def batch_loss(loss: Loss, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Return each seed's mean loss over its batch, shape (K,), for (K, B, out) logits and
+    (K, B) labels: the loss to minimise is their sum, so each seed's gradient is its own."""
+    seeds, batch, out = logits.shape
+    # Per example, then a mean per seed, for every K alike: the criterion's own mean reduction
+    # rounds its gradient differently, and Adam turns such last-bit differences in the
+    # (mathematically zero) gradients of biases before BatchNorm into whole steps.
+    per_example = loss.per_example(logits.reshape(seeds * batch, out), labels.reshape(-1))
+    return per_example.view(seeds, batch).mean(1)
+
+
+def positive_probability(loss: Loss, logits: torch.Tensor) -> torch.Tensor:
+    """P(pneumonia) per seed and example, (K, B), from (K, B, out) logits."""
+    seeds, batch, out = logits.shape
+    return loss.positive_probability(logits.reshape(seeds * batch, out)).view(seeds, batch)
+
+
+def train_step(
+    model: nn.Module,
+    loss: Loss,
+    optimizer: torch.optim.Optimizer,
+    split: DeviceSplit,
+    idx: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step of every seed on its own batch: gather -> scale -> forward -> loss ->
+    backward -> step.
+
+    `idx` (K, B) holds each seed's example indices. Returns the seeds' batch losses (K,), their
+    positive-class probabilities (K, B) and labels (K, B), detached. No host sync and no branch
+    on data, so the step can be captured as one CUDA graph with `idx` as its static input.
+    """
+    labels = split.labels[idx]
+    logits = model(scale(split.images[idx]))
+    losses = batch_loss(loss, logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    losses.sum().backward()
+    optimizer.step()
+    return losses.detach(), positive_probability(loss, logits.detach()), labels
+
+
+def epoch_order(generators: list[torch.Generator], n: int, device: torch.device) -> torch.Tensor:
+    """Each seed's random order of `n` examples, (K, n), drawn from that seed's generator."""
+    return torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
+
+
+def last_batch_stop(model: nn.Module, n: int, batch_size: int) -> int:
+    """Examples used per epoch: BatchNorm cannot normalise a batch of one in training, so a
+    trailing batch of one is skipped when the model has BatchNorm."""
+    has_bn = any(isinstance(m, (nn.BatchNorm1d, StackedBatchNorm1d)) for m in model.modules())
+    return n - 1 if has_bn and n % batch_size == 1 and n > 1 else n
+
+
+def seed_classification_metrics(prob: torch.Tensor, labels: torch.Tensor
+                                ) -> dict[str, torch.Tensor]:
+    """`classification_metrics` of each seed's row of (K, N) scores and labels, as (K,) tensors."""
+    rows = [classification_metrics(p, y) for p, y in zip(prob, labels, strict=True)]
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 def train_one_epoch(
     model: nn.Module,
     loss: Loss,
     optimizer: torch.optim.Optimizer,
     split: DeviceSplit,
     batch_size: int,
-    generator: torch.Generator,
+    generators: list[torch.Generator],
 ) -> dict[str, torch.Tensor]:
-    """Train one pass over `split` in a seeded random order; return mean loss and accuracy."""
+    """Train one pass over `split`, each seed in its own seeded random order; return each
+    seed's mean loss and accuracy, (K,) tensors."""
     model.train()
-    criterion = loss.criterion()
     n = len(split)
-    order = torch.randperm(n, generator=generator).to(split.images.device)
-    # BatchNorm cannot normalise a batch of one in training: skip such a trailing batch.
-    has_bn = any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
-    stop = n - 1 if has_bn and n % batch_size == 1 and n > 1 else n
-    total = torch.zeros((), device=split.images.device)
+    order = epoch_order(generators, n, split.images.device)
+    stop = last_batch_stop(model, n, batch_size)
+    total = torch.zeros(len(generators), device=split.images.device)
     probs, seen = [], []
     for start in range(0, stop, batch_size):
-        idx = order[start : min(start + batch_size, stop)]
-        labels = split.labels[idx]
-        logits = model(scale(split.images[idx]))
-        batch_loss = criterion(logits, loss.targets(labels))
-        optimizer.zero_grad(set_to_none=True)
-        batch_loss.backward()
-        optimizer.step()
-        total += batch_loss.detach() * len(idx)
-        probs.append(loss.positive_probability(logits.detach()))
+        idx = order[:, start : min(start + batch_size, stop)]
+        losses, prob, labels = train_step(model, loss, optimizer, split, idx)
+        total += losses * idx.shape[1]
+        probs.append(prob)
         seen.append(labels)
-    metrics = classification_metrics(torch.cat(probs), torch.cat(seen))
+    metrics = seed_classification_metrics(torch.cat(probs, 1), torch.cat(seen, 1))
     return {"loss": total / stop, "accuracy": metrics["accuracy"]}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss: Loss, split: DeviceSplit) -> dict[str, torch.Tensor]:
-    """Return loss, accuracy (%), AUROC, sensitivity and specificity on `split` (0-d tensors)."""
+    """Return loss, accuracy (%), AUROC, sensitivity and specificity on `split`.
+
+    For a stacked model every value is a (K,) tensor, one per seed (all seeds see the same
+    batches); for a plain model (`study evaluate`), a 0-d tensor.
+    """
     model.eval()
-    criterion = loss.criterion(reduction="sum")
-    total = torch.zeros((), device=split.images.device)
+    stacked = isinstance(model, StackedMLP)
+    seeds = model.seeds if stacked else 1
+    total = torch.zeros(seeds, device=split.images.device)
     probs = []
     rows = max(1, min(EVAL_BATCH, EVAL_PIXELS // max(1, split.images.shape[1])))
     for start in range(0, len(split), rows):
         images = split.images[start : start + rows]
         labels = split.labels[start : start + rows]
         logits = model(scale(images))
-        total += criterion(logits, loss.targets(labels))
-        probs.append(loss.positive_probability(logits))
-    return {"loss": total / len(split), **classification_metrics(torch.cat(probs), split.labels)}
+        logits = logits if stacked else logits.unsqueeze(0)
+        per_example = loss.per_example(logits.reshape(-1, logits.shape[-1]),
+                                       labels.repeat(seeds))
+        total += per_example.view(seeds, -1).sum(1)
+        probs.append(positive_probability(loss, logits))
+    labels = split.labels.expand(seeds, -1)
+    out = {"loss": total / len(split),
+           **seed_classification_metrics(torch.cat(probs, 1), labels)}
+    return out if stacked else {k: v[0] for k, v in out.items()}
 
 
 @dataclass
 class TrainState:
-    """Everything a run needs to continue: weights, optimizer, epoch, best weights, history."""
+    """Everything a run needs to continue: weights, optimizer, epoch, best weights, history.
+
+    The model is stacked over the config's seeds; per-seed values are lists in seed order.
+    """
 
     config: TrialConfig
-    model: nn.Module
+    model: StackedMLP
     optimizer: torch.optim.Optimizer
-    generator: torch.Generator
+    generators: list[torch.Generator]  # one per seed: its batch order
     epoch: int = 0  # epochs completed
-    best_val_loss: float = math.inf
-    best_model: dict[str, torch.Tensor] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_loss: list[float] = field(default_factory=list)
+    best_model: dict[str, torch.Tensor] = field(default_factory=dict)  # stacked, per seed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # Seeds whose training loss went non-finite: the epoch it happened (0: never) and their
+    # test metrics, taken then, as the seed alone would have stopped there.
+    diverged_at: list[int] = field(default_factory=list)
+    diverged_test: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        seeds = len(self.generators)
+        self.best_val_loss = self.best_val_loss or [math.inf] * seeds
+        self.diverged_at = self.diverged_at or [0] * seeds
+        self.diverged_test = self.diverged_test or [{} for _ in range(seeds)]
 
     def state_dict(self) -> dict[str, Any]:
         """Return a checkpoint that `torch.load(weights_only=True)` can read back."""
@@ -183,55 +265,93 @@ class TrainState:
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
+            "generators": [g.get_state() for g in self.generators],
             # Dropout masks come from torch's global generator: keep it, so a resumed run
             # continues exactly as an uninterrupted one would.
             "torch_rng": torch.get_rng_state(),
             "epoch": self.epoch,
-            "best_val_loss": self.best_val_loss,
+            "best_val_loss": list(self.best_val_loss),
             "best_model": self.best_model,
             "history": self.history,
+            "diverged_at": list(self.diverged_at),
+            "diverged_test": self.diverged_test,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint; the current config's lr and weight decay win (PBT)."""
+        seeds = len(state["generators"])
+        if seeds != len(self.generators):
+            raise StudyError(f"checkpoint: it holds {seeds} seed(s), the config trains "
+                             f"{len(self.generators)} (repeats={self.config.repeats})")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:
             group["weight_decay"] = self.config.weight_decay
-        self.generator.set_state(state["generator"])
+        for generator, saved in zip(self.generators, state["generators"], strict=True):
+            generator.set_state(saved)
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"].cpu())
         self.epoch = int(state["epoch"])
-        self.best_val_loss = float(state["best_val_loss"])
+        self.best_val_loss = [float(v) for v in state["best_val_loss"]]
         self.best_model = state["best_model"]
         self.history = list(state["history"])
+        self.diverged_at = [int(v) for v in state["diverged_at"]]
+        self.diverged_test = [dict(d) for d in state["diverged_test"]]
 
 
 def new_state(config: TrialConfig, data: DeviceData) -> TrainState:
-    """Seed, then build the model and optimizer for `config` on the data's device."""
-    torch.manual_seed(config.seed)
+    """Seed, then build the stacked model of the config's seeds and its optimizer on the
+    data's device. Seed s's initial weights are those a run of seed s alone would get."""
     loss = get_loss(config.loss)
     device = data.train.images.device
-    model = build_mlp(
-        data.image_size**2, loss.out_features, config.depth, config.width, config.dropout,
-        config.batchnorm,
+    model = build_stacked_mlp(
+        config.seeds, data.image_size**2, loss.out_features, config.depth, config.width,
+        config.dropout, config.batchnorm,
     ).to(device)
-    generator = torch.Generator().manual_seed(config.seed)
-    return TrainState(config, model, make_optimizer(config, model), generator)
+    generators = [torch.Generator().manual_seed(seed) for seed in config.seeds]
+    return TrainState(config, model, make_optimizer(config, model), generators)
 
 
-def evaluate_test(state: TrainState, data: DeviceData) -> dict[str, float]:
-    """Evaluate the best-validation-loss weights on the test split."""
+def seed_model(state: TrainState, index: int, best: bool = True) -> nn.Sequential:
+    """Return seed `index`'s model as the plain `build_mlp` model (for saving and evaluating),
+    with its best-validation-loss weights when `best` and it has any."""
+    config = state.config
+    weights = state.best_model if best and state.best_model else state.model.state_dict()
+    first = next(v for k, v in weights.items() if k.endswith("weight"))
+    model = build_mlp(first.shape[-1], get_loss(config.loss).out_features, config.depth,
+                      config.width, config.dropout, config.batchnorm)
+    model.load_state_dict(unstack_state(weights, index))
+    return model.to(first.device)
+
+
+def evaluate_test(state: TrainState, data: DeviceData) -> list[dict[str, float]]:
+    """Evaluate each seed's best-validation-loss weights on the test split; one dict per seed."""
     model = copy.deepcopy(state.model)
     if state.best_model:
         model.load_state_dict(state.best_model)
     raw = evaluate(model, get_loss(state.config.loss), data.test)
     values = torch.stack(list(raw.values())).tolist()  # one host sync
-    return {f"test_{k}": v for k, v in zip(raw, values, strict=True)}
+    names = [f"test_{k}" for k in raw]
+    return [dict(zip(names, column, strict=True)) for column in zip(*values, strict=True)]
 
 
-EpochCallback = Callable[[dict[str, float], TrainState], None]
+def seed_mean(values: list[float]) -> float:
+    """The mean over seeds (NaN when any seed's value is NaN: a diverged seed is not hidden)."""
+    return sum(values) / len(values)
+
+
+def epoch_report(seeds: list[int], per_seed: list[dict[str, float]], epoch: int
+                 ) -> dict[str, Any]:
+    """The metrics of one epoch: each metric's seed-mean under its own name, `epoch`,
+    `seeds` and `seed_metrics` (each metric's per-seed values, in seed order)."""
+    names = list(per_seed[0])
+    seed_metrics = {name: [values[name] for values in per_seed] for name in names}
+    report: dict[str, Any] = {name: seed_mean(seed_metrics[name]) for name in names}
+    report.update(epoch=epoch, seeds=list(seeds), seed_metrics=seed_metrics)
+    return report
+
+
+EpochCallback = Callable[[dict[str, Any], TrainState], None]
 
 
 def fit(
@@ -240,39 +360,75 @@ def fit(
     on_epoch: EpochCallback | None = None,
     state: TrainState | None = None,
 ) -> TrainState:
-    """Train `config` on `data` from `state` (or from scratch) to `config.epochs`.
+    """Train `config`'s seeds, stacked, on `data` from `state` (or from scratch) to
+    `config.epochs`.
 
-    After each epoch, `on_epoch(metrics, state)` receives the metrics of DESIGN.md; the last
-    epoch's metrics also carry the test metrics of the best weights. A non-finite training loss
-    ends the run early with `diverged: 1.0` in that epoch's metrics.
+    After each epoch, `on_epoch(metrics, state)` receives `epoch_report`'s metrics: the
+    seed-mean of each metric of DESIGN.md, plus `seeds` and `seed_metrics`. The last epoch's
+    metrics also carry the test metrics of each seed's best weights. A seed whose training
+    loss goes non-finite has diverged: from then on its metrics are NaN and its test metrics
+    are those taken when it diverged; `diverged` (the fraction of seeds diverged, per seed 1.0
+    or 0.0) appears from that epoch on, and the run ends when every seed has diverged.
     """
     state = state or new_state(config, data)
     loss = get_loss(config.loss)
+    seeds = config.seeds
     while state.epoch < config.epochs:
         for group in state.optimizer.param_groups:
             group["lr"] = lr_at(config, state.epoch)
         train = train_one_epoch(
-            state.model, loss, state.optimizer, data.train, config.batch_size, state.generator
+            state.model, loss, state.optimizer, data.train, config.batch_size, state.generators
         )
         val = evaluate(state.model, loss, data.val)
         values = torch.stack(
             [train["loss"], train["accuracy"], val["loss"], val["accuracy"], val["auroc"]]
         ).tolist()  # the one host sync of the epoch
         state.epoch += 1
-        metrics = dict(zip(EPOCH_METRICS, values, strict=True), epoch=state.epoch)
-        diverged = not math.isfinite(metrics["train_loss"])
-        if not diverged and metrics["val_loss"] < state.best_val_loss:
-            state.best_val_loss = metrics["val_loss"]
-            state.best_model = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
-        if diverged or state.epoch == config.epochs:
-            metrics.update(evaluate_test(state, data))
-        if diverged:
-            metrics["diverged"] = 1.0
-            log.warning("training diverged at epoch %d: train_loss=%s", state.epoch,
-                        metrics["train_loss"])
+        per_seed = [dict(zip(EPOCH_METRICS, column, strict=True))
+                    for column in zip(*values, strict=True)]
+        newly = [i for i, m in enumerate(per_seed)
+                 if not state.diverged_at[i] and not math.isfinite(m["train_loss"])]
+        improved = [i for i, m in enumerate(per_seed)
+                    if not state.diverged_at[i] and i not in newly
+                    and m["val_loss"] < state.best_val_loss[i]]
+        _keep_best(state, improved, [per_seed[i]["val_loss"] for i in improved])
+        if newly:
+            tests = evaluate_test(state, data)
+            for i in newly:
+                state.diverged_at[i] = state.epoch
+                state.diverged_test[i] = tests[i]
+                log.warning("seed %d diverged at epoch %d: train_loss=%s", seeds[i],
+                            state.epoch, per_seed[i]["train_loss"])
+        for i, at in enumerate(state.diverged_at):
+            if at and at < state.epoch:  # stopped training earlier: no values of this epoch
+                per_seed[i] = dict.fromkeys(EPOCH_METRICS, math.nan)
+        finished = all(state.diverged_at) or state.epoch == config.epochs
+        if finished:
+            tests = evaluate_test(state, data) if not all(state.diverged_at) else None
+            for i, values_i in enumerate(per_seed):
+                values_i.update(state.diverged_test[i] if state.diverged_at[i] else tests[i])
+        if any(state.diverged_at):
+            for i, values_i in enumerate(per_seed):
+                values_i["diverged"] = 1.0 if state.diverged_at[i] else 0.0
+        metrics = epoch_report(seeds, per_seed, state.epoch)
         state.history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics, state)
-        if diverged:
+        if finished:
             break
     return state
+
+
+def _keep_best(state: TrainState, improved: list[int], val_losses: list[float]) -> None:
+    """Copy the weights of the `improved` seeds (a new best validation loss) into best_model."""
+    if not improved:
+        return
+    current = state.model.state_dict()
+    if not state.best_model:
+        state.best_model = {k: v.detach().clone() for k, v in current.items()}
+    else:
+        rows = torch.tensor(improved, device=next(iter(current.values())).device)
+        for key, value in current.items():  # every tensor has the leading seed dimension
+            state.best_model[key].index_copy_(0, rows, value.detach().index_select(0, rows))
+    for i, val_loss in zip(improved, val_losses, strict=True):
+        state.best_val_loss[i] = val_loss

@@ -52,7 +52,9 @@ def trial_device(gpu_ids: list[Any]) -> torch.device:
 def trial_config(config: dict[str, Any]) -> TrialConfig:
     """Turn Ray's config dict into a TrialConfig (once, at the trainable's entry).
 
-    `Repeater` marks repeats with `__trial_index__`; each repeat trains with seed + index.
+    The config's `repeats` seeds train together in this one trial. Experiments made with
+    Ray's `Repeater` marked repeats with `__trial_index__` (seed + index); still honoured so
+    they resume.
     """
     values = {k: v for k, v in config.items() if not k.startswith("__")}
     index = config.get("__trial_index__")
@@ -75,7 +77,9 @@ def train_trial(
     checkpoint_every: int = 5,
     threads: int = 1,
 ) -> None:
-    """Train one trial; report each epoch; checkpoint every few epochs and at the end."""
+    """Train one trial, its config's seeds stacked in one model; report each epoch (the
+    seed-means, `seeds` and `seed_metrics`); checkpoint (every seed) every few epochs and at
+    the end."""
     import ray
     from ray import tune
 

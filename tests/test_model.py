@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from study.losses import get_loss
-from study.model import build_mlp, layer_widths
+from study.model import build_mlp, build_stacked_mlp, is_stacked_state, layer_widths, unstack_state
 
 
 def _count(model: nn.Module, kind: type) -> int:
@@ -65,3 +65,46 @@ def test_output_shape(name: str, width: int) -> None:
     assert out.shape == (5, width)
     model.train()
     assert model(torch.rand(4, 256)).shape == (4, width)
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_stacked_mlp_is_each_seeds_plain_model(batchnorm: bool) -> None:
+    seeds = [4, 5, 6]
+    stacked = build_stacked_mlp(seeds, 64, 2, 2, (16, 8), 0.0, batchnorm)
+    assert stacked.seeds == 3 and isinstance(stacked[0], nn.Identity)
+    x = torch.rand(5, 64)
+    stacked.eval()
+    out = stacked(x)  # one batch shared by every seed
+    assert out.shape == (3, 5, 2)
+    state = stacked.state_dict()
+    assert all(v.shape[0] == 3 for v in state.values())
+    for k, seed in enumerate(seeds):
+        torch.manual_seed(seed)
+        plain = build_mlp(64, 2, 2, (16, 8), 0.0, batchnorm)
+        # the same initial weights as the seed alone, and unstack_state gives them back
+        for key, value in plain.state_dict().items():
+            assert torch.equal(unstack_state(state, k)[key], value), key
+        plain.eval()
+        torch.testing.assert_close(out[k], plain(x))
+    assert is_stacked_state(state) and not is_stacked_state(plain.state_dict())
+
+
+def test_stacked_mlp_trains_each_seed_on_its_own_batch() -> None:
+    stacked = build_stacked_mlp([0, 1], 16, 1, 1, 8, 0.0)
+    plains = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        plains.append(build_mlp(16, 1, 1, 8, 0.0))
+    x = torch.rand(2, 6, 16)  # a different batch per seed
+    out = stacked(x)
+    out.sum().backward()
+    for k, plain in enumerate(plains):
+        y = plain(x[k])
+        torch.testing.assert_close(out[k], y)
+        y.sum().backward()
+        for (name, p), (_, q) in zip(stacked.named_parameters(), plain.named_parameters(),
+                                     strict=True):
+            torch.testing.assert_close(p.grad[k], q.grad, msg=name)
+    # BatchNorm running statistics are per seed, from that seed's batch only
+    for k, plain in enumerate(plains):
+        torch.testing.assert_close(stacked[2].running_mean[k], plain[2].running_mean)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from study.train import (
     lr_at,
     new_state,
     resolve_device,
+    seed_model,
     to_device,
 )
 
@@ -101,11 +103,14 @@ def test_history_and_test_metrics(small: DeviceData) -> None:
         assert "diverged" not in entry
         has_test = set(TEST_METRICS) <= set(entry)
         assert has_test == (i == 3) and (has_test or not set(TEST_METRICS) & set(entry))
+        assert entry["seeds"] == [0]
+        assert entry["seed_metrics"] == {k: [v] for k, v in entry.items()
+                                         if k not in ("epoch", "seeds", "seed_metrics")}
     # Test metrics are those of the weights with the best validation loss.
-    assert state.best_val_loss == min(h["val_loss"] for h in state.history)
-    model = new_state(config, small).model
-    model.load_state_dict(state.best_model)
+    assert state.best_val_loss == [min(h["val_loss"] for h in state.history)]
+    model = seed_model(state, 0)  # the plain model, as `study evaluate` loads it
     test = evaluate(model, get_loss("ce"), small.test)
+    assert test["accuracy"].dim() == 0
     assert state.history[-1]["test_accuracy"] == pytest.approx(test["accuracy"].item())
     assert state.history[-1]["test_loss"] == pytest.approx(test["loss"].item())
 
@@ -122,13 +127,14 @@ def test_divergence_stops_early(small: DeviceData, loss: str) -> None:
     assert all("diverged" not in h for h in state.history[:-1])
 
 
-def test_state_dict_round_trip_and_resume(small: DeviceData) -> None:
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_state_dict_round_trip_and_resume(small: DeviceData, repeats: int) -> None:
     # Dropout > 0: its masks come from torch's global RNG, which the checkpoint carries, so a
-    # resumed run must match an uninterrupted one exactly.
-    config = TrialConfig(epochs=4, lr=1e-3, dropout=0.5)
+    # resumed run must match an uninterrupted one exactly, every seed of a stacked run too.
+    config = TrialConfig(epochs=4, lr=1e-3, dropout=0.5, repeats=repeats, seed=2)
     saved: dict[str, bytes] = {}
 
-    def checkpoint(_metrics: dict[str, float], state: TrainState) -> None:
+    def checkpoint(_metrics: dict[str, Any], state: TrainState) -> None:
         if state.epoch == 2:
             buffer = io.BytesIO()
             torch.save(state.state_dict(), buffer)
@@ -138,14 +144,93 @@ def test_state_dict_round_trip_and_resume(small: DeviceData) -> None:
     restored = torch.load(io.BytesIO(saved["state"]), weights_only=True)
     assert restored["epoch"] == 2 and len(restored["history"]) == 2
     assert restored["config"] == config.to_dict()
+    assert len(restored["generators"]) == repeats
 
+    torch.manual_seed(12345)  # a fresh process: the global generator is anywhere
     state = new_state(config, small)
     state.load_state_dict(restored)
     assert state.history == full.history[:2]
     resumed = fit(config, small, state=state)
     assert resumed.history == full.history
+    assert resumed.best_val_loss == full.best_val_loss
     for key, value in full.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
+    for key, value in full.best_model.items():
+        assert torch.equal(resumed.best_model[key], value), key
+
+
+def test_resume_refuses_another_number_of_seeds(small: DeviceData) -> None:
+    state = new_state(TrialConfig(epochs=1, repeats=2), small)
+    other = new_state(TrialConfig(epochs=1, repeats=3), small)
+    with pytest.raises(StudyError, match=r"holds 2 seed\(s\), the config trains 3"):
+        other.load_state_dict(state.state_dict())
+
+
+def _plain_metrics(entry: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in entry.items() if k not in ("epoch", "seeds", "seed_metrics")}
+
+
+@pytest.mark.parametrize(("loss", "batchnorm"), [("ce", True), ("bce", True), ("bce", False)])
+def test_stacked_seeds_train_as_separate_runs(small: DeviceData, loss: str,
+                                              batchnorm: bool) -> None:
+    # Dropout 0: no random stream differs, so every seed of the stacked run must match the run
+    # of that seed alone (initial weights, batch order, BatchNorm statistics, Adam state, best
+    # weights and every metric, test metrics included).
+    common = {"loss": loss, "batchnorm": batchnorm, "dropout": 0.0, "lr": 3e-3, "epochs": 4,
+              "batch_size": 16}
+    stacked = fit(TrialConfig(seed=3, repeats=3, **common), small)
+    assert [h["seeds"] for h in stacked.history] == [[3, 4, 5]] * 4
+    for k, seed in enumerate((3, 4, 5)):
+        alone = fit(TrialConfig(seed=seed, **common), small)
+        assert len(alone.history) == len(stacked.history)
+        for ours, theirs in zip(stacked.history, alone.history, strict=True):
+            mine = {name: values[k] for name, values in ours["seed_metrics"].items()}
+            assert mine == pytest.approx(_plain_metrics(theirs), rel=1e-5, abs=1e-6)
+        assert stacked.best_val_loss[k] == pytest.approx(alone.best_val_loss[0], rel=1e-6)
+        for which in ("model", "best_model"):
+            ours_sd = (stacked.model.state_dict() if which == "model" else stacked.best_model)
+            theirs_sd = alone.model.state_dict() if which == "model" else alone.best_model
+            for key, value in theirs_sd.items():
+                torch.testing.assert_close(ours_sd[key][k], value[0], rtol=1e-5, atol=1e-6,
+                                           msg=f"{which} {key}")
+        # The seed's plain model (what gets saved and evaluated) scores its test metrics.
+        test = evaluate(seed_model(stacked, k), get_loss(loss), small.test)
+        assert stacked.history[-1]["seed_metrics"]["test_accuracy"][k] == pytest.approx(
+            test["accuracy"].item())
+
+
+def test_reported_metrics_are_seed_means(small: DeviceData) -> None:
+    seen: list[dict[str, Any]] = []
+    fit(TrialConfig(epochs=2, lr=1e-3, repeats=3, seed=7), small,
+        on_epoch=lambda m, s: seen.append(m))
+    assert len(seen) == 2 and set(TEST_METRICS) <= set(seen[-1]["seed_metrics"])
+    for entry in seen:
+        assert entry["seeds"] == [7, 8, 9]
+        assert set(entry["seed_metrics"]) == set(_plain_metrics(entry))
+        for name, values in entry["seed_metrics"].items():
+            assert len(values) == 3
+            assert entry[name] == pytest.approx(sum(values) / 3, rel=1e-12)
+        assert len(set(entry["seed_metrics"]["train_loss"])) == 3  # the seeds differ
+
+
+def test_a_diverged_seed_leaves_the_others_alone(small: DeviceData) -> None:
+    common = {"dropout": 0.0, "lr": 1e-3, "epochs": 3}
+    state = new_state(TrialConfig(seed=0, repeats=2, **common), small)
+    with torch.no_grad():  # seed 1's head breaks: its training loss is NaN from the start
+        state.model[-1].weight[1].fill_(math.nan)
+    stacked = fit(state.config, small, state=state)
+    alone = fit(TrialConfig(seed=0, **common), small)
+    assert len(stacked.history) == 3 and stacked.diverged_at == [0, 1]
+    for epoch, (ours, theirs) in enumerate(zip(stacked.history, alone.history, strict=True)):
+        per_seed = ours["seed_metrics"]
+        assert per_seed["diverged"] == [0.0, 1.0] and ours["diverged"] == 0.5
+        mine = {name: values[0] for name, values in per_seed.items() if name != "diverged"}
+        assert mine == pytest.approx(_plain_metrics(theirs), rel=1e-5, abs=1e-6)
+        assert not math.isfinite(per_seed["train_loss"][1])
+        assert math.isnan(ours["train_loss"])  # the mean does not hide a diverged seed
+        if epoch > 0:
+            assert all(math.isnan(per_seed[m][1]) for m in EPOCH_METRICS)
+    assert set(TEST_METRICS) <= set(stacked.history[-1]["seed_metrics"])
 
 
 @pytest.mark.slow
