@@ -677,7 +677,9 @@ def phase_repeats(args: argparse.Namespace) -> dict[str, Any]:
     Leaves both experiments on disk (the report phase times `study report` on the first)."""
     import ray
 
-    from study.tuner import RunOptions, _init_ray, run_study
+    from study.engine import run_study
+    from study.options import RunOptions
+    from study.ray_session import init_ray
 
     storage = Path(tempfile.mkdtemp(prefix="repeats-", dir=args.out))
     seeds = list(range(3))
@@ -686,7 +688,7 @@ def phase_repeats(args: argparse.Namespace) -> dict[str, Any]:
                                   params={"seed": {"choice": seeds}})
     base = dict(data=REPEATS_DATA, search="grid", scheduler="fifo", max_epochs=REPEATS_EPOCHS,
                 image_size=32, storage_path=str(storage), num_cpus=SLOTS, verbose=0)
-    _init_ray(RunOptions(**base))
+    init_ray(RunOptions(**base))
     try:
         start = _now()
         separate = run_study(RunOptions(**base, space=str(separate_space), name="separate"))
@@ -815,7 +817,8 @@ def phase_gpu_grid(args: argparse.Namespace) -> dict[str, Any]:
     """`study run --space homework --search grid --repeats 3 --gpus-per-trial 0.125
     --cpus-per-trial 1` on 1000 + 1000 synthetic 256x256 training images, timed as a user
     waits for it (Ray's start and stop included)."""
-    from study.tuner import RunOptions, run_study
+    from study.engine import run_study
+    from study.options import RunOptions
 
     storage = Path(tempfile.mkdtemp(prefix="gpu-grid-", dir=args.out))
     start = _now()
