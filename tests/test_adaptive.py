@@ -193,3 +193,14 @@ def test_searcher_in_a_ray_tune_run_stops_by_its_rule(ray_cluster: None, tmp_pat
     assert {a["config"]["arm"]: len(a["values"]) for a in state["arms"]} == {
         arm: len(v) for arm, v in seen.items()}
     assert np.isclose(state["rule"]["target_ci"], 2.0)
+
+
+def test_parse_repeats_and_the_rule_record() -> None:
+    from study.seed_rule import parse_repeats, record
+
+    assert parse_repeats("3") == 3 and parse_repeats("auto") == "auto"
+    assert parse_repeats(" AUTO ") == "auto"
+    with pytest.raises(StudyError, match="--repeats must be a whole number or 'auto', got 'x'"):
+        parse_repeats("x")
+    assert record(Rule(1.5, 8)) == {"target_ci": 1.5, "max_repeats": 8, "first_seeds": 3,
+                                    "metric": "test_accuracy"}
