@@ -82,6 +82,7 @@ class Rule:
 
 
 AUTO = "auto"  # `--repeats auto`: seeds on demand
+SEEDS_ON_DEMAND = "seeds_on_demand"  # study.json key: the rule, for the report to restate
 
 
 def parse_repeats(text: str) -> int | str:
