@@ -2,7 +2,8 @@
 
 summary/ holds best_config.json/.yaml, leaderboard.csv, model.pt (the best trial's kept weights),
 homework.csv (the homework's comparisons arm by arm), optuna.db (the study rebuilt as an Optuna
-SQLite storage), figures/*.png and report.md, which links them all. Every file is written
+SQLite storage), figures/*.png, report.md, which links them all, and report.html (report.md
+as one web page with the figures embedded). Every file is written
 atomically, so an interrupted report never leaves half a file; a partial experiment reports what
 it has and lists what is missing.
 """
@@ -31,6 +32,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from analysis import homework, hpo  # noqa: E402
+from analysis.html_report import HTML_REPORT, write_html_report  # noqa: E402
 from analysis.optuna_study import build_study, write_optuna_db  # noqa: E402
 from analysis.results import check_experiment, collect_epochs  # noqa: E402
 from analysis.summary import (  # noqa: E402
@@ -219,7 +221,8 @@ def _status_counts(trials: pd.DataFrame) -> str:
     if trials.empty:
         return "none"
     counts = trials["status"].value_counts()
-    return ", ".join(f"{n} {status}" for status, n in counts.items())
+    words = {"unfinished": "unfinished (interrupted)"}
+    return ", ".join(f"{n} {words.get(status, status)}" for status, n in counts.items())
 
 
 def _homework_section(comparisons: list[dict[str, Any]], search: str | None,
@@ -504,6 +507,7 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
     hpo_figs = [f for f in figures if f.startswith("hpo_")]
     lines += [f"![{figures[f]}]({FIGURES}/{f})" for f in hpo_figs] + [""]
     lines += ["## Files", "",
+              f"- `{HTML_REPORT}`: this report as one web page, figures embedded",
               "- `leaderboard.csv`: one row per run (a trial and one of its seeds), best first",
               "- `best_config.json`, `best_config.yaml`: the best configuration with its metrics; "
               "`study train --config best_config.yaml` retrains it",
@@ -717,5 +721,7 @@ def write_report(exp_dir: Path, out: Path | None = None, *,
                            db.resolve() if db else None, study_name)
     write_text_atomic(out / "report.md", report)
     step("report.md", 1, 1)
+    write_html_report(out)
+    step(HTML_REPORT, 1, 1)
     return {**summary, "out": out, "missing": missing, "figures": list(figs.written),
             "comparisons": comparisons, "optuna_db": db, "study_name": study_name}
