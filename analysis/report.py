@@ -2,7 +2,8 @@
 
 summary/ holds best_config.json/.yaml, leaderboard.csv, model.pt (the best trial's kept weights),
 homework.csv (the homework's comparisons arm by arm), optuna.db (the study rebuilt as an Optuna
-SQLite storage), figures/*.png and report.md, which links them all. Every file is written
+SQLite storage), figures/*.png, report.md, which links them all, and report.html (report.md
+as one web page with the figures embedded). Every file is written
 atomically, so an interrupted report never leaves half a file; a partial experiment reports what
 it has and lists what is missing.
 """
@@ -31,16 +32,17 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from analysis import homework, hpo  # noqa: E402
+from analysis.html_report import HTML_REPORT, write_html_report  # noqa: E402
 from analysis.optuna_study import build_study, write_optuna_db  # noqa: E402
 from analysis.results import check_experiment, collect_epochs  # noqa: E402
 from analysis.summary import (  # noqa: E402
-    SEEDS_ON_DEMAND,
     config_columns,
     seed_standings,
     summarise,
     validation_source,
 )
 from study.io import write_json_atomic, write_text_atomic  # noqa: E402
+from study.seed_rule import SEEDS_ON_DEMAND  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +221,8 @@ def _status_counts(trials: pd.DataFrame) -> str:
     if trials.empty:
         return "none"
     counts = trials["status"].value_counts()
-    return ", ".join(f"{n} {status}" for status, n in counts.items())
+    words = {"unfinished": "unfinished (interrupted)"}
+    return ", ".join(f"{n} {words.get(status, status)}" for status, n in counts.items())
 
 
 def _homework_section(comparisons: list[dict[str, Any]], search: str | None,
@@ -369,15 +372,18 @@ def _best_section(best: dict[str, Any] | None, metric: str, mode: str) -> list[s
     return lines
 
 
-def _seeds_section(trials: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
-    """Where each configuration of a `--repeats auto` study stopped adding seeds, and why."""
+def _seeds_section(runs: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
+    """Where each configuration of a `--repeats auto` study stopped adding seeds, and why
+    (`runs`: one row per trial and seed; a duplicate of another run counts once)."""
     from study.seed_rule import Rule
 
     rule = meta.get(SEEDS_ON_DEMAND)
     if not rule:
         return []
     stated = Rule(float(rule["target_ci"]), int(rule["max_repeats"]), int(rule["first_seeds"]))
-    table = seed_standings(trials, rule, meta.get("searched"))
+    if "duplicate" in runs:
+        runs = runs[~runs["duplicate"].astype(bool)]
+    table = seed_standings(runs, rule, meta.get("searched"))
     lines = ["## Seeds added on demand (`--repeats auto`)", "",
              f"**Stopping rule:** {stated.describe()}. The rule reads only each configuration's "
              "spread, never which one is ahead, so it chose nothing; but an interval that "
@@ -392,9 +398,12 @@ def _seeds_section(trials: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
         seeds = f"{row.n}" + (f" ({row.tries - row.n} failed)" if row.tries > row.n else "")
         lines.append(f"| {row.configuration} | {seeds} | {_fmt(row.half_width)} | {row.why} |")
     narrow = int(table["why"].str.startswith("stopped: half-width").sum())
+    flat = int(table["why"].str.startswith("stopped: every one").sum())
     capped = int(table["why"].str.startswith("stopped at the cap").sum())
     lines += ["", f"{narrow} of {len(table)} configuration(s) reached the target, {capped} "
               "stopped at the cap"
+              + (f", {flat} stopped with no spread at all (their comparisons say \"cannot "
+                 "tell\")" if flat else "")
               + (f", {int((~table['done']).sum())} not done when the study ended"
                  if (~table["done"]).any() else "") + ".", ""]
     return lines
@@ -458,12 +467,15 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
         lines.append(f"- Search: {meta.get('search')}; scheduler: {meta.get('scheduler')}; "
                      f"space: `{meta.get('space_file')}` (searched: "
                      f"{', '.join(meta.get('searched') or []) or 'nothing'}); "
-                     f"{meta.get('epochs')} epochs; {meta.get('repeats', 1)} repeat(s) per "
-                     "configuration")
+                     f"{meta.get('epochs')} epochs; "
+                     + ("seeds on demand (`--repeats auto`, below)" if SEEDS_ON_DEMAND in meta
+                        else f"{meta.get('repeats', 1)} repeat(s) per configuration"))
         lines.append(f"- Selection metric: {summary['metric']} ({summary['mode']}), on the "
                      "validation split only; the test split chose nothing")
     expected = meta.get("expected_trials")
-    lines.append(f"- Trials: {len(trials)}" + (f" of {expected} planned" if expected else "")
+    planned = "at least " if SEEDS_ON_DEMAND in meta else ""
+    lines.append(f"- Trials: {len(trials)}"
+                 + (f" of {planned}{expected} planned" if expected else "")
                  + f" ({_status_counts(trials)})")
     if meta.get("created"):
         lines.append(f"- Started: {meta['created']}; Ray {meta.get('ray_version', '?')}")
@@ -473,7 +485,7 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
         lines += [f"- {m}" for m in missing] + [""]
     lines += _best_section(summary["best"], summary["metric"], summary["mode"])
     lines += _validation_test_section(summary["best"], meta, trials)
-    lines += _seeds_section(trials, meta)
+    lines += _seeds_section(summary.get("runs", trials), meta)
     lines += _homework_section(comparisons, meta.get("search"), meta.get("scheduler"))
     hw_figs = [f for f in figures if f.startswith("homework_")]
     if hw_figs:
@@ -495,6 +507,7 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
     hpo_figs = [f for f in figures if f.startswith("hpo_")]
     lines += [f"![{figures[f]}]({FIGURES}/{f})" for f in hpo_figs] + [""]
     lines += ["## Files", "",
+              f"- `{HTML_REPORT}`: this report as one web page, figures embedded",
               "- `leaderboard.csv`: one row per run (a trial and one of its seeds), best first",
               "- `best_config.json`, `best_config.yaml`: the best configuration with its metrics; "
               "`study train --config best_config.yaml` retrains it",
@@ -708,5 +721,7 @@ def write_report(exp_dir: Path, out: Path | None = None, *,
                            db.resolve() if db else None, study_name)
     write_text_atomic(out / "report.md", report)
     step("report.md", 1, 1)
+    write_html_report(out)
+    step(HTML_REPORT, 1, 1)
     return {**summary, "out": out, "missing": missing, "figures": list(figs.written),
             "comparisons": comparisons, "optuna_db": db, "study_name": study_name}

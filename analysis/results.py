@@ -106,7 +106,11 @@ def _status(last: dict[str, Any] | None, config: dict[str, Any], ray_status: str
     if ray_status == "ERROR":
         return "error", "trial errored (no error.txt)"
     if ray_status in ("RUNNING", "PENDING", "PAUSED"):
-        return ray_status.lower(), "not finished"
+        # Ray's last saved state still had it going: the study stopped (interrupted) with it
+        # part-trained, or is still running while this is read.
+        done = last.get("epoch", 0) if last else 0
+        return "unfinished", (f"{done}/{planned} epochs when the study stopped "
+                              f"(Ray: {ray_status.lower()})")
     if last is None:
         return "no_results", "no epoch reported"
     if planned is not None and last.get("epoch", 0) < planned:
