@@ -41,7 +41,6 @@ from analysis.html_report import HTML_REPORT, write_html_report  # noqa: E402
 from analysis.optuna_study import build_study, write_optuna_db  # noqa: E402
 from analysis.results import check_experiment, collect_epochs  # noqa: E402
 from analysis.summary import (  # noqa: E402
-    SEEDS_ON_DEMAND,
     config_columns,
     seed_standings,
     summarise,
@@ -49,6 +48,7 @@ from analysis.summary import (  # noqa: E402
 )
 from study.errors import StudyError  # noqa: E402
 from study.io import write_json_atomic, write_text_atomic  # noqa: E402
+from study.seed_rule import SEEDS_ON_DEMAND  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -383,15 +383,18 @@ def _best_section(best: dict[str, Any] | None, metric: str, mode: str) -> list[s
     return lines
 
 
-def _seeds_section(trials: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
-    """Where each configuration of a `--repeats auto` study stopped adding seeds, and why."""
+def _seeds_section(runs: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
+    """Where each configuration of a `--repeats auto` study stopped adding seeds, and why
+    (`runs`: one row per trial and seed; a duplicate of another run counts once)."""
     from study.seed_rule import Rule
 
     rule = meta.get(SEEDS_ON_DEMAND)
     if not rule:
         return []
     stated = Rule(float(rule["target_ci"]), int(rule["max_repeats"]), int(rule["first_seeds"]))
-    table = seed_standings(trials, rule, meta.get("searched"))
+    if "duplicate" in runs:
+        runs = runs[~runs["duplicate"].astype(bool)]
+    table = seed_standings(runs, rule, meta.get("searched"))
     lines = ["## Seeds added on demand (`--repeats auto`)", "",
              f"**Stopping rule:** {stated.describe()}. The rule reads only each configuration's "
              "spread, never which one is ahead, so it chose nothing; but an interval that "
@@ -406,9 +409,12 @@ def _seeds_section(trials: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
         seeds = f"{row.n}" + (f" ({row.tries - row.n} failed)" if row.tries > row.n else "")
         lines.append(f"| {row.configuration} | {seeds} | {_fmt(row.half_width)} | {row.why} |")
     narrow = int(table["why"].str.startswith("stopped: half-width").sum())
+    flat = int(table["why"].str.startswith("stopped: every one").sum())
     capped = int(table["why"].str.startswith("stopped at the cap").sum())
     lines += ["", f"{narrow} of {len(table)} configuration(s) reached the target, {capped} "
               "stopped at the cap"
+              + (f", {flat} stopped with no spread at all (their comparisons say \"cannot "
+                 "tell\")" if flat else "")
               + (f", {int((~table['done']).sum())} not done when the study ended"
                  if (~table["done"]).any() else "") + ".", ""]
     return lines
@@ -472,12 +478,15 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
         lines.append(f"- Search: {meta.get('search')}; scheduler: {meta.get('scheduler')}; "
                      f"space: `{meta.get('space_file')}` (searched: "
                      f"{', '.join(meta.get('searched') or []) or 'nothing'}); "
-                     f"{meta.get('epochs')} epochs; {meta.get('repeats', 1)} repeat(s) per "
-                     "configuration")
+                     f"{meta.get('epochs')} epochs; "
+                     + ("seeds on demand (`--repeats auto`, below)" if SEEDS_ON_DEMAND in meta
+                        else f"{meta.get('repeats', 1)} repeat(s) per configuration"))
         lines.append(f"- Selection metric: {summary['metric']} ({summary['mode']}), on the "
                      "validation split only; the test split chose nothing")
     expected = meta.get("expected_trials")
-    lines.append(f"- Trials: {len(trials)}" + (f" of {expected} planned" if expected else "")
+    planned = "at least " if SEEDS_ON_DEMAND in meta else ""
+    lines.append(f"- Trials: {len(trials)}"
+                 + (f" of {planned}{expected} planned" if expected else "")
                  + f" ({_status_counts(trials)})")
     if meta.get("created"):
         lines.append(f"- Started: {meta['created']}; Ray {meta.get('ray_version', '?')}")
@@ -487,7 +496,7 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
         lines += [f"- {m}" for m in missing] + [""]
     lines += _best_section(summary["best"], summary["metric"], summary["mode"])
     lines += _validation_test_section(summary["best"], meta, trials)
-    lines += _seeds_section(trials, meta)
+    lines += _seeds_section(summary.get("runs", trials), meta)
     lines += _homework_section(comparisons, meta.get("search"), meta.get("scheduler"))
     hw_figs = [f for f in figures if f.startswith("homework_")]
     if hw_figs:

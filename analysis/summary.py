@@ -116,7 +116,6 @@ def _seeds(run: pd.Series) -> list[int]:
     return [int(run["seed"])]
 
 
-SEEDS_ON_DEMAND = "seeds_on_demand"  # study.json key: the rule of `study run --repeats auto`
 RUNNING = ("running", "pending", "paused", "unfinished")
 
 

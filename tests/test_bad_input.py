@@ -121,7 +121,10 @@ def test_bad_search_space(case: str, tmp_path: Path,
 
 FLAG_ERRORS = {
     "no samples": (["--num-samples", "0"], ["--num-samples must be >= 1, got 0"]),
-    "no repeats": (["--repeats", "0"], ["--repeats must be >= 1, got 0"]),
+    "no repeats": (["--repeats", "0"], ["--repeats must be >= 1 or 'auto', got 0"]),
+    "auto without a target": (["--repeats", "auto"], ["--repeats auto needs --target-ci W"]),
+    "auto with optuna": (["--repeats", "auto", "--target-ci", "2", "--search", "optuna"],
+                         ["--repeats auto works with --search grid"]),
     "negative failures": (["--max-failures", "-1"], ["--max-failures must be >= 0, got -1"]),
     "name with slash": (["--name", "a/b"], ["--name must be a plain folder name", "'a/b'"]),
     "name with backslash": (["--name", "a\\b"], ["--name must be a plain folder name",
