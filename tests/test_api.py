@@ -17,6 +17,8 @@ from analysis.results import trial_dirs
 from study.errors import StudyError
 
 DATA = "synthetic:size=16,n=200,n_test=40"
+pytestmark = pytest.mark.slow  # real studies on Ray
+
 OPTIONS = {"data": DATA, "num_samples": 3, "max_epochs": 2, "max_concurrent": 1,
            "quiet": True}
 

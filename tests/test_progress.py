@@ -49,6 +49,7 @@ def run_with(progress: StudyProgress, tmp_path, name: str) -> None:
     tuner.fit()
 
 
+@pytest.mark.slow
 def test_plain_lines_count_trials_epochs_and_best(ray_cluster: None, tmp_path) -> None:
     out = io.StringIO()
     progress = StudyProgress(3, EPOCHS, "val_accuracy", "max", stream=out, live=False)
@@ -68,6 +69,7 @@ def test_plain_lines_count_trials_epochs_and_best(ray_cluster: None, tmp_path) -
     assert sum("new best" in line for line in lines) >= 2
 
 
+@pytest.mark.slow
 def test_live_display_draws_bars_and_best(ray_cluster: None, tmp_path) -> None:
     out = io.StringIO()
     progress = StudyProgress(3, EPOCHS, "val_accuracy", "max", stream=out, live=True)

@@ -71,6 +71,7 @@ def experiment(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> d
             "trials": {r.config["lr"]: Path(r.path) for r in results}}
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_hold_every_epoch(experiment: dict) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -115,6 +116,7 @@ def wandb_records(path: Path) -> Iterator[Any]:
             yield record
 
 
+@pytest.mark.slow
 def test_wandb_offline_has_one_run_per_trial_with_config_and_metrics(experiment: dict) -> None:
     runs = sorted(experiment["exp_dir"].glob("wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == len(LRS)
@@ -146,6 +148,7 @@ def test_wandb_offline_has_one_run_per_trial_with_config_and_metrics(experiment:
             [50.0 + 100 * lr + e for e in (1, 2, 3)])
 
 
+@pytest.mark.slow
 def test_mlflow_file_store_has_one_run_per_trial_with_params_and_metrics(
         experiment: dict) -> None:
     from mlflow.tracking import MlflowClient
