@@ -175,6 +175,7 @@ def test_missing_package_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(StudyError, match=r"--mlflow file:/x: the mlflow package is not "
                                          r"installed.*xray-study\[mlflow\]"):
         check_tracking(None, "file:/x")
+    monkeypatch.setenv("WANDB_MODE", "offline")
     check_tracking("proj", None)  # wandb is installed here
 
 
@@ -183,3 +184,16 @@ def test_mlflow_uri_makes_folders_absolute_file_uris(tmp_path: Path) -> None:
     assert mlflow_uri("file:///tmp/x") == "file:///tmp/x"
     assert mlflow_uri(str(tmp_path / "runs")) == (tmp_path / "runs").resolve().as_uri()
     assert mlflow_uri(str(tmp_path / "m.db")) == f"sqlite:///{(tmp_path / 'm.db').resolve()}"
+
+
+def test_wandb_without_credentials_is_one_clear_line(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    for key in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no `wandb login` here
+    with pytest.raises(StudyError, match=r"--wandb xray: no W&B API key found; set "
+                                         r"WANDB_API_KEY, run `wandb login`, or set "
+                                         r"WANDB_MODE=offline"):
+        check_tracking("xray", None)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    check_tracking("xray", None)
