@@ -151,3 +151,25 @@ def test_study_run_output_by_verbosity(tmp_path, flag: str) -> None:
         assert not progress
         assert "Current time:" in both  # Ray's status table
         assert trial_lines  # the trials' own lines (Ray folds repeats of the same line)
+
+
+def test_restored_with_a_resumed_tuner_it_counts_what_ended_before() -> None:
+    import pickle
+    from types import SimpleNamespace
+
+    before = StudyProgress(3, 4, "val_accuracy", "max", live=False, stream=io.StringIO())
+    before.start -= 10_000  # another process's clock
+    progress = pickle.loads(pickle.dumps(before))
+    assert time_since(progress) < 60
+    trials = [SimpleNamespace(trial_id="a", status="TERMINATED", last_result={"epoch": 4}),
+              SimpleNamespace(trial_id="b", status="TERMINATED", last_result={"epoch": 2}),
+              SimpleNamespace(trial_id="c", status="RUNNING", last_result={"epoch": 1})]
+    progress.on_step_end(0, trials)
+    assert progress.counts() == (2, 1, 0)
+    assert progress.planned_epochs() == 4 + 2 + 4
+
+
+def time_since(progress: StudyProgress) -> float:
+    import time
+
+    return time.monotonic() - progress.start
