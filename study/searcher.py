@@ -52,6 +52,14 @@ class StudyOptunaSearch(OptunaSearch):
             config = {k: v for k, v in config.items() if k in PARAM_NAMES or k.startswith("__")}
         return config
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # A trial resumed from its checkpoint reports again the epochs after it, which Optuna
+        # already holds; it keeps the first value and warns about each: expected, so not shown.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The reported value is ignored",
+                                    category=UserWarning)
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         result = result or {}
