@@ -135,8 +135,12 @@ def distinct_runs(trials: pd.DataFrame) -> pd.DataFrame:
     """Return `trials` with identical runs (same configuration and seed) counted once.
 
     The same configuration with the same seed trains the same model, so a repeat of it adds no
-    information about seed-to-seed spread and would narrow the CI falsely; the last is kept.
+    information about seed-to-seed spread and would narrow the CI falsely. Runs read from disk
+    carry `duplicate` marks (`analysis.results.collect_runs`); a table without them keeps the
+    last of each.
     """
+    if "duplicate" in trials:
+        return trials[~trials["duplicate"].astype(bool)]
     keys = [column_name(k) for k in CONFIG_KEYS if column_name(k) in trials]
     if "seed" not in keys or trials.empty:
         return trials

@@ -33,7 +33,13 @@ import yaml  # noqa: E402
 from analysis import homework, hpo  # noqa: E402
 from analysis.optuna_study import build_study, write_optuna_db  # noqa: E402
 from analysis.results import check_experiment, collect_epochs  # noqa: E402
-from analysis.summary import config_columns, summarise, validation_source  # noqa: E402
+from analysis.summary import (  # noqa: E402
+    SEEDS_ON_DEMAND,
+    config_columns,
+    seed_standings,
+    summarise,
+    validation_source,
+)
 from study.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -363,6 +369,37 @@ def _best_section(best: dict[str, Any] | None, metric: str, mode: str) -> list[s
     return lines
 
 
+def _seeds_section(trials: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
+    """Where each configuration of a `--repeats auto` study stopped adding seeds, and why."""
+    from study.seed_rule import Rule
+
+    rule = meta.get(SEEDS_ON_DEMAND)
+    if not rule:
+        return []
+    stated = Rule(float(rule["target_ci"]), int(rule["max_repeats"]), int(rule["first_seeds"]))
+    table = seed_standings(trials, rule, meta.get("searched"))
+    lines = ["## Seeds added on demand (`--repeats auto`)", "",
+             f"**Stopping rule:** {stated.describe()}. The rule reads only each configuration's "
+             "spread, never which one is ahead, so it chose nothing; but an interval that "
+             "stopped because it happened to be narrow covers the true mean a little less often "
+             "than 95 %, and a configuration stopped at the cap has a wider interval than the "
+             "target. Read the intervals below and in the comparisons with that in mind.", ""]
+    if table.empty:
+        return lines + ["No configuration has finished a seed yet.", ""]
+    lines += ["| Configuration | Seeds | 95 % CI half-width (test accuracy, points) | "
+              "Where it stopped, and why |", "| --- | --- | --- | --- |"]
+    for row in table.itertuples():
+        seeds = f"{row.n}" + (f" ({row.tries - row.n} failed)" if row.tries > row.n else "")
+        lines.append(f"| {row.configuration} | {seeds} | {_fmt(row.half_width)} | {row.why} |")
+    narrow = int(table["why"].str.startswith("stopped: half-width").sum())
+    capped = int(table["why"].str.startswith("stopped at the cap").sum())
+    lines += ["", f"{narrow} of {len(table)} configuration(s) reached the target, {capped} "
+              "stopped at the cap"
+              + (f", {int((~table['done']).sum())} not done when the study ended"
+                 if (~table["done"]).any() else "") + ".", ""]
+    return lines
+
+
 def _validation_test_section(best: dict[str, Any] | None, meta: dict[str, Any],
                              trials: pd.DataFrame) -> list[str]:
     """The best configuration's validation and test accuracy side by side, with the gap read
@@ -436,6 +473,7 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
         lines += [f"- {m}" for m in missing] + [""]
     lines += _best_section(summary["best"], summary["metric"], summary["mode"])
     lines += _validation_test_section(summary["best"], meta, trials)
+    lines += _seeds_section(trials, meta)
     lines += _homework_section(comparisons, meta.get("search"), meta.get("scheduler"))
     hw_figs = [f for f in figures if f.startswith("homework_")]
     if hw_figs:

@@ -107,6 +107,41 @@ def _seeds(run: pd.Series) -> list[int]:
     return [int(run["seed"])]
 
 
+SEEDS_ON_DEMAND = "seeds_on_demand"  # study.json key: the rule of `study run --repeats auto`
+RUNNING = ("running", "pending", "paused", "unfinished")
+
+
+def seed_standings(trials: pd.DataFrame, rule: dict[str, Any],
+                   searched: list[str] | None = None) -> pd.DataFrame:
+    """Return one row per configuration of a `--repeats auto` study: its label, seeds with a
+    value, seeds tried, the 95 % CI half-width of the rule's metric, and where it stopped and
+    why, by the same rule the searcher applied (`study.seed_rule.Rule`), read from disk."""
+    from study.seed_rule import CI_METRIC, Rule
+
+    check = Rule(float(rule["target_ci"]), int(rule["max_repeats"]), int(rule["first_seeds"]))
+    metric = rule.get("metric", CI_METRIC)
+    columns = ["configuration", "n", "tries", "half_width", "done", "why"]
+    keys = [c for c in config_columns(trials) if c != "repeats"]
+    if trials.empty or not keys or metric not in trials:
+        return pd.DataFrame(columns=columns)
+    named = [c for c in (searched or []) if c in keys] or keys
+    rows = []
+    for key, group in trials.groupby(keys, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True) if k in named)
+        done = group[group["status"] == "completed"]
+        values = [float(v) for v in done[metric] if isinstance(v, float) and math.isfinite(v)]
+        running = int(group["status"].isin(RUNNING).sum())
+        tries = int(len(group)) - running
+        wants, why = check.decide(values, tries, running)
+        if wants or running:
+            why = f"not done: the study ended first ({why})"
+        rows.append({"configuration": label, "n": len(values), "tries": tries,
+                     "half_width": mean_ci(values).half_width, "done": not (wants or running),
+                     "why": why})
+    return pd.DataFrame(rows, columns=columns)
+
+
 def validation_source(data_spec: str | None) -> tuple[str, bool]:
     """Return where a study's validation images came from, in words, and whether that is a
     split of its own (a file's `val_*` arrays) rather than a hold-out of the training images.

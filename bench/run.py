@@ -378,7 +378,9 @@ def _pure_training_seconds(configs: list[dict[str, Any]], spec: str) -> list[flo
 
 
 def phase_overhead_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from study.tuner import RunOptions, _init_ray, run_study
+    from study.engine import run_study
+    from study.options import RunOptions
+    from study.ray_session import init_ray
 
     storage = Path(tempfile.mkdtemp(prefix="overhead-", dir=args.out))
     opts = RunOptions(space="default", data="synthetic:size=32", search="optuna",
@@ -387,7 +389,7 @@ def phase_overhead_ours(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     start = _now()
-    _init_ray(opts)
+    init_ray(opts)
     ray_init = _now() - start
     start = _now()
     run = run_study(opts)  # Ray is up: run_study leaves it running
@@ -418,8 +420,9 @@ def phase_overhead_naive(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(BENCH))
     import homework_loop as hw  # shipped to the workers by value, with the trainable
 
+    from study.builders import prepared_space
+    from study.options import RunOptions
     from study.space import tune_space
-    from study.tuner import RunOptions, prepared_space
 
     ray.cloudpickle.register_pickle_by_value(hw)
     configs = json.loads(Path(args.configs).read_text())
@@ -462,7 +465,7 @@ OPTUNA_DATA = "synthetic:size=64"
 
 
 def _optuna_opts(storage: str) -> Any:
-    from study.tuner import RunOptions
+    from study.options import RunOptions
 
     return RunOptions(space="default", data=OPTUNA_DATA, search="optuna", scheduler="fifo",
                       num_samples=TRIALS, max_epochs=EPOCHS, image_size=64, storage_path=storage,
@@ -470,7 +473,7 @@ def _optuna_opts(storage: str) -> Any:
 
 
 def phase_optuna_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from study.tuner import run_study
+    from study.engine import run_study
 
     storage = Path(tempfile.mkdtemp(prefix="optuna-ours-", dir=args.out))
     start = _now()
@@ -489,18 +492,18 @@ def phase_optuna_plain(args: argparse.Namespace) -> dict[str, Any]:
     import optuna
     import torch
 
+    from study.builders import prepared_space
     from study.config import TrialConfig
     from study.data import load_data
     from study.space import optuna_space
     from study.train import fit, to_device
-    from study.tuner import prepared_space
 
     opts = _optuna_opts("")
     space = prepared_space(opts)
     data = to_device(load_data(OPTUNA_DATA), torch.device("cpu"), 64)
     define = optuna_space(space)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # The sampler settings of study.tuner._optuna_searcher.
+    # The sampler settings of study.builders.optuna_searcher.
     sampler = optuna.samplers.TPESampler(seed=opts.seed,
                                          n_startup_trials=max(4, min(10, TRIALS // 3)),
                                          multivariate=True, group=True, constant_liar=True)
@@ -529,7 +532,9 @@ FRACTION_METHODS = (("optuna", "asha"), ("random", "asha"), ("optuna", "fifo"))
 def phase_fraction(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    from study.tuner import RunOptions, _init_ray, run_study
+    from study.engine import run_study
+    from study.options import RunOptions
+    from study.ray_session import init_ray
 
     epochs = 10
     spec = "synthetic:size=16,n=500,n_test=100"
@@ -541,7 +546,7 @@ def phase_fraction(args: argparse.Namespace) -> dict[str, Any]:
     space = str(_write_space(storage / "homework-seed0.yaml", "homework", seed=0))
     base = dict(space=space, data=spec, max_epochs=epochs, storage_path=str(storage),
                 num_cpus=SLOTS, verbose=0)
-    _init_ray(RunOptions(**base))
+    init_ray(RunOptions(**base))
     try:
         start = _now()
         grid = run_study(RunOptions(**base, search="grid", scheduler="fifo", name="grid"))
@@ -597,7 +602,8 @@ def _fraction_summary(out: dict[str, Any]) -> dict[str, Any]:
 def phase_memory_study(args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
-    from study.tuner import RunOptions, run_study
+    from study.engine import run_study
+    from study.options import RunOptions
 
     k = args.trials
     storage = Path(tempfile.mkdtemp(prefix=f"memory-{k}-", dir=args.out))

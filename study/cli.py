@@ -1,7 +1,9 @@
-"""Command line: `study train | evaluate | run | report`.
+"""Command line: `study train | evaluate | run | report`, its parser and its entry point.
 
-The only place that reads argv, starts Ray or prints for people. Bad input raises StudyError
-anywhere below; it is printed here as one line and the exit status is 2.
+With `study.cli_commands` (what each command does and prints), the only place that reads
+argv, imports `analysis/` or prints for people; `run` starts Ray through `study.engine`. Bad
+input raises StudyError anywhere below; it is printed here as one line and the exit status
+is 2. Importing this module loads neither torch nor Ray, so `study --help` is quick.
 """
 
 from __future__ import annotations
@@ -10,12 +12,70 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 from study.errors import StudyError
+from study.options import SCHEDULERS, SEARCHES
 
-RUN_FILES = ("config.json", "history.csv", "metrics.json", "model.pt")
+
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a hyperparameter study (the main job)",
+        description="Run a Ray Tune study: Optuna TPE + ASHA over search_spaces/default.yaml on "
+        "synthetic data by default, on a local Ray. Writes summary/ into the experiment folder.",
+    )
+    # Flags default to None here so that `--resume` can tell a flag given from one left out
+    # (left out: the study's own value from study.json); `_options` fills in the defaults.
+    p.add_argument("--space", help="search space YAML, or a shipped one: default, homework "
+                   "(default: default)")
+    p.add_argument("--data", help="data spec (default: synthetic)")
+    p.add_argument("--search", choices=SEARCHES,
+                   help="optuna (TPE, default), random, or grid (Ray's variant generator)")
+    p.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="early stopping / population scheduler (default: asha; fifo for "
+                   "--search grid, whose arms and repeats must all train to the end)")
+    p.add_argument("--num-samples", type=int,
+                   help="configurations to try (default 20; grid: passes over the grid, 1)")
+    p.add_argument("--max-epochs", type=int, help="override the space's epochs")
+    p.add_argument("--image-size", type=int, help="override the space's image size")
+    p.add_argument("--repeats", type=int,
+                   help="train every configuration with this many seeds (default 1)")
+    p.add_argument("--cpus-per-trial", type=float, help="default 1")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per trial, fractions allowed (0.25 packs 4 trials on a GPU; "
+                   "default 0)")
+    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--address", help="Ray cluster: auto, host:port or ray://host:port "
+                   "(default: a local Ray on 127.0.0.1, dashboard off)")
+    p.add_argument("--storage-path", default="./results",
+                   help="where experiments go: a folder or a URI such as s3://bucket/path")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="declare a local --storage-path shared by all nodes (an NFS mount)")
+    p.add_argument("--name", help="experiment name (default: study-<date>-<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the experiment --name (in --storage-path) with the options "
+                   "it started with; finished trials are kept, unfinished ones continue from "
+                   "their last checkpoint")
+    p.add_argument("--seed", type=int, help="search seed and first trial seed (default 0)")
+    p.add_argument("--max-failures", type=int,
+                   help="retry a failed trial this many times from its last checkpoint "
+                   "(default 0)")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="checkpoint every N epochs, and at the end (0: only at the end; "
+                   "default 5)")
+    p.add_argument("--num-cpus", type=int, help="CPUs a local Ray may use (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress table")
+
+
+def _add_report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="figures, leaderboard and best-config exports from results on disk",
+        description="Read a finished, partial or copied experiment folder (no Ray needed) and "
+        "write summary/: best_config.json/.yaml, leaderboard.csv, report.md, figures/.",
+    )
+    p.add_argument("results_dir", metavar="RESULTS_DIR", help="the experiment folder")
+    p.add_argument("--out", help="where to write (default: RESULTS_DIR/summary)")
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,135 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from study import tuner_cli  # the run/report options live beside the tuner
-
-    tuner_cli.add_run_parser(sub)
+    _add_run_parser(sub)
     _add_train_parser(sub)
     _add_evaluate_parser(sub)
-    tuner_cli.add_report_parser(sub)
+    _add_report_parser(sub)
     return parser
-
-
-def _train_config(args: argparse.Namespace) -> Any:
-    from study.config import TrialConfig, read_config_file
-
-    values: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    flags = {
-        "loss": args.loss, "batch_size": args.batch_size, "depth": args.depth,
-        "dropout": args.dropout, "batchnorm": args.batchnorm, "lr": args.lr,
-        "weight_decay": args.weight_decay, "optimizer": args.optimizer,
-        "schedule": args.schedule, "epochs": args.epochs, "seed": args.seed,
-        "image_size": args.image_size,
-    }
-    if args.width is not None:
-        flags["width"] = args.width[0] if len(args.width) == 1 else list(args.width)
-    values.update({k: v for k, v in flags.items() if v is not None})
-    where = f"--config {args.config}" if args.config else "flags"
-    return TrialConfig.from_dict(values, where=where)
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise StudyError(f"--out {out}: exists and is not a folder")
-    present = [name for name in RUN_FILES if (out / name).exists()]
-    if present and not overwrite:
-        raise StudyError(
-            f"--out {out}: already holds a run ({', '.join(present)}); "
-            "choose another folder or pass --overwrite"
-        )
-
-
-def _make_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StudyError(f"--out {out}: cannot be created ({exc.strerror})") from None
-
-
-def _print_test(metrics: dict[str, float]) -> None:
-    print(f"Test accuracy is {metrics['test_accuracy']:.2f}%.")
-    print(
-        f"Test AUROC is {metrics['test_auroc']:.4f}, "
-        f"sensitivity {metrics['test_sensitivity']:.4f}, "
-        f"specificity {metrics['test_specificity']:.4f}."
-    )
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """`study train`: one configuration, no Ray."""
-    import pandas as pd
-
-    from study.checkpoint import MODEL_FILE, save_model
-    from study.data import load_data, resolve_spec
-    from study.io import write_json_atomic, write_text_atomic
-    from study.train import fit, resolve_device, to_device
-
-    config = _train_config(args)
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        _check_out(out, args.overwrite)
-    device = resolve_device(args.device)
-    spec = resolve_spec(args.data)
-    data = to_device(load_data(spec), device, config.image_size)
-    if out is not None:
-        _make_out(out)  # only once the data loaded: bad input leaves no empty folder behind
-    print(f"Training {config.to_dict()} on {args.data} at {data.image_size}x{data.image_size} "
-          f"({len(data.train)} train, {len(data.val)} validation, {len(data.test)} test) "
-          f"on {device}.")
-
-    def show(m: dict[str, float], _state: object) -> None:
-        print(
-            f"Epoch {int(m['epoch'])}/{config.epochs}: train loss {m['train_loss']:.4f} "
-            f"acc {m['train_accuracy']:.2f}% | val loss {m['val_loss']:.4f} "
-            f"acc {m['val_accuracy']:.2f}% AUROC {m['val_auroc']:.4f}",
-            flush=True,
-        )
-
-    state = fit(config, data, on_epoch=show)
-    final = state.history[-1]
-    if final.get("diverged"):
-        print(f"Training diverged at epoch {state.epoch} (train loss {final['train_loss']}).")
-    _print_test(final)
-    if out is not None:
-        best = state.best_model or state.model.state_dict()
-        run_info = {"config": config.to_dict(), "data": spec, "image_size": data.image_size,
-                    "device": str(device)}
-        write_json_atomic(out / "config.json", run_info)
-        write_text_atomic(out / "history.csv", pd.DataFrame(state.history).to_csv(index=False))
-        test = {k: v for k, v in final.items() if k.startswith("test_")}
-        best_epoch = min(state.history, key=lambda h: h["val_loss"])
-        write_json_atomic(out / "metrics.json", {**test, "best_epoch": int(best_epoch["epoch"]),
-                                                 "best_val_loss": best_epoch["val_loss"],
-                                                 "best_val_accuracy": best_epoch["val_accuracy"]})
-        save_model(out / MODEL_FILE, best, config, data.image_size)
-        print(f"Wrote {out}/: {', '.join(RUN_FILES)}.")
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """`study evaluate`: the homework's Task B, scored correctly for both losses."""
-    import torch
-
-    from study.checkpoint import load_model
-    from study.data import load_data, resolve_spec
-    from study.losses import get_loss
-    from study.train import evaluate, resolve_device, to_device
-
-    config, model, image_size = load_model(args.checkpoint)
-    device = resolve_device(args.device)
-    raw = load_data(resolve_spec(args.data))
-    if raw.image_size < image_size:
-        raise StudyError(
-            f"--data {args.data}: images are {raw.image_size}x{raw.image_size} but the model "
-            f"was trained at {image_size}x{image_size}; images are never upsampled"
-        )
-    data = to_device(raw, device, image_size)
-    metrics = evaluate(model.to(device), get_loss(config.loss), data.test)
-    values = dict(zip(metrics, torch.stack(list(metrics.values())).tolist(), strict=True))
-    print(f"Evaluating {args.checkpoint} ({config.loss}, {image_size}x{image_size}) on "
-          f"{len(data.test)} test images of {args.data}.")
-    _print_test({f"test_{k}": v for k, v in values.items()})
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,10 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from study import tuner_cli
+    from study import cli_commands
 
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "run": tuner_cli.cmd_run,
-                "report": tuner_cli.cmd_report}
+    args.command_line = "study " + " ".join(sys.argv[1:] if argv is None else argv)
+    commands = {"train": cli_commands.cmd_train, "evaluate": cli_commands.cmd_evaluate,
+                "run": cli_commands.cmd_run, "report": cli_commands.cmd_report}
     try:
         return commands[args.command](args)
     except StudyError as exc:

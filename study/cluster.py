@@ -221,9 +221,10 @@ def reachable_resources(
     Requires `ray.init` to have been called.
     """
     import ray
-    from ray._private.state import state
 
-    bounds: list[Mapping[str, float] | None] = [state.get_max_resources_from_cluster_config()]
+    from study.ray_compat import cluster_config_max_resources
+
+    bounds: list[Mapping[str, float] | None] = [cluster_config_max_resources()]
     path = Path(bootstrap_config_path).expanduser()
     if path.is_file():
         # Written by `ray up` as JSON, which YAML reads too.

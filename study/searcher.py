@@ -7,6 +7,7 @@ import math
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from study.ray_compat import optuna_trial_open, tell_optuna
 from study.space import PARAM_NAMES
 
 
@@ -45,11 +46,8 @@ class StudyOptunaSearch(OptunaSearch):
         value = result.get(self.metric)
         bad_value = ((isinstance(value, float) and not math.isfinite(value))
                      or bool(result.get("diverged")))
-        if (stopped_early or bad_value) and trial_id in self._ot_trials \
-                and trial_id not in self._completed_trials:
+        if (stopped_early or bad_value) and optuna_trial_open(self, trial_id):
             states = optuna.trial.TrialState
-            state = states.PRUNED if stopped_early else states.FAIL
-            self._ot_study.tell(self._ot_trials[trial_id], state=state)
-            self._completed_trials.add(trial_id)
+            tell_optuna(self, trial_id, states.PRUNED if stopped_early else states.FAIL)
             return
         super().on_trial_complete(trial_id, result=result or None, error=error)

@@ -36,6 +36,7 @@ METRICS = ("val_accuracy", "val_loss", "val_auroc")
 MODES = ("max", "min")
 KINDS = ("choice", "int", "uniform", "loguniform", "per_layer", "by_depth")
 PARAM_NAMES = tuple(f.name for f in fields(TrialConfig))
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,14 @@ def _check_depth_rules(space: SearchSpace) -> None:
                 f"{space.source}: width lists fix the depth; use width.by_depth or per_layer "
                 "when depth is searched"
             )
+
+
+def space_path(space: str) -> Path:
+    """Resolve `--space`: a file, or the name of a shipped space (`default`, `homework`)."""
+    path = Path(space).expanduser()
+    if not path.exists() and (SPACES_DIR / f"{space}.yaml").exists():
+        path = SPACES_DIR / f"{space}.yaml"
+    return path.resolve() if path.exists() else path
 
 
 def load_space(path: str | Path) -> SearchSpace:

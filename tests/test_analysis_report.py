@@ -110,3 +110,48 @@ def test_the_gap_direction_is_named(gap_sign: int) -> None:
                                               {"data": "synthetic"}, trials))
     assert ("overstates" if gap_sign > 0 else "understates") in text
     assert ("selection on validation" in text) == (gap_sign > 0)
+
+
+def test_seeds_section_states_the_rule_and_where_each_configuration_stopped() -> None:
+    from analysis.report import _seeds_section
+
+    rows = []
+    scores = {"bce": [80.0, 80.4, 79.8], "ce": [70.0, 78.0, 62.0, 74.0, 66.0]}
+    for loss, values in scores.items():
+        for seed, value in enumerate(values):
+            rows.append({"trial_id": f"{loss}{seed}", "status": "completed", "seed": seed,
+                         "loss": loss, "batch_size": 32, "test_accuracy": value})
+    rows.append({"trial_id": "ce5", "status": "diverged", "seed": 5, "loss": "ce",
+                 "batch_size": 32, "test_accuracy": math.nan})
+    meta = {"searched": ["loss"],
+            "seeds_on_demand": {"target_ci": 1.0, "max_repeats": 6, "first_seeds": 3,
+                                "metric": "test_accuracy"}}
+    lines = _seeds_section(pd.DataFrame(rows), meta)
+    text = "\n".join(lines)
+    assert ("**Stopping rule:** every configuration started with 3 seeds; while the 95 % CI "
+            "half-width of its test accuracy was above 1 points, it got one more seed, up to 6 "
+            "seeds") in text
+    bce = next(line for line in lines if line.startswith("| loss=bce |"))
+    assert bce == ("| loss=bce | 3 | 0.76 | stopped: half-width 0.76 <= target 1 at 3 seeds |")
+    ce = next(line for line in lines if line.startswith("| loss=ce |"))
+    hw = mean_ci_half_width(scores["ce"])
+    assert ce.startswith(f"| loss=ce | 5 (1 failed) | {hw:.2f} | stopped at the cap of 6 seeds")
+    assert "1 of 2 configuration(s) reached the target, 1 stopped at the cap." in text
+    assert _seeds_section(pd.DataFrame(rows), {}) == []
+
+
+def test_seeds_section_says_when_the_study_ended_first() -> None:
+    from analysis.report import _seeds_section
+
+    rows = [{"trial_id": f"t{s}", "status": "completed" if s < 3 else "running", "seed": s,
+             "loss": "ce", "test_accuracy": v} for s, v in enumerate([70.0, 78.0, 62.0, 0.0])]
+    meta = {"seeds_on_demand": {"target_ci": 1.0, "max_repeats": 10, "first_seeds": 3}}
+    text = "\n".join(_seeds_section(pd.DataFrame(rows), meta))
+    assert "not done: the study ended first (waiting for 1 running seed(s))" in text
+    assert "1 not done when the study ended" in text
+
+
+def mean_ci_half_width(values: list[float]) -> float:
+    from analysis.stats import mean_ci
+
+    return mean_ci(values).half_width

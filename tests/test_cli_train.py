@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from study.cli import RUN_FILES, main
+from study.cli import main
+from study.cli_commands import RUN_FILES
 
 DATA = "synthetic:size=16,n=60,n_test=20"
 REPO = Path(__file__).parents[1]

@@ -285,7 +285,7 @@ def test_unreachable_address_fails_fast(scheme: str, tmp_path: Path,
     import ray
 
     import analysis.report  # noqa: F401
-    import study.tuner  # noqa: F401
+    import study.engine  # noqa: F401
     from study.cli import main
 
     address = f"{scheme}127.0.0.1:{_free_port()}"

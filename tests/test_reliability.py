@@ -574,12 +574,12 @@ def test_ctrl_c_before_the_study_started_leaves_nothing_to_resume(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """Interrupted while Ray starts: exit 130, and the same command can simply be run again."""
-    from study import cli, tuner
+    from study import cli, engine
 
-    def interrupted(opts: tuner.RunOptions) -> tuner.StudyRun:
+    def interrupted(opts: engine.RunOptions, command: str | None = None) -> engine.StudyRun:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tuner, "run_study", interrupted)
+    monkeypatch.setattr(engine, "run_study", interrupted)
     space = write_space(tmp_path / "space.yaml", LR, {**FAST_NET, "epochs": 2})
     assert cli.main(run_args(space, tmp_path / "results", "early")) == 130
     err = capsys.readouterr().err
@@ -587,27 +587,27 @@ def test_ctrl_c_before_the_study_started_leaves_nothing_to_resume(
 
 
 def test_an_unstarted_experiment_folder_is_removed_but_nothing_else(tmp_path: Path) -> None:
-    from study.tuner import _remove_unstarted
+    from study.experiment import remove_unstarted
 
     unstarted = tmp_path / "unstarted"
     unstarted.mkdir()
     for name in ("study.json", "tuner.pkl", ".validate_storage_marker"):
         (unstarted / name).write_text("x")
-    _remove_unstarted(unstarted)
+    remove_unstarted(unstarted)
     assert not unstarted.exists()
 
     started = tmp_path / "started"
     started.mkdir()
     (started / "study.json").write_text("x")
     (started / "experiment_state-2026.json").write_text("{}")
-    _remove_unstarted(started)
+    remove_unstarted(started)
     assert (started / "study.json").exists()
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "study.json").write_text("x")
     (foreign / "my-notes.txt").write_text("keep me")
-    _remove_unstarted(foreign)
+    remove_unstarted(foreign)
     assert (foreign / "my-notes.txt").read_text() == "keep me"
 
 

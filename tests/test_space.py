@@ -17,6 +17,7 @@ from ray.tune.search.variant_generator import generate_variants
 from study.config import TrialConfig
 from study.errors import StudyError
 from study.space import (
+    SPACES_DIR,
     SearchSpace,
     grid_size,
     grid_space,
@@ -25,7 +26,6 @@ from study.space import (
     parse_space,
     tune_space,
 )
-from study.tuner import SPACES_DIR
 
 DEFAULT = SPACES_DIR / "default.yaml"
 HOMEWORK = SPACES_DIR / "homework.yaml"

@@ -1,0 +1,163 @@
+"""What Ray Tune is handed for a study: the prepared space, the searcher and the scheduler.
+
+metric and mode are set in one place, the `TuneConfig` built by `study.engine`; schedulers
+inherit them from there. Ray and Optuna are imported when a builder is called.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from study.errors import StudyError
+from study.options import RunOptions
+from study.space import (
+    SearchSpace,
+    grid_size,
+    grid_space,
+    load_space,
+    optuna_space,
+    space_path,
+    tune_space,
+)
+
+PBT_MUTATIONS = {"lr": ("loguniform", 1e-5, 1e-1), "dropout": ("uniform", 0.0, 0.7),
+                 "weight_decay": ("loguniform", 1e-6, 1e-2)}
+
+
+def prepared_space(opts: RunOptions) -> SearchSpace:
+    """Load `--space` and apply `--max-epochs` / `--image-size` and the trial seed."""
+    space = load_space(space_path(opts.space))
+    overrides: dict[str, Any] = {}
+    if opts.max_epochs is not None:
+        overrides["epochs"] = opts.max_epochs
+    if opts.image_size is not None:
+        overrides["image_size"] = opts.image_size
+    if "seed" not in space.params and "seed" not in space.fixed:
+        overrides["seed"] = opts.seed
+    return space.with_fixed(**overrides)
+
+
+def budget_epochs(space: SearchSpace) -> int:
+    """The epochs every trial trains at most (schedulers need a fixed budget)."""
+    p = space.fixed.get("epochs") or space.params.get("epochs")
+    if p is None:
+        from study.config import TrialConfig
+
+        return TrialConfig().epochs
+    if p.kind != "fixed":
+        raise StudyError(f"{space.source}: epochs must be fixed (schedulers need a budget)")
+    return int(p.value)
+
+
+def pbt_interval(epochs: int) -> int:
+    """Epochs between PBT perturbations (and so between checkpoints under PBT)."""
+    return max(1, epochs // 5)
+
+
+def make_scheduler(opts: RunOptions, space: SearchSpace, epochs: int) -> Any:
+    """Return the trial scheduler for resolved options (metric/mode come from TuneConfig)."""
+    from ray import tune
+    from ray.tune.schedulers import (
+        ASHAScheduler,
+        FIFOScheduler,
+        MedianStoppingRule,
+        PopulationBasedTraining,
+    )
+
+    grace = max(1, epochs // 5)
+    if opts.scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=grace,
+                             reduction_factor=3)
+    if opts.scheduler == "hyperband":
+        # Asynchronous Hyperband: ASHA over Hyperband's brackets (Li et al., 2020). Ray's
+        # synchronous HyperBandScheduler pauses trials at its milestones and, with fewer trials
+        # than its brackets hold, ends the study with some of them still PAUSED
+        # (ray-project/ray#37605), so `study run` reported it unfinished.
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1,
+                             reduction_factor=3, brackets=int(math.log(epochs, 3)) + 1)
+    if opts.scheduler == "median":
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=grace,
+                                  min_samples_required=3)
+    if opts.scheduler == "pbt":
+        mutations, bounds = {}, []
+        for name, (kind, low, high) in PBT_MUTATIONS.items():
+            p = space.params.get(name)
+            if p is not None and p.kind in ("uniform", "loguniform"):
+                kind, low, high = p.kind, p.low, p.high
+            mutations[name] = (tune.loguniform(low, high) if kind == "loguniform"
+                               else tune.uniform(low, high))
+            bounds.append((name, low, high))
+        return PopulationBasedTraining(time_attr="training_iteration",
+                                       perturbation_interval=pbt_interval(epochs),
+                                       hyperparam_mutations=mutations, quantile_fraction=0.25,
+                                       custom_explore_fn=ClipToBounds(tuple(bounds)))
+    return FIFOScheduler()
+
+
+@dataclass(frozen=True)
+class ClipToBounds:
+    """PBT's explore step multiplies a value by 0.8 or 1.2 without bounds; keep it in its range.
+
+    Unclipped, a dropout of 0.7 reaches 1.008 after two steps up and the trial fails.
+    """
+
+    bounds: tuple[tuple[str, float, float], ...]  # (name, low, high)
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for name, low, high in self.bounds:
+            if isinstance(config.get(name), float):
+                config[name] = min(max(config[name], low), high)
+        return config
+
+
+def optuna_searcher(space: SearchSpace, opts: RunOptions) -> Any:
+    """Return the Optuna TPE searcher of a study (its sampler settings are the study's)."""
+    import optuna
+
+    from study.searcher import StudyOptunaSearch
+
+    startup = max(4, min(10, opts.num_samples // 3))
+    sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=startup,
+                                         multivariate=True, group=True, constant_liar=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Ray never hands TuneConfig's metric/mode to a searcher built with a define-by-run space
+    # (it has no param_space to pass), so OptunaSearch takes them from the same SearchSpace.
+    return StudyOptunaSearch(space=optuna_space(space), sampler=sampler, metric=space.metric,
+                             mode=space.mode)
+
+
+def build_search(opts: RunOptions, space: SearchSpace, slots: int
+                 ) -> tuple[Any, dict[str, Any], int]:
+    """Return (search algorithm, param_space, num_samples) for the Tuner, from resolved options.
+
+    `slots` is how many trials the cluster runs at once: Optuna proposes no more than that
+    ahead of the results unless `--max-concurrent` says otherwise.
+    """
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater
+
+    if opts.search == "optuna":
+        searcher = optuna_searcher(space, opts)
+        if opts.repeats > 1:
+            # Each configuration Optuna proposes trains with `repeats` seeds (seed + index);
+            # Optuna is told the mean over them.
+            searcher = Repeater(searcher, repeat=opts.repeats, set_index=True)
+        limit = opts.max_concurrent or max(slots, 1)
+        return (ConcurrencyLimiter(searcher, max_concurrent=limit), {},
+                opts.num_samples * opts.repeats)
+    param_space = grid_space(space) if opts.search == "grid" else tune_space(space)
+    if opts.repeats > 1:
+        param_space["seed"] = tune.grid_search(list(range(opts.seed, opts.seed + opts.repeats)))
+    # constant_grid_search: a random sample is held fixed across the seed grid (repeats).
+    generator = BasicVariantGenerator(random_state=opts.seed, constant_grid_search=True,
+                                      max_concurrent=opts.max_concurrent or 0)
+    return generator, param_space, opts.num_samples
+
+
+def expected_trials(opts: RunOptions, space: SearchSpace) -> int:
+    """Number of trials a study of resolved options runs."""
+    if opts.search == "grid":
+        return grid_size(space) * opts.num_samples * opts.repeats
+    return opts.num_samples * opts.repeats

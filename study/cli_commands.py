@@ -1,0 +1,231 @@
+"""What `study train | evaluate | run | report` do, and what they print for people."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from study.errors import StudyError
+from study.options import RunOptions, resolved
+
+RUN_FILES = ("config.json", "history.csv", "metrics.json", "model.pt")
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from study.config import TrialConfig, read_config_file
+
+    values: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    flags = {
+        "loss": args.loss, "batch_size": args.batch_size, "depth": args.depth,
+        "dropout": args.dropout, "batchnorm": args.batchnorm, "lr": args.lr,
+        "weight_decay": args.weight_decay, "optimizer": args.optimizer,
+        "schedule": args.schedule, "epochs": args.epochs, "seed": args.seed,
+        "image_size": args.image_size,
+    }
+    if args.width is not None:
+        flags["width"] = args.width[0] if len(args.width) == 1 else list(args.width)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    where = f"--config {args.config}" if args.config else "flags"
+    return TrialConfig.from_dict(values, where=where)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"--out {out}: exists and is not a folder")
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if present and not overwrite:
+        raise StudyError(
+            f"--out {out}: already holds a run ({', '.join(present)}); "
+            "choose another folder or pass --overwrite"
+        )
+
+
+def _make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudyError(f"--out {out}: cannot be created ({exc.strerror})") from None
+
+
+def _print_test(metrics: dict[str, float]) -> None:
+    print(f"Test accuracy is {metrics['test_accuracy']:.2f}%.")
+    print(
+        f"Test AUROC is {metrics['test_auroc']:.4f}, "
+        f"sensitivity {metrics['test_sensitivity']:.4f}, "
+        f"specificity {metrics['test_specificity']:.4f}."
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """`study train`: one configuration, no Ray."""
+    import pandas as pd
+
+    from study.checkpoint import MODEL_FILE, save_model
+    from study.data import load_data, resolve_spec
+    from study.io import write_json_atomic, write_text_atomic
+    from study.train import fit, resolve_device, to_device
+
+    config = _train_config(args)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_out(out, args.overwrite)
+    device = resolve_device(args.device)
+    spec = resolve_spec(args.data)
+    data = to_device(load_data(spec), device, config.image_size)
+    if out is not None:
+        _make_out(out)  # only once the data loaded: bad input leaves no empty folder behind
+    print(f"Training {config.to_dict()} on {args.data} at {data.image_size}x{data.image_size} "
+          f"({len(data.train)} train, {len(data.val)} validation, {len(data.test)} test) "
+          f"on {device}.")
+
+    def show(m: dict[str, float], _state: object) -> None:
+        print(
+            f"Epoch {int(m['epoch'])}/{config.epochs}: train loss {m['train_loss']:.4f} "
+            f"acc {m['train_accuracy']:.2f}% | val loss {m['val_loss']:.4f} "
+            f"acc {m['val_accuracy']:.2f}% AUROC {m['val_auroc']:.4f}",
+            flush=True,
+        )
+
+    state = fit(config, data, on_epoch=show)
+    final = state.history[-1]
+    if final.get("diverged"):
+        print(f"Training diverged at epoch {state.epoch} (train loss {final['train_loss']}).")
+    _print_test(final)
+    if out is not None:
+        best = state.best_model or state.model.state_dict()
+        run_info = {"config": config.to_dict(), "data": spec, "image_size": data.image_size,
+                    "device": str(device)}
+        write_json_atomic(out / "config.json", run_info)
+        write_text_atomic(out / "history.csv", pd.DataFrame(state.history).to_csv(index=False))
+        test = {k: v for k, v in final.items() if k.startswith("test_")}
+        best_epoch = min(state.history, key=lambda h: h["val_loss"])
+        write_json_atomic(out / "metrics.json", {**test, "best_epoch": int(best_epoch["epoch"]),
+                                                 "best_val_loss": best_epoch["val_loss"],
+                                                 "best_val_accuracy": best_epoch["val_accuracy"]})
+        save_model(out / MODEL_FILE, best, config, data.image_size)
+        print(f"Wrote {out}/: {', '.join(RUN_FILES)}.")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """`study evaluate`: the homework's Task B, scored correctly for both losses."""
+    import torch
+
+    from study.checkpoint import load_model
+    from study.data import load_data, resolve_spec
+    from study.losses import get_loss
+    from study.train import evaluate, resolve_device, to_device
+
+    config, model, image_size = load_model(args.checkpoint)
+    device = resolve_device(args.device)
+    raw = load_data(resolve_spec(args.data))
+    if raw.image_size < image_size:
+        raise StudyError(
+            f"--data {args.data}: images are {raw.image_size}x{raw.image_size} but the model "
+            f"was trained at {image_size}x{image_size}; images are never upsampled"
+        )
+    data = to_device(raw, device, image_size)
+    metrics = evaluate(model.to(device), get_loss(config.loss), data.test)
+    values = dict(zip(metrics, torch.stack(list(metrics.values())).tolist(), strict=True))
+    print(f"Evaluating {args.checkpoint} ({config.loss}, {image_size}x{image_size}) on "
+          f"{len(data.test)} test images of {args.data}.")
+    _print_test({f"test_{k}": v for k, v in values.items()})
+    return 0
+
+
+def _options(args: argparse.Namespace) -> RunOptions:
+    """RunOptions from the flags: defaults for those left out, or with --resume the study's."""
+    from study.resume import resume_options
+
+    given = {f.name: getattr(args, f.name, None) for f in fields(RunOptions)}
+    given["verbose"] = 0 if args.quiet else 1
+    if args.resume:
+        return resolved(resume_options(given))
+    # Resolved (and named) now, so that an interrupted run can say how to resume it.
+    return resolved(RunOptions(**{k: v for k, v in given.items() if v is not None}))
+
+
+def _print_best(summary: dict) -> None:
+    best = summary.get("best")
+    if not best:
+        print("No trial finished with a validation score; nothing to recommend yet.")
+        return
+    print(f"\nBest configuration ({summary['metric']} {summary['mode']}, validation only):")
+    for key, value in best["config"].items():
+        print(f"  {key:>13}: {value}")
+    for key in ("val_accuracy", "val_loss", "val_auroc", "test_accuracy", "test_auroc",
+                "test_sensitivity", "test_specificity"):
+        if key in best.get("metrics", {}):
+            value = best["metrics"][key]
+            spread = best.get("ci95", {}).get(key)
+            extra = f" ± {spread:.2f} (95% CI, n={best['n_seeds']})" if spread else ""
+            print(f"  {key:>16}: {value:.4f}{extra}")
+
+
+def _resume_command(opts: RunOptions) -> str:
+    from study.experiment import storage_root
+
+    return (f"study run --resume --name {opts.name} --storage-path "
+            f"{storage_root(opts.storage_path)}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`study run`: run the study, then write and show its summary.
+
+    Exit status 0 when every requested trial ended (completed, stopped early, diverged or
+    errored), 130 when the study was interrupted (Ctrl-C): what finished is saved and the
+    message says how to resume.
+    """
+    from study import engine
+    from study.experiment import experiment_dir
+
+    opts = _options(args)
+    start = time.monotonic()
+    try:
+        run = engine.run_study(opts, command=args.command_line)
+    except KeyboardInterrupt:
+        exp_dir = experiment_dir(opts)
+        if opts.resume or exp_dir is None or exp_dir.exists():
+            print(f"\nInterrupted. Finished trials are saved; continue with: "
+                  f"{_resume_command(opts)}", file=sys.stderr)
+        else:
+            print("\nInterrupted before the study started; nothing was saved. Run the same "
+                  "command again to start it.", file=sys.stderr)
+        return 130
+    wall = time.monotonic() - start
+    from analysis.report import write_report  # here: bad input fails without loading it
+
+    try:
+        summary = write_report(run.path)
+    except KeyboardInterrupt:  # each summary file is whole: the old one or the new one
+        print(f"\nInterrupted while writing the summary; the results are saved. Write it "
+              f"with: study report {run.path}", file=sys.stderr)
+        return 130
+    _print_best(summary)
+    print(f"\n{run.num_trials} trials ({run.num_errors} errored) in {wall:.1f} s.")
+    print(f"Results: {run.path}\nSummary: {run.path / 'summary'}")
+    if run.interrupted:
+        print(f"\nInterrupted: the study did not finish; what finished is saved. Continue "
+              f"with: study run --resume --name {run.path.name} --storage-path "
+              f"{run.path.parent}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`study report RESULTS_DIR`: regenerate summary/ from results on disk."""
+    from analysis.report import write_report
+
+    path = Path(args.results_dir)
+    if not path.is_dir():
+        raise StudyError(f"RESULTS_DIR {path}: no such folder")
+    summary = write_report(path, out=Path(args.out) if args.out else None)
+    _print_best(summary)
+    for line in summary.get("missing", []):
+        print(f"Missing: {line}")
+    print(f"Summary: {summary['out']}")
+    return 0

@@ -1,0 +1,220 @@
+"""Runs (or resumes) a Ray Tune study: `run_study` and the pieces it puts together.
+
+Only this module (called from the CLI) starts Ray, through `study.ray_session`. What the study
+runs with comes from `study.options` (defaults), `study.builders` (space, searcher,
+scheduler), `study.resume` (the checks before Ray restores) and `study.experiment` (the
+folder and its study.json); Ray's private names stay in `study.ray_compat`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from study.builders import (
+    budget_epochs,
+    build_search,
+    expected_trials,
+    make_scheduler,
+    pbt_interval,
+    prepared_space,
+)
+from study.cluster import check_address, is_local_path
+from study.data import Dataset, load_data, resolve_spec
+from study.errors import StudyError
+from study.experiment import (
+    META_FILE,
+    check_writable,
+    remove_unstarted,
+    storage_root,
+    study_record,
+)
+from study.io import read_trial_states
+from study.options import RunOptions, check_options, command_line, resolved
+from study.resume import check_resumable
+from study.space import SearchSpace, fit_image_size
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """A finished (or interrupted) study: where it lives and how its trials ended."""
+
+    path: Path  # the experiment folder: Ray's files plus study.json and summary/
+    num_trials: int
+    num_errors: int
+    interrupted: bool
+
+
+def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
+    """Run (or resume) a study and return where its results are.
+
+    `command` is what study.json records as the command that started the study (default:
+    the `study run` command that asks for `opts`).
+    """
+    check_options(opts)
+    opts = resolved(opts)
+    check_address(opts.address)  # an unreachable --address fails before data or Ray load
+    space = prepared_space(opts)
+    epochs = budget_epochs(space)  # a searched epochs is refused before anything is written
+    root = storage_root(opts.storage_path)
+    local = is_local_path(opts.storage_path)
+    exp_dir = Path(root) / opts.name
+    data_spec = resolve_spec(opts.data)
+    if local:
+        _check_experiment_folder(opts, exp_dir, space, data_spec)
+    check_local_gpus(opts)
+    data = load_data(data_spec)
+    space = fit_image_size(space, data.image_size)
+
+    import ray
+
+    from study.atomic_fs import run_deferred
+    from study.ray_compat import safe_checkpoint_deletion
+    from study.ray_session import init_ray
+
+    started = init_ray(opts)
+    try:
+        tuner = _tuner(opts, space, epochs, data, root, exp_dir, local, command)
+        safe_checkpoint_deletion()
+        results = _fit(tuner)
+        # fit saved the final experiment state: no checkpoint held back is named in it now.
+        run_deferred(everything=True)
+        statuses = ({k: v["status"] for k, v in read_trial_states(exp_dir).items()}
+                    if local else {})
+        unfinished = sum(1 for s in statuses.values() if s not in ("TERMINATED", "ERROR"))
+        return StudyRun(exp_dir, len(results), len(results.errors), interrupted=(
+            unfinished > 0 or len(statuses) < expected_trials(opts, space)))
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Ray's own handler was set
+        if local and not opts.resume:
+            remove_unstarted(exp_dir)  # so that the same command can simply be run again
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _check_experiment_folder(opts: RunOptions, exp_dir: Path, space: SearchSpace,
+                             data_spec: str) -> None:
+    """Refuse a local experiment folder this run cannot write, resume or start in."""
+    check_writable(exp_dir.parent)
+    if opts.resume:
+        check_resumable(exp_dir, space, data_spec)
+    elif exp_dir.exists():
+        raise StudyError(
+            f"--name {opts.name}: {exp_dir} already exists; pass --resume to continue it or "
+            "choose another --name (nothing was overwritten)"
+        )
+
+
+def check_local_gpus(opts: RunOptions) -> None:
+    """For a local Ray, refuse more GPUs per trial than PyTorch sees, before Ray starts.
+
+    A trial trains on CUDA only where PyTorch sees it, so that is the machine's count.
+    (On a cluster, `check_trial_resources` asks Ray once connected.)
+    """
+    if opts.address is not None or opts.gpus_per_trial <= 0:
+        return
+    import torch
+
+    visible = torch.cuda.device_count()
+    if opts.gpus_per_trial > visible:
+        raise StudyError(
+            f"--gpus-per-trial {opts.gpus_per_trial:g} is more than the {visible} GPU(s) "
+            "PyTorch sees on this machine, so no trial could start; lower it (0 trains on "
+            "CPUs) or pass the --address of a Ray cluster with GPUs"
+        )
+
+
+def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, root: str,
+           exp_dir: Path, local: bool, command: str | None) -> Any:
+    """Check the connected cluster, then return the Tuner: restored, or new with study.json."""
+    import ray
+    from ray import tune
+
+    from study.atomic_fs import atomic_local_filesystem
+    from study.cluster import check_storage_path, check_trial_resources, reachable_resources
+    from study.io import write_json_atomic
+    from study.ray_compat import fresh_json_logger
+    from study.ray_session import trial_slots
+    from study.trainable import train_trial
+
+    check_trial_resources(opts.cpus_per_trial, opts.gpus_per_trial, reachable_resources())
+    check_storage_path(root, ray.nodes(), opts.shared_storage)
+    checkpoint_every = pbt_interval(epochs) if opts.scheduler == "pbt" else opts.checkpoint_every
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, data=data, data_key=uuid.uuid4().hex,
+                             checkpoint_every=checkpoint_every,
+                             threads=max(1, int(opts.cpus_per_trial))),
+        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
+    )
+    # Locally, every file Ray writes to the storage path appears whole or not at all, so
+    # a driver killed mid-sync leaves the last experiment state and result.json intact.
+    storage_fs = atomic_local_filesystem() if local else None
+    if opts.resume:
+        try:
+            return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=False,
+                                      storage_filesystem=storage_fs)
+        except Exception as exc:  # Ray raises many kinds for a damaged experiment folder
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise StudyError(f"--resume: {exp_dir} cannot be restored ({first})") from None
+    slots = trial_slots(opts.cpus_per_trial, opts.gpus_per_trial)
+    search_alg, param_space, num_samples = build_search(opts, space, slots)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, search_alg=search_alg,
+            scheduler=make_scheduler(opts, space, epochs), num_samples=num_samples,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=opts.name,
+            storage_path=root,
+            storage_filesystem=storage_fs,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            progress_reporter=_reporter(space),
+            verbose=opts.verbose,
+            callbacks=[fresh_json_logger()],
+        ),
+    )
+    if local:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        record = study_record(opts, space, data, epochs, expected_trials(opts, space),
+                              command or command_line(opts), ray.__version__)
+        write_json_atomic(exp_dir / META_FILE, record)
+    return tuner
+
+
+def _fit(tuner: Any) -> Any:
+    """`tuner.fit()` without Ray's "Tuner.restore(...)" hint (the CLI prints `--resume`)."""
+    hint = _NoRestoreHint()
+    logging.getLogger("ray.tune.tune").addFilter(hint)
+    try:
+        # On Ctrl-C, Ray stops the trials, saves the experiment state and returns.
+        return tuner.fit()
+    finally:
+        logging.getLogger("ray.tune.tune").removeFilter(hint)
+
+
+def _reporter(space: SearchSpace) -> Any:
+    from ray.tune import CLIReporter
+
+    return CLIReporter(
+        metric_columns={"epoch": "epoch", "val_accuracy": "val acc", "val_loss": "val loss",
+                        "val_auroc": "val AUROC"},
+        parameter_columns=space.searched,
+        max_progress_rows=12, max_error_rows=3, max_report_frequency=15,
+        sort_by_metric=True,
+    )
+
+
+class _NoRestoreHint(logging.Filter):
+    """Drops Ray's "Resume experiment with: Tuner.restore(...)": the CLI prints `study run
+    --resume ...` instead, which is what a user of this tool runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()

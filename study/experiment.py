@@ -1,0 +1,88 @@
+"""The experiment folder on disk: where it is, the study's record in it, and its cleanup."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from study.cluster import is_local_path
+from study.errors import StudyError
+from study.options import RunOptions
+
+META_FILE = "study.json"  # the study's own record beside Ray's files; read by analysis/
+STATE_GLOB = "experiment_state-*.json"  # Ray's experiment state, one per driver session
+TUNER_FILE = "tuner.pkl"  # Ray's pickled Tuner, which `Tuner.restore` loads
+
+
+def storage_root(storage_path: str) -> str:
+    """Return the storage path as Ray should get it: URIs as they are, local paths absolute."""
+    if not is_local_path(storage_path):
+        return storage_path
+    path = storage_path[len("file://"):] if storage_path.startswith("file://") else storage_path
+    return str(Path(path).expanduser().resolve())
+
+
+def experiment_dir(opts: RunOptions) -> Path | None:
+    """The experiment folder of `opts` (None for a remote --storage-path or no --name)."""
+    if not opts.name or not is_local_path(opts.storage_path):
+        return None
+    return Path(storage_root(opts.storage_path)) / opts.name
+
+
+def check_writable(root: Path) -> None:
+    """Fail before any trial starts if results cannot be written under `root`."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-check-{uuid.uuid4().hex}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise StudyError(
+            f"--storage-path {root}: results cannot be written there ({exc.strerror})"
+        ) from None
+
+
+def study_record(opts: RunOptions, space: Any, data: Any, epochs: int, expected: int,
+                 command: str, ray_version: str) -> dict[str, Any]:
+    """The content of study.json: how the study was started, on what, and what it expects.
+
+    `space` is the prepared SearchSpace and `data` the loaded Dataset.
+    """
+    from dataclasses import asdict
+
+    return {
+        "command": command,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "options": asdict(opts),
+        "search": opts.search,
+        "scheduler": opts.scheduler,
+        "space_file": space.source,
+        "space": space.raw,
+        "searched": space.searched,
+        "metric": space.metric,
+        "mode": space.mode,
+        "epochs": epochs,
+        "repeats": opts.repeats,
+        "expected_trials": expected,
+        "data": data.source,
+        "data_image_size": data.image_size,
+        "data_sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "ray_version": ray_version,
+    }
+
+
+def remove_unstarted(exp_dir: Path) -> None:
+    """Remove a folder this run created if interrupted before Ray saved any experiment state.
+
+    Only the files written before the first snapshot are expected there; anything else keeps
+    the folder, so nothing a user made is ever deleted.
+    """
+    if not exp_dir.is_dir() or any(exp_dir.glob(STATE_GLOB)):
+        return
+    expected = (META_FILE, TUNER_FILE, ".validate_storage_marker", "search_gen_state-*",
+                "searcher-state-*")
+    if all(any(p.match(pattern) for pattern in expected) for p in exp_dir.iterdir()):
+        shutil.rmtree(exp_dir, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""What `study run` was asked for: `RunOptions`, its defaults and its checks (no torch, no Ray).
+
+Every default of a study is decided here, once: `resolved` turns the options a caller gave
+(None where left out) into the ones the study runs with, so the command line and
+`run_study(RunOptions(...))` get the same searcher, scheduler and sample count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+
+from study.errors import StudyError
+
+SEARCHES = ("optuna", "random", "grid")
+SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
+DEFAULT_SAMPLES = 20  # configurations an optuna or random search tries
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything `study run` was asked for (the CLI's flags, checked by `check_options`).
+
+    None means "the default", decided by `resolved` from the other options.
+    """
+
+    space: str = "default"  # a YAML file, or the name of a shipped space
+    data: str = "synthetic"  # a data spec (study.data)
+    search: str | None = None  # optuna; random under PBT (PBT takes no searcher)
+    scheduler: str | None = None  # asha; fifo for grid (its arms must all train to the end)
+    num_samples: int | None = None  # 20 for optuna/random, 1 pass for grid
+    max_epochs: int | None = None  # overrides the space's epochs
+    image_size: int | None = None  # overrides the space's image size
+    repeats: int = 1  # seeds each configuration trains with
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # fractions pack several trials on one GPU
+    max_concurrent: int | None = None  # None: as many as the cluster holds
+    address: str | None = None  # None: a local Ray on 127.0.0.1
+    storage_path: str = "./results"  # a folder, or a URI such as s3://bucket/path
+    shared_storage: bool = False  # a local storage path every node mounts (NFS)
+    name: str | None = None  # the experiment folder; None: study-<date>-<time>
+    resume: bool = False
+    seed: int = 0  # search seed and first trial seed
+    max_failures: int = 0  # retries of a failed trial from its last checkpoint
+    checkpoint_every: int = 5  # epochs between checkpoints (0: only at the end)
+    num_cpus: int | None = None  # local Ray only: CPUs to offer (None: all)
+    verbose: int = 1  # 0: no progress table
+
+
+def default_name() -> str:
+    """`--name` when none is given: study-<date>-<time>."""
+    return datetime.now().strftime("study-%Y%m%d-%H%M%S")
+
+
+def resolved(opts: RunOptions) -> RunOptions:
+    """Return `opts` with every default decided: search, scheduler, sample count and name."""
+    search = opts.search or ("random" if opts.scheduler == "pbt" else "optuna")
+    # Grid arms and repeats must all train to the end to be compared.
+    scheduler = opts.scheduler or ("fifo" if search == "grid" else "asha")
+    num_samples = opts.num_samples
+    if num_samples is None:
+        num_samples = 1 if search == "grid" else DEFAULT_SAMPLES
+    return replace(opts, search=search, scheduler=scheduler, num_samples=num_samples,
+                   name=opts.name or default_name())
+
+
+def command_line(opts: RunOptions) -> str:
+    """The `study run` command that asks for `opts` (for callers that have no argv)."""
+    words = ["study", "run"]
+    for f in fields(RunOptions):
+        value = getattr(opts, f.name)
+        if f.name == "verbose":
+            words += ["--quiet"] if value == 0 else []
+        elif value is True:
+            words.append(f"--{f.name.replace('_', '-')}")
+        elif value != f.default and value is not False:
+            words += [f"--{f.name.replace('_', '-')}", str(value)]
+    return " ".join(words)
+
+
+def check_options(opts: RunOptions) -> None:
+    """Refuse impossible requests with one line naming the flag and the value."""
+    if opts.search is not None and opts.search not in SEARCHES:
+        raise StudyError(f"--search must be one of {', '.join(SEARCHES)}, got {opts.search!r}")
+    if opts.scheduler is not None and opts.scheduler not in SCHEDULERS:
+        raise StudyError(
+            f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {opts.scheduler!r}"
+        )
+    if opts.scheduler == "pbt" and opts.search in ("grid", "optuna"):
+        raise StudyError(
+            f"--scheduler pbt cannot be combined with --search {opts.search}: PBT evolves a "
+            "randomly sampled population itself; use --search random (the default under PBT)"
+        )
+    for flag, value, low in (("--num-samples", opts.num_samples, 1),
+                             ("--repeats", opts.repeats, 1),
+                             ("--max-epochs", opts.max_epochs, 1),
+                             ("--image-size", opts.image_size, 1),
+                             ("--max-concurrent", opts.max_concurrent, 1),
+                             ("--max-failures", opts.max_failures, 0),
+                             ("--checkpoint-every", opts.checkpoint_every, 0),
+                             ("--seed", opts.seed, 0)):
+        if value is not None and value < low:
+            raise StudyError(f"{flag} must be >= {low}, got {value}")
+    for flag, value in (("--cpus-per-trial", opts.cpus_per_trial),
+                        ("--gpus-per-trial", opts.gpus_per_trial)):
+        if not math.isfinite(value) or value < 0:
+            raise StudyError(f"{flag} must be a number >= 0, got {value:g}")
+    if opts.cpus_per_trial == 0 and opts.gpus_per_trial == 0:
+        raise StudyError("--cpus-per-trial and --gpus-per-trial are both 0: a trial needs one")
+    if opts.name is not None and (not opts.name or "/" in opts.name or "\\" in opts.name
+                                  or opts.name in (".", "..")):
+        raise StudyError(f"--name must be a plain folder name without path separators, "
+                         f"got {opts.name!r}")
+    if opts.resume and not opts.name:
+        raise StudyError("--resume needs --name: the experiment to continue")
