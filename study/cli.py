@@ -39,7 +39,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-epochs", type=int, help="override the space's epochs")
     p.add_argument("--image-size", type=int, help="override the space's image size")
     p.add_argument("--repeats", type=int,
-                   help="train every configuration with this many seeds (default 1)")
+                   help="train every configuration with this many seeds (seed, seed+1, ...), "
+                   "stacked in one trial that reports their mean (default 1)")
     p.add_argument("--cpus-per-trial", type=float, help="default 1")
     p.add_argument("--gpus-per-trial", type=float,
                    help="GPUs per trial, fractions allowed (0.25 packs 4 trials on a GPU; "
@@ -99,6 +100,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", help="none or cosine (default cosine)")
     p.add_argument("--epochs", type=int, help="default 30")
     p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--repeats", type=int,
+                   help="train seeds seed, seed+1, ... together, stacked in one model "
+                   "(default 1)")
     p.add_argument("--image-size", type=int, help="downsample to this side (never upsamples)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--out", help="folder for config.json, history.csv, metrics.json, model.pt")
