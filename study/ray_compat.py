@@ -138,3 +138,8 @@ def tell_optuna(search: Any, trial_id: str, state: Any) -> None:
     """Tell Optuna how `trial_id` ended (`state`, an optuna TrialState), through OptunaSearch."""
     search._ot_study.tell(search._ot_trials[trial_id], state=state)
     search._completed_trials.add(trial_id)
+
+
+def optuna_trial(search: Any, trial_id: str) -> Any:
+    """The live Optuna trial Ray's OptunaSearch asked for `trial_id` (None if it has none)."""
+    return search._ot_trials.get(trial_id)
