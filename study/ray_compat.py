@@ -136,7 +136,9 @@ def optuna_trial_open(search: Any, trial_id: str) -> bool:
 
 def tell_optuna(search: Any, trial_id: str, state: Any) -> None:
     """Tell Optuna how `trial_id` ended (`state`, an optuna TrialState), through OptunaSearch."""
-    search._ot_study.tell(search._ot_trials[trial_id], state=state)
+    # skip_if_finished: a live storage may already hold the trial as told (a killed driver's
+    # restored searcher state is older than the storage).
+    search._ot_study.tell(search._ot_trials[trial_id], state=state, skip_if_finished=True)
     search._completed_trials.add(trial_id)
 
 
