@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from dataclasses import fields
@@ -166,24 +167,32 @@ def _print_best(summary: dict) -> None:
             print(f"  {key:>16}: {value:.4f}{extra}")
 
 
-def _resume_command(opts: RunOptions) -> str:
-    from study.experiment import storage_root
-
-    return (f"study run --resume --name {opts.name} --storage-path "
-            f"{storage_root(opts.storage_path)}")
+def _resume_command(name: str, storage: str | Path) -> str:
+    """The `study run --resume` command, quoted so that it can be pasted into a shell."""
+    return shlex.join(["study", "run", "--resume", "--name", name, "--storage-path",
+                       str(storage)])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`study run`: run the study, then write and show its summary.
 
     Exit status 0 when every requested trial ended (completed, stopped early, diverged or
-    errored), 130 when the study was interrupted (Ctrl-C): what finished is saved and the
-    message says how to resume.
+    errored), 130 when the study was interrupted (Ctrl-C), 143 when it was stopped by SIGTERM
+    (`kill`, `timeout`, Slurm, Kubernetes), handled like Ctrl-C: what finished is saved, the
+    partial summary written and the message says how to resume.
     """
     from study import engine
-    from study.experiment import experiment_dir
 
     opts = _options(args)
+    with engine.sigterm_as_interrupt() as stop:
+        return _run(args, opts, stop)
+
+
+def _run(args: argparse.Namespace, opts: RunOptions, stop: Any) -> int:
+    """`cmd_run` with `stop` (an engine.Stop) telling which signal interrupted it."""
+    from study import engine
+    from study.experiment import experiment_dir, storage_root
+
     start = time.monotonic()
     try:
         run = engine.run_study(opts, command=args.command_line)
@@ -191,28 +200,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         exp_dir = experiment_dir(opts)
         if opts.resume or exp_dir is None or exp_dir.exists():
             print(f"\nInterrupted. Finished trials are saved; continue with: "
-                  f"{_resume_command(opts)}", file=sys.stderr)
+                  f"{_resume_command(opts.name, storage_root(opts.storage_path))}",
+                  file=sys.stderr)
         else:
             print("\nInterrupted before the study started; nothing was saved. Run the same "
                   "command again to start it.", file=sys.stderr)
-        return 130
+        return stop.status
     wall = time.monotonic() - start
     from analysis.report import write_report  # here: bad input fails without loading it
 
     try:
         summary = write_report(run.path)
-    except KeyboardInterrupt:  # each summary file is whole: the old one or the new one
+    except KeyboardInterrupt:  # summary/ is whole: the old one or the new one
         print(f"\nInterrupted while writing the summary; the results are saved. Write it "
-              f"with: study report {run.path}", file=sys.stderr)
-        return 130
+              f"with: {shlex.join(['study', 'report', str(run.path)])}", file=sys.stderr)
+        return stop.status
     _print_best(summary)
     print(f"\n{run.num_trials} trials ({run.num_errors} errored) in {wall:.1f} s.")
     print(f"Results: {run.path}\nSummary: {run.path / 'summary'}")
     if run.interrupted:
         print(f"\nInterrupted: the study did not finish; what finished is saved. Continue "
-              f"with: study run --resume --name {run.path.name} --storage-path "
-              f"{run.path.parent}", file=sys.stderr)
-        return 130
+              f"with: {_resume_command(run.path.name, run.path.parent)}", file=sys.stderr)
+        return stop.status
     return 0
 
 

@@ -143,3 +143,35 @@ def tell_optuna(search: Any, trial_id: str, state: Any) -> None:
 def optuna_trial(search: Any, trial_id: str) -> Any:
     """The live Optuna trial Ray's OptunaSearch asked for `trial_id` (None if it has none)."""
     return search._ot_trials.get(trial_id)
+
+
+def restore_pickle_globs() -> tuple[str, ...]:
+    """Glob patterns (relative to an experiment folder) of every file that Ray unpickles when
+    `Tuner.restore` and `fit` resume an experiment, taken from Ray's own names:
+
+    - `tuner.pkl` (`TunerInternal._restore_from_path_or_uri`: pickle);
+    - the experiment state (`TuneController.CKPT_FILE_TMPL`), JSON holding cloudpickled fields;
+    - the search state: `BasicVariantGenerator`, `SearchGenerator` and `Searcher` (Optuna,
+      ConcurrencyLimiter, Repeater) `CKPT_FILE_TMPL`, each read with cloudpickle whatever its
+      suffix (`basic-variant-state-*.json` is a pickle);
+    - callback state (`CallbackList.CKPT_FILE_TMPL`);
+    - each trial's pickled error (`EXPR_ERROR_PICKLE_FILE`, read for the results' errors) and a
+      class trainable's dict checkpoint (`_DICT_CHECKPOINT_FILE_NAME`);
+    - each trial's `params.pkl` (`EXPR_PARAM_PICKLE_FILE`): Ray 2.60 only writes it, but it is
+      the one other pickle in an experiment, so it is held to the same rule.
+    """
+    try:
+        from ray.air.constants import EXPR_ERROR_PICKLE_FILE, EXPR_PARAM_PICKLE_FILE
+        from ray.tune.callback import CallbackList
+        from ray.tune.execution.tune_controller import TuneController
+        from ray.tune.impl.tuner_internal import _TUNER_PKL
+        from ray.tune.search import BasicVariantGenerator, Searcher
+        from ray.tune.search.search_generator import SearchGenerator
+        from ray.tune.trainable.trainable import _DICT_CHECKPOINT_FILE_NAME
+    except ImportError as exc:
+        raise RuntimeError(f"Ray's names for its restore-time pickles moved ({exc}); update "
+                           "study.ray_compat.restore_pickle_globs for this Ray version") from exc
+    classes = (TuneController, BasicVariantGenerator, SearchGenerator, Searcher, CallbackList)
+    return (*(cls.CKPT_FILE_TMPL.format("*") for cls in classes), _TUNER_PKL, "*.pkl",
+            f"*/{EXPR_ERROR_PICKLE_FILE}", f"*/{EXPR_PARAM_PICKLE_FILE}",
+            f"*/checkpoint_*/{_DICT_CHECKPOINT_FILE_NAME}")
