@@ -17,7 +17,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,7 +39,7 @@ from analysis.summary import (  # noqa: E402
     summarise,
     validation_source,
 )
-from study.io import write_json_atomic, write_text_atomic  # noqa: E402
+from study.io import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +75,6 @@ def export_best_model(exp_dir: Path, best: dict[str, Any], out: Path) -> Path | 
     index = config.seeds.index(seed) if seed in config.seeds else 0
     save_model(out / MODEL_FILE, weights, config, image_size, index=index)
     return out / MODEL_FILE
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Figure(NamedTuple):
