@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,15 @@ def trial_number(trial_id: str, fallback: int) -> int:
     return int(tail) if tail.isdigit() else fallback
 
 
+def creation_index(row: dict[str, Any], fallback: int) -> int:
+    """The order Ray created a trial in, for every search: Ray names a trial's folder
+    `<trainable>_<trial_id>_<index>_<params>...`. (Under a searcher, trial ids are random hex
+    without the `_00012` counter, so the id alone does not give the order.)"""
+    folder = str(row.get("trial_dir") or "")
+    found = re.search(rf"_{re.escape(str(row['trial_id']))}_(\d+)(?:_|$)", folder)
+    return int(found.group(1)) if found else trial_number(row["trial_id"], fallback)
+
+
 def build_study(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str, Any],
                 study_name: str, storage: Any = None) -> optuna.Study:
     """Return an Optuna study (in memory unless `storage`) holding every trial that ran.
@@ -200,7 +210,7 @@ def build_study(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str, Any]
             by_trial[trial_id] = {int(e): float(v) for e, v in pairs
                                   if isinstance(v, (int, float)) and math.isfinite(v)}
     ran = trials[trials["trial_dir"].notna()] if "trial_dir" in trials else trials.iloc[0:0]
-    order = sorted(((trial_number(r["trial_id"], i), r) for i, r in
+    order = sorted(((creation_index(r, i), r) for i, r in
                     enumerate(ran.to_dict("records"))), key=lambda pair: pair[0])
     frozen: list[FrozenTrial] = []
     for _, row in order:

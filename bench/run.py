@@ -1,12 +1,13 @@
-"""Benchmarks of issue 6: does a study's time go to training?
+"""Benchmarks: does a study's time go to training, on the CPU and on a GPU?
 
 Runs every measurement side by side in one process tree (each Ray study in its own child
 process), prints a Markdown table and, with `--json FILE`, writes the keys below. Everything is
 also written to `bench/results/<date-time>/` (git-ignored) and `bench/results/latest.json`.
 
-    python bench/run.py --quick --json out.json      # < 15 minutes on 2 cores
+    python bench/run.py --quick --json out.json      # the CPU keys, < 15 minutes on 2 cores
     python bench/run.py                              # more seeds and repetitions
     python bench/run.py --only epoch,memory          # a subset
+    python bench/run.py --gpu --json gpu.json        # the GPU keys only, < 5 minutes, one GPU
 
 Keys (numbers; null where not measured, e.g. the GPU keys without a GPU):
 - overhead_ratio: wall time of `run_study` with Ray already started / ideal, where
@@ -29,13 +30,30 @@ Keys (numbers; null where not measured, e.g. the GPU keys without a GPU):
   homework.yaml grid, / the grid's total epochs. Random + ASHA and TPE + FIFO alongside.
 - memory_ratio_4_trials: peak of the summed proportional set size (PSS: shared pages such as
   the object store and libtorch counted once) of the whole process tree with 4 concurrent
-  trials on 256x256 data / with 1 trial. Summed RSS is reported alongside.
+  trials on 256x256 data / with 1 trial. Summed RSS is reported alongside. A figure, not a
+  target: one process per concurrent trial is Ray Tune's model.
+- repeats_speedup_cpu: the trials' own seconds (Ray's `time_this_iter_s`, summed over every
+  reported epoch) of the homework grid x 3 seeds at 32x32 for 3 epochs, run as 48 separate
+  trials (the seed a grid axis) / as 16 trials each stacking its configuration's 3 seeds
+  (`repeats=3`), one after the other on one Ray.
+- report_seconds: `python -m study report` on the 48-trial experiment of the repeats phase, a
+  fresh process writing a fresh --out folder, start to exit, median of 3 (5); its CPU seconds
+  (with its figure workers) as report_cpu_seconds.
+GPU keys (`--gpu`, one GPU; each phase has a time limit and leaves its key null past it):
+- epoch_speedup_gpu_bs2, _bs16, _bs32, _bs128: seconds per epoch of the lab's loop / ours (the
+  training step captured as a CUDA graph, `study.cuda_graph`) at 256x256, 1,600 images, the
+  lab's model; interleaved epochs after a warm-up, medians.
+- gpu_study_wall_s: `bench/gpu_check.py --epochs 10 --batch-size 32 --n 1000
+  --cpus-per-trial 1` (16 trials at 0.125 GPU, 64x64): its run_study wall time.
+- gpu_grid_wall_s: the homework grid x 3 seeds (stacked) at 256x256 on 1000 + 1000 synthetic
+  training images, 0.125 GPU and 1 CPU a trial: run_study's wall time, Ray's start included.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -53,16 +71,24 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
-PHASES = ("epoch", "overhead", "optuna", "fraction", "memory")
-TARGETS = {  # key: (comparison, target) on a 2-core CPU machine
-    "overhead_ratio": ("<=", 2.0),
+PHASES = ("epoch", "overhead", "optuna", "fraction", "memory", "repeats", "report")
+GPU_PHASES = ("gpu_epoch", "gpu_study", "gpu_grid")  # `--gpu`: these only
+GPU_BATCHES = (2, 16, 32, 128)
+TARGETS = {  # key: (comparison, target); the CPU keys on a 2-core CPU machine, the GPU keys
+    "overhead_ratio": ("<=", 2.0),  # on one GPU
     "optuna_wall_ratio": ("<=", 1.0),
     "epoch_speedup_cpu": (">=", 1.0),
-    "epoch_speedup_gpu_bs32": (">=", 5.0),
-    "epoch_speedup_gpu_bs128": (">=", 10.0),
     "asha_tpe_epoch_fraction": ("<=", 0.30),
-    "memory_ratio_4_trials": ("<=", 1.5),
+    "repeats_speedup_cpu": (">=", 1.5),
+    "report_seconds": ("<=", 5.0),
+    "epoch_speedup_gpu_bs2": (">=", 8.0),
+    "epoch_speedup_gpu_bs16": (">=", 8.0),
+    "epoch_speedup_gpu_bs32": (">=", 8.0),
+    "epoch_speedup_gpu_bs128": (">=", 30.0),
+    "gpu_study_wall_s": ("<=", 15.0),
+    "gpu_grid_wall_s": ("<=", 45.0),
 }
+GPU_KEYS = tuple(k for k in TARGETS if "gpu" in k)
 TRIALS, EPOCHS = 16, 10  # overhead and optuna workloads (fixed by the issue)
 SLOTS = 2  # concurrent trials of the Ray studies: 2 CPUs, 1 CPU per trial
 
@@ -244,14 +270,19 @@ def _data_256(out_dir: Path) -> Path:
     return path
 
 
-def _write_space(path: Path, base: str, **fixed: Any) -> Path:
-    """Copy a shipped search space with extra fixed values (e.g. a fixed training seed)."""
+def _write_space(path: Path, base: str, params: dict[str, Any] | None = None,
+                 **fixed: Any) -> Path:
+    """Copy a shipped search space with extra fixed values (e.g. a fixed training seed) or
+    extra searched parameters (e.g. the seed as a grid axis)."""
     import yaml
 
     raw = yaml.safe_load((ROOT / "search_spaces" / f"{base}.yaml").read_text())
     raw.setdefault("fixed", {}).update(fixed)
     for name in fixed:
         raw.get("params", {}).pop(name, None)
+    raw.setdefault("params", {}).update(params or {})
+    for name in params or {}:
+        raw["fixed"].pop(name, None)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
@@ -291,7 +322,7 @@ def phase_epoch(args: argparse.Namespace) -> dict[str, Any]:
         return _now() - start
 
     # The lab's: float32 TensorDataset, DataLoader, /255 per batch, .item() per step.
-    model = new_state(cfg, dev).model  # the same initial weights
+    model = _lab_model(cfg, data.image_size, device)  # the same initial weights
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)  # the lab's: PyTorch defaults
     loader = hw.make_loader(data.train.images, data.train.labels, cfg.batch_size)
     criterion = loss.criterion()
@@ -312,6 +343,18 @@ def phase_epoch(args: argparse.Namespace) -> dict[str, Any]:
             "homework_s_per_epoch": med["homework"], "ours_s_per_epoch": med["ours"],
             "epoch_speedup_cpu": med["homework"] / med["ours"],
             "cuda": torch.cuda.is_available()}
+
+
+def _lab_model(cfg: Any, image_size: int, device: Any) -> Any:
+    """The lab's plain MLP with the initial weights of `cfg`'s (first) seed."""
+    import torch
+
+    from study.losses import get_loss
+    from study.model import build_mlp
+
+    torch.manual_seed(cfg.seed)
+    return build_mlp(image_size**2, get_loss(cfg.loss).out_features, cfg.depth, cfg.width,
+                     cfg.dropout, cfg.batchnorm).to(device)
 
 
 # --- overhead: our study vs the naive one, against the ideal ------------------------------
@@ -622,6 +665,177 @@ def phase_memory_study(args: argparse.Namespace) -> dict[str, Any]:
     return {"trials": len(trials), "errors": run.num_errors, "run_study_s": wall}
 
 
+# --- repeats: K seeds as K trials vs one stacked trial ------------------------------------
+
+REPEATS_DATA = "synthetic:size=32"
+REPEATS_EPOCHS = 3
+
+
+def phase_repeats(args: argparse.Namespace) -> dict[str, Any]:
+    """The homework grid x 3 seeds at 32x32 for 3 epochs, twice on one Ray: each seed its own
+    trial (48 trials), then the seeds of a configuration stacked in one trial (16 trials).
+    Leaves both experiments on disk (the report phase times `study report` on the first)."""
+    import ray
+
+    from study.engine import run_study
+    from study.options import RunOptions
+    from study.ray_session import init_ray
+
+    storage = Path(tempfile.mkdtemp(prefix="repeats-", dir=args.out))
+    seeds = list(range(3))
+    # Separate trials: the seed is one more grid axis.
+    separate_space = _write_space(storage / "homework-seeds.yaml", "homework",
+                                  params={"seed": {"choice": seeds}})
+    base = dict(data=REPEATS_DATA, search="grid", scheduler="fifo", max_epochs=REPEATS_EPOCHS,
+                image_size=32, storage_path=str(storage), num_cpus=SLOTS, verbose=0)
+    init_ray(RunOptions(**base))
+    try:
+        start = _now()
+        separate = run_study(RunOptions(**base, space=str(separate_space), name="separate"))
+        separate_wall = _now() - start
+        start = _now()
+        stacked = run_study(RunOptions(**base, space="homework", repeats=len(seeds),
+                                       name="stacked"))
+        stacked_wall = _now() - start
+    finally:
+        ray.shutdown()
+
+    def own_seconds(trials: list[list[dict[str, Any]]]) -> float:
+        return sum(float(r.get("time_this_iter_s", 0.0)) for t in trials for r in t)
+
+    sep, stk = _read_results(separate.path), _read_results(stacked.path)
+    return {"data": REPEATS_DATA, "epochs": REPEATS_EPOCHS, "seeds": seeds,
+            "separate_trials": len(sep), "stacked_trials": len(stk),
+            "separate_epochs": sum(len(t) for t in sep),
+            "stacked_epochs": sum(len(t) for t in stk),
+            "separate_s": own_seconds(sep), "stacked_s": own_seconds(stk),
+            "separate_wall_s": separate_wall, "stacked_wall_s": stacked_wall,
+            "errors": separate.num_errors + stacked.num_errors,
+            "storage": str(storage), "separate_experiment": str(separate.path)}
+
+
+# --- report: `study report` on the 48-trial experiment ------------------------------------
+
+
+def time_report(experiment: Path, out_dir: Path, reps: int) -> dict[str, Any]:
+    """Run `python -m study report EXPERIMENT --out FRESH` `reps` times, each a new process
+    writing a new folder (nothing cached), timed from start to exit; its CPU seconds (the
+    process and its figure workers) from the kernel's accounting of waited-for children."""
+    import resource
+
+    walls, cpus = [], []
+    for i in range(reps):
+        out = out_dir / f"report-{i}"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = _now()
+        done = subprocess.run([sys.executable, "-m", "study", "report", str(experiment),
+                               "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+        walls.append(_now() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        if done.returncode != 0:
+            raise RuntimeError(f"study report failed (exit {done.returncode}):\n"
+                               f"{done.stderr[-3000:]}")
+        figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+        shutil.rmtree(out, ignore_errors=True)
+    return {"reps": reps, "wall_s": walls, "cpu_s": cpus, "figures": figures,
+            "median_wall_s": statistics.median(walls), "median_cpu_s": statistics.median(cpus),
+            "loadavg": list(os.getloadavg())}
+
+
+# --- GPU: the epoch at four batch sizes, a 16-trial study, the homework grid ---------------
+
+
+def phase_gpu_epoch(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds per epoch of the lab's loop and of ours (the step captured as a CUDA graph) at
+    256x256 on the GPU, for each batch size of the homework; interleaved, medians."""
+    import torch
+
+    from study.data import load_data
+    from study.train import to_device
+
+    device = torch.device("cuda")
+    data = load_data(str(_data_256(Path(args.out))))
+    dev = to_device(data, device)
+    reps = 3 if args.quick else 5
+    out: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "reps": reps,
+                           "train_images": len(data.train), "image_size": data.image_size}
+    for batch in GPU_BATCHES:
+        out[f"bs{batch}"] = _gpu_epochs(data, dev, batch, reps)
+    return out
+
+
+def _gpu_epochs(data: Any, dev: Any, batch: int, reps: int) -> dict[str, Any]:
+    """The lab's loop and ours at one batch size: warm-up, then `reps` interleaved epochs."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    import homework_loop as hw
+
+    from study.config import TrialConfig
+    from study.losses import get_loss
+    from study.train import epoch_steps, new_state, train_one_epoch
+
+    device = dev.train.images.device
+    cfg = TrialConfig(batch_size=batch)  # the lab's model, loss and optimizer settings
+    loss = get_loss(cfg.loss)
+    state = new_state(cfg, dev)
+    steps = epoch_steps(state, loss, dev.train, batch)
+
+    def ours() -> None:
+        r = train_one_epoch(state.model, loss, state.optimizer, dev.train, batch,
+                            state.generators, steps=steps)
+        r["loss"].cpu()  # the epoch's one sync
+
+    model = _lab_model(cfg, data.image_size, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)  # the lab's: PyTorch defaults
+    loader = hw.make_loader(data.train.images, data.train.labels, batch)
+    criterion = loss.criterion()
+
+    def lab() -> None:
+        hw.train_epoch(model, loader, criterion, optimizer, device, cfg.loss)
+
+    def timed(fn: Any) -> float:
+        torch.cuda.synchronize()
+        start = _now()
+        fn()
+        torch.cuda.synchronize()
+        return _now() - start
+
+    timed(lab), timed(ours)  # warm-up: kernels, allocator, cuBLAS workspaces
+    times: dict[str, list[float]] = {"lab": [], "ours": []}
+    for _ in range(reps):
+        times["lab"].append(timed(lab))
+        times["ours"].append(timed(ours))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"seconds": times, "lab_s_per_epoch": med["lab"], "ours_s_per_epoch": med["ours"],
+            "captured": steps is not None, "speedup": med["lab"] / med["ours"]}
+
+
+def phase_gpu_grid(args: argparse.Namespace) -> dict[str, Any]:
+    """`study run --space homework --search grid --repeats 3 --gpus-per-trial 0.125
+    --cpus-per-trial 1` on 1000 + 1000 synthetic 256x256 training images, timed as a user
+    waits for it (Ray's start and stop included)."""
+    from study.engine import run_study
+    from study.options import RunOptions
+
+    storage = Path(tempfile.mkdtemp(prefix="gpu-grid-", dir=args.out))
+    start = _now()
+    run = run_study(RunOptions(space="homework", data=str(_data_256(Path(args.out))),
+                               search="grid", scheduler="fifo", repeats=3, gpus_per_trial=0.125,
+                               cpus_per_trial=1, storage_path=str(storage), name="grid",
+                               checkpoint_every=0, verbose=0))
+    wall = _now() - start
+    trials = _read_results(run.path)
+    shutil.rmtree(storage, ignore_errors=True)
+    return {"wall_s": wall, "trials": len(trials), "errors": run.num_errors,
+            "devices": sorted({t[-1].get("device", "?") for t in trials}),
+            "epochs": sum(len(t) for t in trials),
+            "trainable_s": sum(float(r.get("time_this_iter_s", 0.0)) for t in trials
+                               for r in t)}
+
+
 # --- orchestration ------------------------------------------------------------------------
 
 
@@ -633,11 +847,12 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = RESULTS / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
-    only = set(args.only.split(",")) if args.only else set(PHASES)
-    unknown = only - set(PHASES)
+    phases = GPU_PHASES if args.gpu else PHASES
+    only = set(args.only.split(",")) if args.only else set(phases)
+    unknown = only - set(phases)
     if unknown:
-        raise SystemExit(f"--only: unknown phase {sorted(unknown)[0]!r}; known: "
-                         f"{', '.join(PHASES)}")
+        raise SystemExit(f"--only: unknown phase {sorted(unknown)[0]!r}; known"
+                         f"{' with --gpu' if args.gpu else ''}: {', '.join(phases)}")
     quick = ["--quick"] if args.quick else []
     seeds = ["--seeds", str(args.seeds or (3 if args.quick else 5))]
     report: dict[str, Any] = {
@@ -646,7 +861,9 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python bench/run.py " + " ".join(sys.argv[1:]),
     }
     keys: dict[str, Any] = dict.fromkeys(TARGETS)
-    keys["gpu_note"] = "no GPU machine was lent to this run; GPU keys are null"
+    keys["memory_ratio_4_trials"] = None
+    keys["gpu_note"] = ("GPU keys come from `python bench/run.py --gpu`" if not args.gpu
+                        else None)
     details: dict[str, Any] = {}
     started = _now()
 
@@ -711,6 +928,23 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         keys["memory_ratio_4_trials"] = four["peak_pss_mib"] / one["peak_pss_mib"]
         keys["memory_ratio_4_trials_rss"] = four["peak_rss_mib"] / one["peak_rss_mib"]
 
+    if "repeats" in only or "report" in only:
+        _log("repeats: homework grid x 3 seeds, 32x32, 3 epochs: 48 trials, then 16 stacked")
+        r = _run_child("repeats", out_dir)
+        details["repeats"] = r
+        keys["repeats_speedup_cpu"] = _ratio(r["separate_s"], r["stacked_s"])
+        if "report" in only:
+            _log("report: `study report` on the 48-trial experiment")
+            t = time_report(Path(r["separate_experiment"]), out_dir, 3 if args.quick else 5)
+            t["trials"] = r["separate_trials"]
+            details["report"] = t
+            keys["report_seconds"] = t["median_wall_s"]
+            keys["report_cpu_seconds"] = t["median_cpu_s"]
+        shutil.rmtree(r["storage"], ignore_errors=True)
+
+    if args.gpu:
+        run_gpu(args, only, out_dir, keys, details)
+
     report["total_s"] = _now() - started
     report["machine"]["loadavg_end"] = list(os.getloadavg())
     report.update(keys)
@@ -723,6 +957,48 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         Path(args.json).write_text(json.dumps(report, indent=2))
     print(text)
     return report
+
+
+def run_gpu(args: argparse.Namespace, only: set[str], out_dir: Path, keys: dict[str, Any],
+            details: dict[str, Any]) -> None:
+    """The GPU phases, each a child process with a time limit so that the whole stays within
+    5 minutes on one GPU; a phase that runs out of time leaves its key null."""
+    import torch
+
+    if not torch.cuda.is_available():
+        keys["gpu_note"] = "--gpu: no CUDA device visible to PyTorch; GPU keys are null"
+        _log(keys["gpu_note"])
+        return
+    if "gpu_epoch" in only:
+        _log("gpu_epoch: the lab's loop vs ours (captured step), 256x256, batch 2/16/32/128")
+        _data_256(out_dir)
+        e = _run_child("gpu_epoch", out_dir, ["--quick"] if args.quick else [], timeout=120)
+        details["gpu_epoch"] = e
+        for batch in GPU_BATCHES:
+            if f"bs{batch}" in e:
+                keys[f"epoch_speedup_gpu_bs{batch}"] = e[f"bs{batch}"]["speedup"]
+    if "gpu_study" in only:
+        _log("gpu_study: bench/gpu_check.py, 16 trials x 10 epochs at 0.125 GPU, batch 32")
+        result = out_dir / "gpu_check.json"
+        start = _now()
+        done = subprocess.run(
+            [sys.executable, str(BENCH / "gpu_check.py"), "--epochs", "10", "--batch-size", "32",
+             "--n", "1000", "--cpus-per-trial", "1", "--storage-path",
+             str(out_dir / "gpu-check"), "--json", str(result)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        g = json.loads(result.read_text())["summary"] if result.exists() else {}
+        details["gpu_study"] = {**g, "exit": done.returncode, "child_wall_s": _now() - start,
+                                "stderr_tail": done.stderr[-2000:]}
+        shutil.rmtree(out_dir / "gpu-check", ignore_errors=True)
+        if g and done.returncode == 0:
+            keys["gpu_study_wall_s"] = g["wall_s"]
+    if "gpu_grid" in only:
+        _log("gpu_grid: homework grid x 3 seeds (stacked), 256x256, 0.125 GPU a trial")
+        _data_256(out_dir)
+        g = _run_child("gpu_grid", out_dir, timeout=150)
+        details["gpu_grid"] = g
+        if not g.get("stopped"):
+            keys["gpu_grid_wall_s"] = g["wall_s"]
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -759,8 +1035,6 @@ def markdown(report: dict[str, Any]) -> str:
         rows.append(("epoch_speedup_cpu", f"homework loop {e['homework_s_per_epoch']:.2f} s / "
                      f"ours {e['ours_s_per_epoch']:.2f} s per epoch (256x256, 1,600 images, "
                      f"batch 32, {e['threads']} thread(s))"))
-    rows.append(("epoch_speedup_gpu_bs32", "no GPU"))
-    rows.append(("epoch_speedup_gpu_bs128", "no GPU"))
     if "fraction" in d:
         f = d["fraction"]
         s = f["summary"]
@@ -779,7 +1053,48 @@ def markdown(report: dict[str, Any]) -> str:
         m = d["memory"]
         rows.append(("memory_ratio_4_trials", f"peak PSS {m['4']['peak_pss_mib']:.0f} MiB / "
                      f"{m['1']['peak_pss_mib']:.0f} MiB (summed RSS ratio "
-                     f"{report['memory_ratio_4_trials_rss']:.2f})"))
+                     f"{report['memory_ratio_4_trials_rss']:.2f}); a figure, not a target"))
+    if "repeats" in d:
+        r = d["repeats"]
+        rows.append(("repeats_speedup_cpu", f"trials' own seconds (Ray's time_this_iter_s "
+                     f"summed) of the homework grid x 3 seeds, 32x32, {r['epochs']} epochs: "
+                     f"{r['separate_trials']} separate trials {r['separate_s']:.1f} s / "
+                     f"{r['stacked_trials']} stacked trials {r['stacked_s']:.1f} s (study wall "
+                     f"{r['separate_wall_s']:.1f} s / {r['stacked_wall_s']:.1f} s)"))
+    if "report" in d:
+        t = d["report"]
+        rows.append(("report_seconds", f"`study report` on the {t['trials']}-trial experiment, "
+                     f"a fresh process and --out folder, median of {t['reps']} "
+                     f"({', '.join(f'{w:.1f}' for w in t['wall_s'])} s; CPU "
+                     f"{t['median_cpu_s']:.1f} s with its workers; {len(t['figures'])} figures)"))
+    gpu = report.get("gpu_note")
+    if "gpu_epoch" in d:
+        e = d["gpu_epoch"]
+        for batch in GPU_BATCHES:
+            b = e.get(f"bs{batch}")
+            if b:
+                rows.append((f"epoch_speedup_gpu_bs{batch}",
+                             f"lab loop {b['lab_s_per_epoch']:.4f} s / ours "
+                             f"{b['ours_s_per_epoch']:.4f} s per epoch ({e['image_size']}x"
+                             f"{e['image_size']}, {e['train_images']:,} images, batch {batch}, "
+                             f"{'captured step' if b['captured'] else 'eager: capture failed'}"
+                             f"; {e['device']})"))
+    if "gpu_study" in d:
+        g = d["gpu_study"]
+        if g.get("wall_s") is not None:
+            rows.append(("gpu_study_wall_s", f"bench/gpu_check.py: {g.get('trials')} trials x 10 "
+                         f"epochs at 0.125 GPU, batch 32, 64x64; trials' window "
+                         f"{g.get('trials_window_s', math.nan):.1f} s, summed training "
+                         f"{g.get('sum_train_s', math.nan):.1f} s, setup "
+                         f"{g.get('sum_setup_s', math.nan):.1f} s"))
+    if "gpu_grid" in d:
+        g = d["gpu_grid"]
+        rows.append(("gpu_grid_wall_s", "homework grid x 3 seeds stacked, 256x256, 0.125 GPU a "
+                     "trial, Ray start and stop included"
+                     + (f"; {g['trials']} trials on {', '.join(g['devices'])}"
+                        if "trials" in g else "; stopped at its time limit")))
+    if not any(k.startswith("gpu") for k in d):
+        rows += [(key, gpu or "not measured") for key in GPU_KEYS]
     lines = ["| key | value | target | met | what |", "| --- | ---: | --- | --- | --- |"]
     for key, what in rows:
         target = TARGETS.get(key)
@@ -792,15 +1107,16 @@ def markdown(report: dict[str, Any]) -> str:
                  f"torch {report['versions']['torch']}, ray {report['versions']['ray']}, "
                  f"optuna {report['versions']['optuna']}; load average at start "
                  f"{m['loadavg'][0]:.1f}, at end {m['loadavg_end'][0]:.1f}; "
-                 f"{report['total_s'] / 60:.1f} min; `{report['command']}`. "
-                 "No GPU: GPU keys are null.")
+                 f"{report['total_s'] / 60:.1f} min; `{report['command']}`."
+                 + (f" {gpu}." if gpu else ""))
     return "\n".join(lines) + "\n"
 
 
 PHASE_FUNCS = {"epoch": phase_epoch, "overhead_ours": phase_overhead_ours,
                "overhead_naive": phase_overhead_naive, "optuna_ours": phase_optuna_ours,
                "optuna_plain": phase_optuna_plain, "fraction": phase_fraction,
-               "memory_study": phase_memory_study}
+               "memory_study": phase_memory_study, "repeats": phase_repeats,
+               "gpu_epoch": phase_gpu_epoch, "gpu_grid": phase_gpu_grid}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -808,6 +1124,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repetitions and seeds (< 15 min)")
     p.add_argument("--json", metavar="FILE", help="also write the results to FILE")
+    p.add_argument("--gpu", action="store_true",
+                   help=f"the GPU keys only ({', '.join(GPU_PHASES)}; < 5 minutes on one GPU)")
     p.add_argument("--only", help=f"comma-separated phases of {', '.join(PHASES)}")
     p.add_argument("--seeds", type=int, help="search seeds for the epoch fraction (3 quick, 5)")
     # Internal: one phase in a child process.

@@ -12,6 +12,7 @@ from typing import Any
 
 from study.errors import StudyError
 from study.options import RunOptions
+from study.seed_rule import AUTO, Rule
 from study.space import (
     SearchSpace,
     grid_size,
@@ -138,6 +139,8 @@ def build_search(opts: RunOptions, space: SearchSpace, slots: int
     from ray import tune
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater
 
+    if opts.repeats == AUTO:
+        return seeds_on_demand(opts, space), {}, -1  # the searcher says when it is done
     if opts.search == "optuna":
         searcher = optuna_searcher(space, opts)
         if opts.repeats > 1:
@@ -156,8 +159,21 @@ def build_search(opts: RunOptions, space: SearchSpace, slots: int
     return generator, param_space, opts.num_samples
 
 
+def seeds_on_demand(opts: RunOptions, space: SearchSpace) -> Any:
+    """The searcher of `--repeats auto`: every configuration of the grid, with seeds added
+    until its CI half-width is at most `--target-ci` or it has `--max-repeats` seeds."""
+    from study.adaptive import SeedsUntilNarrow, grid_configs
+
+    assert opts.target_ci is not None  # check_options refuses auto without it
+    return SeedsUntilNarrow(grid_configs(grid_space(space)),
+                            Rule(opts.target_ci, opts.max_repeats), first_seed=opts.seed,
+                            stacked=True, metric=space.metric, mode=space.mode)
+
+
 def expected_trials(opts: RunOptions, space: SearchSpace) -> int:
-    """Number of trials a study of resolved options runs."""
+    """Number of trials a study of resolved options runs (`--repeats auto`: at least)."""
+    if opts.repeats == AUTO:
+        return grid_size(space)  # each configuration's first seeds train as one trial
     if opts.search == "grid":
         return grid_size(space) * opts.num_samples * opts.repeats
     return opts.num_samples * opts.repeats

@@ -15,6 +15,15 @@ from collections.abc import Sequence
 
 from study.errors import StudyError
 from study.options import SCHEDULERS, SEARCHES
+from study.seed_rule import DEFAULT_MAX_REPEATS, parse_repeats
+
+
+def _repeats(text: str) -> int | str:
+    """argparse's view of `parse_repeats`: bad input is a usage error (one line, status 2)."""
+    try:
+        return parse_repeats(text)
+    except StudyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +47,16 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
                    help="configurations to try (default 20; grid: passes over the grid, 1)")
     p.add_argument("--max-epochs", type=int, help="override the space's epochs")
     p.add_argument("--image-size", type=int, help="override the space's image size")
-    p.add_argument("--repeats", type=int,
-                   help="train every configuration with this many seeds (default 1)")
+    p.add_argument("--repeats", type=_repeats,
+                   help="train every configuration with this many seeds (default 1), or "
+                   "'auto': on a grid, add seeds to each configuration until its 95 %% CI "
+                   "half-width is at most --target-ci points or it has --max-repeats seeds")
+    p.add_argument("--target-ci", type=float,
+                   help="--repeats auto: the CI half-width, in points of test accuracy, at "
+                   "which a configuration has seeds enough")
+    p.add_argument("--max-repeats", type=int,
+                   help=f"--repeats auto: seeds per configuration at most "
+                   f"(default {DEFAULT_MAX_REPEATS})")
     p.add_argument("--cpus-per-trial", type=float, help="default 1")
     p.add_argument("--gpus-per-trial", type=float,
                    help="GPUs per trial, fractions allowed (0.25 packs 4 trials on a GPU; "

@@ -11,6 +11,7 @@ from typing import Any
 from study.cluster import is_local_path
 from study.errors import StudyError
 from study.options import RunOptions
+from study.seed_rule import AUTO, SEEDS_ON_DEMAND, Rule, record
 
 META_FILE = "study.json"  # the study's own record beside Ray's files; read by analysis/
 STATE_GLOB = "experiment_state-*.json"  # Ray's experiment state, one per driver session
@@ -71,6 +72,8 @@ def study_record(opts: RunOptions, space: Any, data: Any, epochs: int, expected:
         "data_image_size": data.image_size,
         "data_sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "ray_version": ray_version,
+        **({SEEDS_ON_DEMAND: record(Rule(opts.target_ci, opts.max_repeats))}
+           if opts.repeats == AUTO and opts.target_ci is not None else {}),
     }
 
 

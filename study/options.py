@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
 from study.errors import StudyError
+from study.seed_rule import AUTO, DEFAULT_MAX_REPEATS, Rule
 
 SEARCHES = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
@@ -32,7 +33,9 @@ class RunOptions:
     num_samples: int | None = None  # 20 for optuna/random, 1 pass for grid
     max_epochs: int | None = None  # overrides the space's epochs
     image_size: int | None = None  # overrides the space's image size
-    repeats: int = 1  # seeds each configuration trains with
+    repeats: int | str = 1  # seeds each configuration trains with; "auto": seeds on demand
+    target_ci: float | None = None  # --repeats auto: an arm is done at this CI half-width
+    max_repeats: int = DEFAULT_MAX_REPEATS  # --repeats auto: seeds per configuration at most
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractions pack several trials on one GPU
     max_concurrent: int | None = None  # None: as many as the cluster holds
@@ -55,7 +58,8 @@ def default_name() -> str:
 
 def resolved(opts: RunOptions) -> RunOptions:
     """Return `opts` with every default decided: search, scheduler, sample count and name."""
-    search = opts.search or ("random" if opts.scheduler == "pbt" else "optuna")
+    search = opts.search or ("grid" if opts.repeats == AUTO
+                             else "random" if opts.scheduler == "pbt" else "optuna")
     # Grid arms and repeats must all train to the end to be compared.
     scheduler = opts.scheduler or ("fifo" if search == "grid" else "asha")
     num_samples = opts.num_samples
@@ -92,8 +96,8 @@ def check_options(opts: RunOptions) -> None:
             f"--scheduler pbt cannot be combined with --search {opts.search}: PBT evolves a "
             "randomly sampled population itself; use --search random (the default under PBT)"
         )
+    _check_repeats(opts)
     for flag, value, low in (("--num-samples", opts.num_samples, 1),
-                             ("--repeats", opts.repeats, 1),
                              ("--max-epochs", opts.max_epochs, 1),
                              ("--image-size", opts.image_size, 1),
                              ("--max-concurrent", opts.max_concurrent, 1),
@@ -114,3 +118,28 @@ def check_options(opts: RunOptions) -> None:
                          f"got {opts.name!r}")
     if opts.resume and not opts.name:
         raise StudyError("--resume needs --name: the experiment to continue")
+
+
+def _check_repeats(opts: RunOptions) -> None:
+    """`--repeats N` (N >= 1), or `--repeats auto` with its target on a grid that trains every
+    seed to the end."""
+    if opts.repeats != AUTO:
+        if not isinstance(opts.repeats, int) or opts.repeats < 1:
+            raise StudyError(f"--repeats must be >= 1 or 'auto', got {opts.repeats!r}")
+        if opts.target_ci is not None:
+            raise StudyError(f"--target-ci {opts.target_ci:g} needs --repeats auto (it says "
+                             "when to stop adding seeds)")
+        return
+    if opts.target_ci is None:
+        raise StudyError("--repeats auto needs --target-ci W: the 95 % CI half-width, in "
+                         "points, at which a configuration has seeds enough")
+    Rule(opts.target_ci, opts.max_repeats)  # refuses a target <= 0 and a cap below 2
+    if opts.search not in (None, "grid"):
+        raise StudyError(f"--repeats auto works with --search grid (it adds seeds to a grid's "
+                         f"configurations), got --search {opts.search}")
+    if opts.scheduler not in (None, "fifo"):
+        raise StudyError(f"--repeats auto needs every seed trained to the end (--scheduler "
+                         f"fifo, the grid's default), got --scheduler {opts.scheduler}")
+    if opts.num_samples not in (None, 1):
+        raise StudyError(f"--repeats auto runs the grid once, adding seeds; --num-samples "
+                         f"must be 1, got {opts.num_samples}")

@@ -260,3 +260,8 @@ def tell_optuna(search: Any, trial_id: str, state: Any) -> None:
     """Tell Optuna how `trial_id` ended (`state`, an optuna TrialState), through OptunaSearch."""
     _attr(search, _OT_STUDY).tell(_attr(search, _OT_TRIALS)[trial_id], state=state)
     _attr(search, _COMPLETED).add(trial_id)
+
+
+def optuna_trial(search: Any, trial_id: str) -> Any:
+    """The live Optuna trial Ray's OptunaSearch asked for `trial_id` (None if it has none)."""
+    return _attr(search, _OT_TRIALS).get(trial_id)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
+from typing import Any
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from study.ray_compat import optuna_trial_open, tell_optuna
+from study.ray_compat import optuna_trial, optuna_trial_open, tell_optuna
 from study.space import PARAM_NAMES
 
 
@@ -20,7 +23,19 @@ class StudyOptunaSearch(OptunaSearch):
     which is what the scheduler's decision means. A non-finite metric, or a diverged trial
     (whose NaN outputs still score a finite accuracy), is told as FAIL.
     Under `Repeater`, Optuna is told the mean over repeats and this check does not apply.
+
+    With `storage_file`, the Optuna study lives in that SQLite file as the search goes
+    (`optuna-dashboard sqlite:///<file>` shows it live) under `study_name`; a searcher built on
+    a file that already holds the study continues it, every earlier trial seen by TPE.
+    Each Optuna trial carries the Ray trial id as its user attribute `trial_id`.
     """
+
+    def __init__(self, *args: Any, storage_file: str | Path | None = None,
+                 study_name: str | None = None, **kwargs: Any) -> None:
+        if storage_file is not None:
+            kwargs["storage"] = optuna.storages.RDBStorage(storage_url(storage_file))
+            kwargs["study_name"] = study_name or Path(storage_file).resolve().parent.name
+        super().__init__(*args, **kwargs)
 
     def suggest(self, trial_id: str) -> dict | str | None:
         """Return the trial's config: config keys only, without Optuna's helper parameters.
@@ -30,6 +45,9 @@ class StudyOptunaSearch(OptunaSearch):
         of width lists as `width_index`, which are not TrialConfig fields.
         """
         config = super().suggest(trial_id)
+        ot_trial = optuna_trial(self, trial_id)
+        if ot_trial is not None and "trial_id" not in ot_trial.user_attrs:
+            ot_trial.set_user_attr("trial_id", trial_id)
         if isinstance(config, dict):
             config = {k: v for k, v in config.items() if k in PARAM_NAMES or k.startswith("__")}
         return config
@@ -51,3 +69,18 @@ class StudyOptunaSearch(OptunaSearch):
             tell_optuna(self, trial_id, states.PRUNED if stopped_early else states.FAIL)
             return
         super().on_trial_complete(trial_id, result=result or None, error=error)
+
+
+def storage_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of an SQLite file, as Optuna and optuna-dashboard take it."""
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def tpe_sampler(seed: int, n_startup_trials: int) -> optuna.samplers.TPESampler:
+    """TPE as studies use it: multivariate and grouped, with the constant liar for parallel
+    trials. Optuna marks those options experimental and warns on every run; they are chosen
+    on purpose here, so that warning is not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials,
+                                          multivariate=True, group=True, constant_liar=True)

@@ -79,3 +79,23 @@ class Rule:
                            + ")")
         width = f"half-width {hw:.2f}" if math.isfinite(hw) else "fewer than 2 usable seeds"
         return True, f"adding a seed: {width} > target {self.target_ci:g}"
+
+
+AUTO = "auto"  # `--repeats auto`: seeds on demand
+SEEDS_ON_DEMAND = "seeds_on_demand"  # study.json key: the rule, for the report to restate
+
+
+def parse_repeats(text: str) -> int | str:
+    """`--repeats`: a number of seeds, or `auto` (seeds on demand, with `--target-ci`)."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise StudyError(f"--repeats must be a whole number or 'auto', got {text!r}") from None
+
+
+def record(rule: Rule, metric: str = CI_METRIC) -> dict[str, object]:
+    """The rule as study.json keeps it (key `seeds_on_demand`), for the report to restate."""
+    return {"target_ci": rule.target_ci, "max_repeats": rule.max_repeats,
+            "first_seeds": rule.first_seeds, "metric": metric}

@@ -9,6 +9,7 @@ best validation loss, and test metrics are computed for those weights.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from study.config import TrialConfig
+from study.cuda_graph import CapturedSteps, capture_steps, set_lr
 from study.data import Dataset, Split, at_size
 from study.errors import StudyError
 from study.losses import Loss, get_loss
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 EVAL_BATCH = 2048  # evaluation needs no gradients, so large batches are cheap ...
 EVAL_PIXELS = 2**22  # ... up to 16 MiB of float32 pixels: at 256x256 a 2048-image batch
 #                      would be a 512 MiB temporary in every concurrent trial
+EVAL_PIXELS_CUDA = 2**26  # on a GPU, 256 MiB: 1,024 images at 256x256, so a validation or
+#                           test split is one or two launches of the model, not dozens
 # Fused Adam/SGD kernels exist for the CPU from PyTorch 2.4 on.
 _FUSED_CPU = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4)
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auroc")
@@ -186,16 +190,28 @@ def train_one_epoch(
     split: DeviceSplit,
     batch_size: int,
     generators: list[torch.Generator],
+    steps: CapturedSteps | None = None,
 ) -> dict[str, torch.Tensor]:
     """Train one pass over `split`, each seed in its own seeded random order; return each
-    seed's mean loss and accuracy, (K,) tensors."""
+    seed's mean loss and accuracy, (K,) tensors.
+
+    With `steps` (`epoch_steps`: the step captured as a CUDA graph), the epoch's full batches
+    replay it; the partial last batch, if any, runs eagerly after them. Either way the same
+    operations in the same order.
+    """
     model.train()
     n = len(split)
     order = epoch_order(generators, n, split.images.device)
     stop = last_batch_stop(model, n, batch_size)
     total = torch.zeros(len(generators), device=split.images.device)
     probs, seen = [], []
-    for start in range(0, stop, batch_size):
+    first = 0
+    if steps is not None:
+        first = steps.run(order, stop)
+        total = steps.total.clone()
+        probs.append(steps.probs[:, :first])
+        seen.append(steps.labels[:, :first])
+    for start in range(first, stop, batch_size):
         idx = order[:, start : min(start + batch_size, stop)]
         losses, prob, labels = train_step(model, loss, optimizer, split, idx)
         total += losses * idx.shape[1]
@@ -203,6 +219,21 @@ def train_one_epoch(
         seen.append(labels)
     metrics = seed_classification_metrics(torch.cat(probs, 1), torch.cat(seen, 1))
     return {"loss": total / stop, "accuracy": metrics["accuracy"]}
+
+
+def epoch_steps(state: TrainState, loss: Loss, split: DeviceSplit,
+                batch_size: int) -> CapturedSteps | None:
+    """`state`'s training step on `split` captured as a CUDA graph for `train_one_epoch`;
+    None (with one log line saying why) where it trains eagerly: on the CPU, or when the
+    capture fails. The model and optimizer are left as they were."""
+    n = len(split)
+    # Warm-up and capture index rows in order: the seeds' generators must not advance.
+    order = torch.arange(n, device=split.images.device).expand(len(state.generators), n)
+    state.model.train()  # the captured step is a training step (dropout, batch statistics)
+    step = functools.partial(train_step, state.model, loss, state.optimizer, split)
+    return capture_steps(step, state.model, state.optimizer, order,
+                         last_batch_stop(state.model, n, batch_size), batch_size,
+                         split.labels.dtype)
 
 
 @torch.no_grad()
@@ -217,7 +248,8 @@ def evaluate(model: nn.Module, loss: Loss, split: DeviceSplit) -> dict[str, torc
     seeds = model.seeds if stacked else 1
     total = torch.zeros(seeds, device=split.images.device)
     probs = []
-    rows = max(1, min(EVAL_BATCH, EVAL_PIXELS // max(1, split.images.shape[1])))
+    pixels = EVAL_PIXELS_CUDA if split.images.is_cuda else EVAL_PIXELS
+    rows = max(1, min(EVAL_BATCH, pixels // max(1, split.images.shape[1])))
     for start in range(0, len(split), rows):
         images = split.images[start : start + rows]
         labels = split.labels[start : start + rows]
@@ -359,6 +391,7 @@ def fit(
     data: DeviceData,
     on_epoch: EpochCallback | None = None,
     state: TrainState | None = None,
+    cuda_graph: bool = True,
 ) -> TrainState:
     """Train `config`'s seeds, stacked, on `data` from `state` (or from scratch) to
     `config.epochs`.
@@ -373,11 +406,15 @@ def fit(
     state = state or new_state(config, data)
     loss = get_loss(config.loss)
     seeds = config.seeds
+    # On CUDA the step is captured once here and replayed every epoch (`cuda_graph=False`:
+    # eager, as on the CPU); the learning rate is set in place, so no epoch recaptures.
+    steps = (epoch_steps(state, loss, data.train, config.batch_size)
+             if cuda_graph and state.epoch < config.epochs else None)
     while state.epoch < config.epochs:
-        for group in state.optimizer.param_groups:
-            group["lr"] = lr_at(config, state.epoch)
+        set_lr(state.optimizer, lr_at(config, state.epoch))
         train = train_one_epoch(
-            state.model, loss, state.optimizer, data.train, config.batch_size, state.generators
+            state.model, loss, state.optimizer, data.train, config.batch_size, state.generators,
+            steps,
         )
         val = evaluate(state.model, loss, data.val)
         values = torch.stack(

@@ -3,6 +3,10 @@
 Data arrives through `tune.with_parameters` (Ray's object store, once per node, zero-copy).
 With actor reuse, one worker process runs many trials; the device copy of the data (on the GPU
 where there is one) is kept in `_RESIDENT` so later trials of that actor skip the copy.
+
+PyTorch is imported where a trial runs, not at import: the driver imports this module only to
+hand `train_trial` to Ray, and on a small machine importing torch there (a second or two of
+CPU) delays the study's start.
 """
 
 from __future__ import annotations
@@ -10,13 +14,15 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from study.config import TrialConfig
 from study.data import Dataset
-from study.train import DeviceData, TrainState, fit, new_state, to_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from study.train import DeviceData, TrainState
 
 STATE_FILE = "state.pt"
 
@@ -28,6 +34,8 @@ _RESIDENT: dict[tuple[str, int | None, str], DeviceData] = {}
 def resident_data(data: Dataset, data_key: str, image_size: int | None,
                   device: torch.device) -> DeviceData:
     """Return the data on `device` at `image_size`, copying it there once per process."""
+    from study.train import to_device
+
     key = (data_key, image_size, str(device))
     if key not in _RESIDENT:
         for old in [k for k in _RESIDENT if k[0] != data_key]:
@@ -44,6 +52,8 @@ def trial_device(gpu_ids: list[Any]) -> torch.device:
     CUDA_VISIBLE_DEVICES alone for a trial with no GPU, so such a trial on a GPU node would see
     every GPU: it trains on the CPU instead of using a GPU that Ray did not give it.
     """
+    import torch
+
     if gpu_ids and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
@@ -65,6 +75,8 @@ def trial_config(config: dict[str, Any]) -> TrialConfig:
 
 def load_state(state: TrainState, checkpoint: Any, device: torch.device) -> None:
     """Continue `state` from a Ray checkpoint written by `train_trial`."""
+    import torch
+
     with checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
     state.load_state_dict(saved)
@@ -81,7 +93,10 @@ def train_trial(
     seed-means, `seeds` and `seed_metrics`); checkpoint (every seed) every few epochs and at
     the end."""
     import ray
+    import torch
     from ray import tune
+
+    from study.train import fit, new_state
 
     torch.set_num_threads(max(1, threads))
     cfg = trial_config(config)

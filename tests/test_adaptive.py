@@ -193,3 +193,77 @@ def test_searcher_in_a_ray_tune_run_stops_by_its_rule(ray_cluster: None, tmp_pat
     assert {a["config"]["arm"]: len(a["values"]) for a in state["arms"]} == {
         arm: len(v) for arm, v in seen.items()}
     assert np.isclose(state["rule"]["target_ci"], 2.0)
+
+
+def test_parse_repeats_and_the_rule_record() -> None:
+    from study.seed_rule import parse_repeats, record
+
+    assert parse_repeats("3") == 3 and parse_repeats("auto") == "auto"
+    assert parse_repeats(" AUTO ") == "auto"
+    with pytest.raises(StudyError, match="--repeats must be a whole number or 'auto', got 'x'"):
+        parse_repeats("x")
+    assert record(Rule(1.5, 8)) == {"target_ci": 1.5, "max_repeats": 8, "first_seeds": 3,
+                                    "metric": "test_accuracy"}
+
+
+AUTO_SPACE = """\
+metric: val_accuracy
+mode: max
+params:
+  loss: {choice: [bce, ce]}
+  batch_size: {choice: [16, 128]}
+fixed:
+  width: 16
+  dropout: 0.2
+  lr: 3.0e-3
+  epochs: 4
+"""
+
+
+@pytest.mark.slow
+def test_study_run_repeats_auto_stops_every_configuration_by_its_rule(tmp_path: Path) -> None:
+    """`study run --repeats auto` on tiny synthetic data, in a subprocess (its own Ray)."""
+    import subprocess
+    import sys
+
+    from analysis.results import collect_runs
+
+    space = tmp_path / "space.yaml"
+    space.write_text(AUTO_SPACE)
+    target, cap = 4.0, 6
+    cmd = [sys.executable, "-m", "study", "run", "--space", str(space), "--repeats", "auto",
+           "--target-ci", str(target), "--max-repeats", str(cap), "--seed", "7",
+           "--data", "synthetic:size=16,n=100,n_test=60", "--storage-path",
+           str(tmp_path / "results"), "--name", "auto", "--num-cpus", "2", "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    exp = tmp_path / "results" / "auto"
+    runs = collect_runs(exp)
+    assert set(runs["status"]) == {"completed"} and not runs["duplicate"].any()
+    arms = {}
+    for (loss, batch), group in runs.groupby(["loss", "batch_size"]):
+        arms[loss, batch] = group.sort_values("seed")
+        # seeds 7, 8, ... without gaps; the first three trained together as one trial
+        assert list(group.sort_values("seed")["seed"]) == list(range(7, 7 + len(group)))
+        first = group[group["seed"] == 7].iloc[0]
+        assert (group["trial_id"] == first["trial_id"]).sum() == 3
+    assert len(arms) == 4
+    report = (exp / "summary" / "report.md").read_text()
+    assert "**Stopping rule:** every configuration started with 3 seeds" in report
+    for (loss, batch), group in arms.items():
+        values = list(group["test_accuracy"])
+        hw = half_width(values)
+        # stopped by the rule: narrow enough, or at the cap; and not a seed later than needed
+        assert hw <= target or len(values) == cap, (loss, batch, values)
+        assert len(values) == 3 or half_width(values[:-1]) > target, (loss, batch, values)
+        row = next(line for line in report.splitlines()
+                   if line.startswith(f"| loss={loss}, batch_size={batch} | {len(values)} |"))
+        why = ("stopped at the cap" if hw > target else "stopped: every one" if hw == 0
+               else f"stopped: half-width {hw:.2f} <= target 4")
+        assert why in row, row
+    state = json.loads(max(exp.glob("searcher-state-*.json")).read_text())
+    assert {(a["config"]["loss"], a["config"]["batch_size"]): len(a["values"])
+            for a in state["arms"]} == {k: len(v) for k, v in arms.items()}
+    meta = json.loads((exp / "study.json").read_text())
+    assert meta["seeds_on_demand"] == {"target_ci": target, "max_repeats": cap,
+                                       "first_seeds": 3, "metric": "test_accuracy"}

@@ -177,6 +177,22 @@ def test_rebuilt_study_has_every_trial_state_and_value(tmp_path: Path) -> None:
     assert loaded.user_attrs["metric"] == "val_accuracy"
 
 
+def test_rebuilt_study_numbers_trials_by_creation_index_under_a_searcher() -> None:
+    """Under --search optuna Ray's trial ids are random hex (no `_00012` counter); the creation
+    index is in the trial folder's name, and it orders the rebuilt study."""
+    trials = _trials(batch_sizes=(16,), seeds=1)  # 4 trials
+    hexes = ["f3a9c2d1", "0b12aa34", "c0ffee00", "11aa22bb"]  # created in this order
+    trials["trial_id"] = hexes
+    trials["trial_dir"] = [f"train_trial_{h}_{i + 1}_batch_size=16,depth=3_2026-11-27_23-00-0{i}"
+                           for i, h in enumerate(hexes)]
+    shuffled = trials.iloc[[2, 0, 3, 1]].reset_index(drop=True)  # as read from disk
+    study = build_study(shuffled, _epochs(shuffled), META, "order")
+    assert [t.user_attrs["trial_id"] for t in study.trials] == hexes
+    history = hpo.collect_history(study)
+    assert list(history["trial_id"]) == hexes
+    assert list(history["number"]) == [0, 1, 2, 3]
+
+
 def test_hpo_collectors_and_plots() -> None:
     trials = _trials()
     study = build_study(trials, _epochs(trials), META, "unit")

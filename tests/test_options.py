@@ -39,7 +39,7 @@ def test_resolved_leaves_a_bad_sample_count_for_the_check() -> None:
 @pytest.mark.parametrize(("opts", "message"), [
     (RunOptions(search="tpe"), "--search must be one of optuna, random, grid, got 'tpe'"),
     (RunOptions(scheduler="pbt", search="grid"), "cannot be combined with --search grid"),
-    (RunOptions(repeats=0), "--repeats must be >= 1, got 0"),
+    (RunOptions(repeats=0), "--repeats must be >= 1 or 'auto', got 0"),
     (RunOptions(cpus_per_trial=float("nan")), "--cpus-per-trial must be a number >= 0"),
     (RunOptions(cpus_per_trial=0), "both 0"),
     (RunOptions(name="a/b"), "--name must be a plain folder name"),
@@ -64,3 +64,28 @@ def test_options_load_neither_torch_nor_ray() -> None:
             "print('torch' in sys.modules, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_repeats_auto_is_a_fifo_grid_with_a_target() -> None:
+    opts = resolved(RunOptions(repeats="auto", target_ci=2.0))
+    assert (opts.search, opts.scheduler, opts.num_samples, opts.max_repeats) == (
+        "grid", "fifo", 1, 10)
+    check_options(opts)
+    assert "--repeats auto --target-ci 2.0" in command_line(opts)
+
+
+@pytest.mark.parametrize(("opts", "message"), [
+    (RunOptions(repeats="auto"), "--repeats auto needs --target-ci W"),
+    (RunOptions(repeats="auto", target_ci=-1.0), "--target-ci must be a number > 0, got -1"),
+    (RunOptions(repeats="auto", target_ci=2.0, max_repeats=1), "--max-repeats must be >= 2"),
+    (RunOptions(repeats="auto", target_ci=2.0, search="optuna"),
+     "--repeats auto works with --search grid"),
+    (RunOptions(repeats="auto", target_ci=2.0, scheduler="asha"),
+     "--repeats auto needs every seed trained to the end (--scheduler fifo"),
+    (RunOptions(repeats="auto", target_ci=2.0, num_samples=2), "--num-samples must be 1, got 2"),
+    (RunOptions(repeats=3, target_ci=2.0), "--target-ci 2 needs --repeats auto"),
+    (RunOptions(repeats="sometimes"), "--repeats must be >= 1 or 'auto', got 'sometimes'"),
+])
+def test_repeats_auto_checks(opts: RunOptions, message: str) -> None:
+    with pytest.raises(StudyError, match=message.replace("(", r"\(")):
+        check_options(opts)

@@ -631,3 +631,26 @@ def test_storage_files_are_replaced_whole(tmp_path: Path) -> None:
     (tmp_path / "copy").mkdir()  # as for the local filesystem, copy_files needs the folder
     pafs.copy_files(str(source), str(tmp_path / "copy"), destination_filesystem=fs)
     assert (tmp_path / "copy" / "result.json").read_text() == '{"epoch": 3}\n'
+
+
+# --- random search samples the space as written ----------------------------------------------
+
+
+def test_random_search_draws_an_int_ranges_own_step_grid() -> None:
+    """{int: [1, 5], step: 2} is 1, 3, 5 (Ray's qrandint would draw 2 and 4), and by_depth
+    values follow the drawn depth (a missing one never falls back to another depth's)."""
+    import numpy as np
+    from ray.tune.search.variant_generator import generate_variants
+
+    from study.space import parse_space, tune_space
+
+    table = {1: 8, 3: [16, 12, 8], 5: 32}
+    space = parse_space({"params": {"depth": {"int": [1, 5], "step": 2},
+                                    "batch_size": {"int": [10, 40], "step": 15}},
+                         "fixed": {"width": {"by_depth": table}}})
+    np.random.seed(0)  # Ray's domains draw from numpy's global generator
+    configs = [c for _ in range(60) for _, c in generate_variants(tune_space(space))]
+    assert {c["depth"] for c in configs} == {1, 3, 5}
+    assert {c["batch_size"] for c in configs} == {10, 25, 40}
+    for c in configs:
+        assert c["width"] == table[c["depth"]], c

@@ -68,3 +68,14 @@ def test_model_file_name_is_the_checkpoint_modules() -> None:
     from study.checkpoint import MODEL_FILE
 
     assert report.MODEL_FILE == MODEL_FILE
+
+
+def test_the_report_imports_no_torch_until_it_exports_a_model() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, analysis.report; print(sorted({'torch'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout

@@ -1,0 +1,279 @@
+"""What `study run` shows while it works: a live progress display of the trials, then the summary.
+
+`StudyProgress` is a Ray Tune `Callback` (the public hooks: on_trial_start/result/complete/error,
+on_step_end) that drives a `rich` progress display on a terminal: trials finished, running and
+pending of the total, epochs trained of the planned total, the best validation score so far with
+its trial, elapsed time and the estimated time left. Where stdout is not a terminal (CI, `ray job
+logs`, a file) it prints one plain line per event instead. `SummaryProgress` shows the phases of
+writing the summary ("writing summary: figures 5/13") the same two ways.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import IO, Any
+
+from ray.tune import Callback
+from rich.console import Console, Group
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+FINISHED = ("TERMINATED", "ERROR")
+
+
+def format_value(name: str, value: Any) -> str:
+    """A metric or parameter for people: accuracies 2 decimals, losses 4, others 4 significant."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if name.endswith("accuracy"):
+        return f"{value:.2f}"
+    if name.endswith(("loss", "auroc", "sensitivity", "specificity")):
+        return f"{value:.4f}"
+    return f"{value:.4g}"
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class _Display(Progress):
+    """rich's Progress with the best-so-far line under its bars."""
+
+    best_line: Text = Text("")
+
+    def get_renderables(self):  # rich's documented hook for what a Progress draws
+        yield Group(self.make_tasks_table(self.tasks), self.best_line)
+
+
+class StudyProgress(Callback):
+    """Live progress of a study: trials, epochs, best score so far, elapsed and time left.
+
+    `total_trials` and `epochs` (per trial) give the plan; a trial stopped early by the scheduler
+    takes its remaining epochs off the planned total, so the time left shrinks with it. `done`
+    and `best` are known on a resume (trials and epochs that finished before) so the counts
+    cover the whole study.
+    """
+
+    def __init__(self, total_trials: int, epochs: int, metric: str, mode: str, *,
+                 stream: IO[str] | None = None, live: bool | None = None) -> None:
+        self.total = total_trials
+        self.epochs = epochs
+        self.metric = metric
+        self.mode = mode
+        self.console = Console(file=stream or sys.stdout, highlight=False)
+        self.live = self.console.is_terminal if live is None else live
+        self.epochs_done: dict[str, int] = {}  # trial_id -> epochs reported
+        self.ended: dict[str, str] = {}  # trial_id -> TERMINATED / ERROR
+        self.started: set[str] = set()
+        self.running: set[str] = set()
+        self.best: tuple[float, str, int] | None = None  # (score, trial_id, epoch)
+        self.start = time.monotonic()
+        self._display: _Display | None = None
+        self._trials_task = self._epochs_task = None
+        self._last_refresh = 0.0
+
+    # --- counts -------------------------------------------------------------------------
+
+    def planned_epochs(self) -> int:
+        """Epochs the study will train in all: ended trials count what they trained."""
+        ended = sum(self.epochs_done.get(t, 0) for t in self.ended)
+        return ended + (self.total - len(self.ended)) * self.epochs
+
+    def trained_epochs(self) -> int:
+        return sum(self.epochs_done.values())
+
+    def counts(self) -> tuple[int, int, int]:
+        """(finished, running, pending) trials of the total."""
+        finished = len(self.ended)
+        running = len(self.running)
+        return finished, running, max(0, self.total - finished - running)
+
+    def eta(self) -> float | None:
+        """Seconds left at the rate epochs have been trained so far (None before the first)."""
+        done = self.trained_epochs()
+        if not done:
+            return None
+        rate = done / max(time.monotonic() - self.start, 1e-9)
+        return max(0, self.planned_epochs() - done) / rate
+
+    def best_text(self) -> str:
+        if self.best is None:
+            return f"best {self.metric}: none yet"
+        score, trial_id, epoch = self.best
+        return (f"best {self.metric} {format_value(self.metric, score)} "
+                f"(trial {trial_id}, epoch {epoch})")
+
+    def trials_text(self) -> str:
+        finished, running, pending = self.counts()
+        return f"{finished}/{self.total} done, {running} running, {pending} pending"
+
+    # --- output -------------------------------------------------------------------------
+
+    def _line(self, text: str) -> None:
+        """One plain line for a log: elapsed time, the event, the counts."""
+        if self.live:
+            return
+        self.console.print(f"[{_clock(time.monotonic() - self.start)}] {text}", soft_wrap=True,
+                           markup=False)
+
+    def _ensure_display(self) -> None:
+        if not self.live or self._display is not None:
+            return
+        self._display = _Display(
+            TextColumn("{task.description:<7}"), BarColumn(bar_width=30),
+            MofNCompleteColumn(), TaskProgressColumn(), TextColumn("{task.fields[info]}"),
+            console=self.console, transient=False, auto_refresh=True, refresh_per_second=4,
+        )
+        self._trials_task = self._display.add_task("trials", total=self.total, info="")
+        self._epochs_task = self._display.add_task("epochs", total=self.planned_epochs(),
+                                                   info="")
+        self._display.start()
+
+    def refresh(self, force: bool = False) -> None:
+        """Update the live display (at most a few times a second unless `force`)."""
+        if not self.live:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_refresh < 0.2:
+            return
+        self._last_refresh = now
+        self._ensure_display()
+        assert self._display is not None
+        eta = self.eta()
+        timing = (f"{_clock(now - self.start)} elapsed, "
+                  + (f"~{_clock(eta)} left" if eta is not None else "time left unknown yet"))
+        self._display.update(self._trials_task, completed=len(self.ended),
+                             info=self.trials_text())
+        self._display.update(self._epochs_task, completed=self.trained_epochs(),
+                             total=max(self.planned_epochs(), 1), info=timing)
+        self._display.best_line = Text(self.best_text())
+
+    def close(self) -> None:
+        """Draw the final state and stop the live display (the summary prints below it)."""
+        if self._display is not None:
+            self.refresh(force=True)
+            self._display.stop()
+            self._display = None
+
+    # --- Ray Tune's hooks ---------------------------------------------------------------
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._started(trial)
+        self.refresh()
+
+    def _started(self, trial: Any) -> None:
+        self.running.add(trial.trial_id)
+        self.ended.pop(trial.trial_id, None)
+        first = trial.trial_id not in self.started
+        self.started.add(trial.trial_id)
+        finished, running, pending = self.counts()
+        self._line(f"trial {trial.trial_id} {'started' if first else 'continues'} "
+                   f"({finished}/{self.total} done, {running} running, {pending} pending)")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if trial.trial_id not in self.running:
+            self._started(trial)
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
+        self.epochs_done[trial.trial_id] = max(self.epochs_done.get(trial.trial_id, 0), epoch)
+        score = result.get(self.metric)
+        if (isinstance(score, (int, float)) and math.isfinite(score)
+                and not result.get("diverged")):
+            better = (self.best is None
+                      or (score > self.best[0] if self.mode == "max" else score < self.best[0]))
+            if better:
+                self.best = (float(score), trial.trial_id, epoch)
+                self._line(f"new best: {self.best_text()}")
+        self.refresh()
+
+    def _ended(self, trial: Any, status: str, how: str) -> None:
+        self.running.discard(trial.trial_id)
+        self.ended[trial.trial_id] = status
+        done = self.epochs_done.get(trial.trial_id, 0)
+        self._line(f"trial {trial.trial_id} {how} after {done}/{self.epochs} epochs; "
+                   f"{self.trials_text()}; epochs {self.trained_epochs()}/"
+                   f"{self.planned_epochs()}; {self.best_text()}")
+        self.refresh(force=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        done = self.epochs_done.get(trial.trial_id, 0)
+        self._ended(trial, "TERMINATED", "finished" if done >= self.epochs else "stopped early")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial, "ERROR", "errored")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # Ray's own statuses settle paused (PBT) and restarted trials the hooks above miss.
+        self.running = {t.trial_id for t in trials if t.status == "RUNNING"}
+        self.refresh()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.close()
+        finished, running, pending = self.counts()
+        self._line(f"trials ended: {self.trials_text()}; epochs {self.trained_epochs()}/"
+                   f"{self.planned_epochs()}; {self.best_text()}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray saves callbacks with the experiment; the console and display stay behind.
+        state = self.__dict__.copy()
+        state["console"] = None
+        state["_display"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.console = Console(file=sys.stdout, highlight=False)
+
+
+class SummaryProgress:
+    """Shows what writing the summary is doing: `progress("figures", 5, 13)`.
+
+    Passed to the summary writer as its progress hook; call `close()` when it is done.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, live: bool | None = None) -> None:
+        self.console = Console(file=stream or sys.stdout, highlight=False)
+        self.live = self.console.is_terminal if live is None else live
+        self.start = time.monotonic()
+        self._display: Progress | None = None
+        self._task = None
+        self._phase: str | None = None
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.live:
+            if phase != self._phase or done == total:
+                count = f" {done}/{total}" if total else ""
+                self.console.print(f"writing summary: {phase}{count}", markup=False,
+                                   soft_wrap=True)
+            self._phase = phase
+            return
+        if self._display is None:
+            self._display = Progress(TextColumn("writing summary: {task.description}"),
+                                     BarColumn(bar_width=30), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TimeRemainingColumn(),
+                                     console=self.console, transient=True)
+            self._task = self._display.add_task(phase, total=total or None)
+            self._display.start()
+        self._display.update(self._task, description=phase, completed=done,
+                             total=total or None)
+        self._phase = phase
+
+    def close(self) -> None:
+        if self._display is not None:
+            self._display.stop()
+            self._display = None

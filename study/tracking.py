@@ -1,0 +1,76 @@
+"""Where trials' metrics go besides result.json: TensorBoard always, W&B and MLflow on request.
+
+All of them are Ray Tune's own logger callbacks; this module picks them, checks the optional
+packages before Ray starts, and turns local MLflow paths into the URIs MLflow expects.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from study.errors import StudyError
+
+EXTRAS = {"wandb": ("--wandb", "wandb"), "mlflow": ("--mlflow", "mlflow")}
+
+
+def check_tracking(wandb: str | None, mlflow: str | None) -> None:
+    """Refuse `--wandb` / `--mlflow` with one line when the package is not installed."""
+    for value, package in ((wandb, "wandb"), (mlflow, "mlflow")):
+        if value is None:
+            continue
+        flag = EXTRAS[package][0]
+        if not value.strip():
+            raise StudyError(f"{flag} needs a value, got {value!r}")
+        if importlib.util.find_spec(package) is None:
+            raise StudyError(
+                f"{flag} {value}: the {package} package is not installed; install it with "
+                f"pip install 'xray-study[{package}]' (or pip install {package})"
+            )
+
+
+def mlflow_uri(value: str) -> str:
+    """An MLflow tracking URI: URIs (http://, sqlite:///, file:, databricks) as given; a local
+    `*.db` file becomes an absolute sqlite:/// URI (MLflow's recommended local store), any other
+    local path an absolute file: URI (MLflow 3 wants MLFLOW_ALLOW_FILE_STORE=true for those)."""
+    if "://" in value or value.startswith(("file:", "databricks")):
+        return value
+    path = Path(value).expanduser().resolve()
+    return f"sqlite:///{path}" if path.suffix == ".db" else path.as_uri()
+
+
+def tracking_callbacks(name: str, exp_dir: Path | None = None, wandb: str | None = None,
+                       mlflow: str | None = None) -> list[Any]:
+    """Ray Tune's TensorBoard logger, plus its W&B and MLflow loggers when asked for.
+
+    TensorBoard event files go into each trial's folder (`tensorboard --logdir <experiment>`).
+    W&B runs are grouped by the study's name (one run per trial) and keep their local files in
+    `<experiment>/wandb/` (`exp_dir`, a local experiment folder); MLflow gets one experiment
+    named after the study, one run per trial, its configuration as parameters and its epochs
+    as metrics.
+    """
+    from ray.tune.logger import TBXLoggerCallback
+
+    callbacks: list[Any] = [TBXLoggerCallback()]
+    if wandb is not None:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        kwargs: dict[str, Any] = {}
+        # Ray forwards only the API key to its logging actors; the driver's WANDB_MODE
+        # (offline, disabled) must reach them too, whichever node they run on.
+        if os.environ.get("WANDB_MODE"):
+            kwargs["mode"] = os.environ["WANDB_MODE"]
+        if exp_dir is not None:
+            # Written straight into the experiment folder: a trial's own folder is a staging
+            # copy that Ray may sync before W&B has flushed its run file.
+            exp_dir.mkdir(parents=True, exist_ok=True)
+            kwargs["dir"] = str(exp_dir)
+        callbacks.append(WandbLoggerCallback(project=wandb, group=name, **kwargs))
+    if mlflow is not None:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow_uri(mlflow),
+                                              experiment_name=name))
+    return callbacks

@@ -1,0 +1,114 @@
+"""summary/report.html: one file with every figure embedded; each decodes as the image it was,
+and a real headless browser (Chromium) loads it without errors with every figure sized."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from analysis.html_report import render_html, write_html_report  # noqa: E402
+
+DATA_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)"')
+
+
+def figure(path: Path, size: tuple[float, float]) -> None:
+    fig, ax = plt.subplots(figsize=size)
+    ax.plot([0, 1, 2], [1, 0, 2])
+    fig.savefig(path, format="png", dpi=50)
+    plt.close(fig)
+
+
+@pytest.fixture
+def summary_dir(tmp_path: Path) -> Path:
+    (tmp_path / "figures").mkdir()
+    figure(tmp_path / "figures" / "hpo_history.png", (4, 3))
+    figure(tmp_path / "figures" / "hpo_parallel.png", (6, 2))
+    (tmp_path / "report.md").write_text(
+        "# Study report: demo\n\n| Parameter | Value |\n| --- | --- |\n| lr | 0.001 |\n\n"
+        "![History](figures/hpo_history.png)\n\n![Parallel](figures/hpo_parallel.png)\n"
+        "<script>alert(1)</script>\n")
+    return tmp_path
+
+
+def embedded(page: str) -> dict[str, Image.Image]:
+    images = {}
+    for data, alt in DATA_URI.findall(page):
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        image.load()
+        images[alt] = image
+    return images
+
+
+def test_every_figure_is_embedded_and_decodes(summary_dir: Path) -> None:
+    path = write_html_report(summary_dir)
+    page = path.read_text()
+    images = embedded(page)
+    assert set(images) == {"History", "Parallel"}
+    for alt, name in (("History", "hpo_history.png"), ("Parallel", "hpo_parallel.png")):
+        original = Image.open(summary_dir / "figures" / name)
+        assert images[alt].format == "PNG"
+        assert images[alt].size == original.size
+    assert "<title>Study report: demo</title>" in page
+    assert "<table>" in page and "<td>0.001</td>" in page
+    assert "figures/" not in page  # nothing left that needs the folder
+    assert "<script>" not in page  # raw HTML in the markdown is escaped, not run
+
+
+def test_a_missing_figure_is_named(tmp_path: Path) -> None:
+    page = render_html("![Gone](figures/gone.png)\n", tmp_path)
+    assert "Figures not found when this page was written:</strong> figures/gone.png" in page
+
+
+CHECK = """<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(String(e.message || e.type)), true);
+window.addEventListener("load", () => {
+  const imgs = [...document.images].map(i => ({alt: i.alt, complete: i.complete,
+    w: i.naturalWidth, h: i.naturalHeight, shownW: i.getBoundingClientRect().width,
+    shownH: i.getBoundingClientRect().height}));
+  const out = document.createElement("pre");
+  out.id = "check";
+  out.textContent = JSON.stringify({errors: window.__errors, imgs});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def test_headless_chromium_loads_it_with_every_figure_sized(summary_dir: Path,
+                                                            tmp_path_factory) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") \
+        or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium or Chrome installed (Debian: apt-get install -y chromium)")
+    page = write_html_report(summary_dir).read_text()
+    probe = tmp_path_factory.mktemp("browser") / "report.html"
+    # The check script goes in a copy: the report itself carries no JavaScript.
+    probe.write_text(page.replace("</head>", CHECK + "\n</head>"))
+    profile = tmp_path_factory.mktemp("profile")
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom",
+         probe.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r'<pre id="check">(.*?)</pre>', done.stdout, re.S)
+    assert found, f"the page did not finish loading: {done.stdout[:500]}"
+    check = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert check["errors"] == []
+    assert {i["alt"] for i in check["imgs"]} == {"History", "Parallel"}
+    for image in check["imgs"]:
+        assert image["complete"] and image["w"] > 0 and image["h"] > 0, image
+        assert image["shownW"] > 0 and image["shownH"] > 0, image

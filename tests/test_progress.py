@@ -1,0 +1,116 @@
+"""The progress display of `study run`, driven by a real Ray Tune run: plain lines for a log,
+the live rich display for a terminal, and the summary writer's phases."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+
+import pytest
+import ray
+from ray import tune
+
+from study.progress import StudyProgress, SummaryProgress, format_value
+
+EPOCHS = 3
+
+
+def make_trainable(epochs: int):
+    """Trials scoring 50 + 100 * lr + epoch; lr 0.05 fails in its second epoch. (A closure:
+    Ray's workers cannot import this test module.)"""
+
+    def trainable(config: dict) -> None:
+        for epoch in range(1, epochs + 1):
+            if config["lr"] == 0.05 and epoch == 2:
+                raise RuntimeError("boom")
+            tune.report({"epoch": epoch, "val_accuracy": 50.0 + 100 * config["lr"] + epoch})
+
+    return trainable
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_with(progress: StudyProgress, tmp_path, name: str) -> None:
+    tuner = tune.Tuner(
+        make_trainable(EPOCHS),
+        param_space={"lr": tune.grid_search([0.1, 0.2, 0.05])},
+        tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", max_concurrent_trials=1),
+        run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0,
+                                  callbacks=[progress]),
+    )
+    tuner.fit()
+
+
+def test_plain_lines_count_trials_epochs_and_best(ray_cluster: None, tmp_path) -> None:
+    out = io.StringIO()
+    progress = StudyProgress(3, EPOCHS, "val_accuracy", "max", stream=out, live=False)
+    run_with(progress, tmp_path, "plain")
+    lines = out.getvalue().splitlines()
+    assert all(re.match(r"\[\d+:\d\d:\d\d\] ", line) for line in lines), lines
+    started = [line for line in lines if " started (" in line]
+    assert len(started) == 3
+    assert "0/3 done, 1 running, 2 pending" in started[0]
+    assert any("errored after 1/3 epochs" in line for line in lines)
+    finished = [line for line in lines if "finished after 3/3 epochs" in line]
+    assert len(finished) == 2
+    # The errored trial trained 1 epoch, so 3 + 3 + 1 were planned in the end.
+    assert lines[-1].endswith("trials ended: 3/3 done, 0 running, 0 pending; epochs 7/7; "
+                              f"best val_accuracy 73.00 (trial {progress.best[1]}, epoch 3)")
+    assert progress.best[0] == pytest.approx(73.0)
+    assert sum("new best" in line for line in lines) >= 2
+
+
+def test_live_display_draws_bars_and_best(ray_cluster: None, tmp_path) -> None:
+    out = io.StringIO()
+    progress = StudyProgress(3, EPOCHS, "val_accuracy", "max", stream=out, live=True)
+    progress.console.force_terminal = True  # a terminal's output, captured
+    run_with(progress, tmp_path, "live")
+    text = out.getvalue()
+    assert "[0:" not in text  # no plain lines on a terminal
+    final = text.split("trials")[-1]
+    assert "3/3" in final and "3/3 done, 0 running, 0 pending" in final
+    assert "7/7" in text
+    assert "best val_accuracy 73.00" in text
+    assert "elapsed" in text
+
+
+def test_eta_follows_the_epoch_rate() -> None:
+    progress = StudyProgress(4, 10, "val_loss", "min", live=False, stream=io.StringIO())
+    assert progress.eta() is None
+    progress.epochs_done = {"a": 10, "b": 5}
+    progress.ended = {"a": "TERMINATED"}
+    progress.start -= 15.0  # 15 epochs in 15 s: one a second
+    assert progress.planned_epochs() == 40
+    assert progress.eta() == pytest.approx(25.0, rel=0.05)
+    progress.ended["b"] = "TERMINATED"  # stopped early at 5: 5 epochs fewer to go
+    assert progress.planned_epochs() == 35
+    assert progress.eta() == pytest.approx(20.0, rel=0.05)
+
+
+def test_summary_phases_plain() -> None:
+    out = io.StringIO()
+    show = SummaryProgress(stream=out, live=False)
+    for i in range(4):
+        show("figures", i, 3) if i <= 3 else None
+    show("optuna.db", 1, 1)
+    show.close()
+    assert out.getvalue().splitlines() == ["writing summary: figures 0/3",
+                                           "writing summary: figures 3/3",
+                                           "writing summary: optuna.db 1/1"]
+
+
+def test_numbers_are_rounded_for_people() -> None:
+    assert format_value("dropout", 0.6918616866414583) == "0.6919"
+    assert format_value("lr", 0.000123456) == "0.0001235"
+    assert format_value("val_accuracy", 87.123456) == "87.12"
+    assert format_value("val_loss", 0.123456789) == "0.1235"
+    assert format_value("batch_size", 32) == "32"
+    assert format_value("loss", "ce") == "ce"
