@@ -41,6 +41,7 @@ from analysis.html_report import HTML_REPORT, write_html_report  # noqa: E402
 from analysis.optuna_study import build_study, write_optuna_db  # noqa: E402
 from analysis.results import check_experiment, collect_epochs  # noqa: E402
 from analysis.summary import (  # noqa: E402
+    SUMMARY_METRICS,
     config_columns,
     seed_standings,
     summarise,
@@ -360,8 +361,7 @@ def _best_section(best: dict[str, Any] | None, metric: str, mode: str) -> list[s
               + (", mean ± 95 % CI (t distribution):" if n > 1 else
                  " (one run, so no confidence interval):"), "",
               "| Metric | Value |", "| --- | --- |"]
-    for key in ("val_accuracy", "val_loss", "val_auroc", "test_accuracy", "test_auroc",
-                "test_sensitivity", "test_specificity"):
+    for key in SUMMARY_METRICS:
         if key in best["metrics"]:
             digits = 2 if key.endswith("accuracy") else 4
             unit = " %" if key.endswith("accuracy") else ""

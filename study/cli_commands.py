@@ -157,8 +157,9 @@ def _print_best(summary: dict) -> None:
     print(f"\nBest configuration ({summary['metric']} {summary['mode']}, validation only):")
     for key, value in best["config"].items():
         print(f"  {key:>13}: {value}")
-    for key in ("val_accuracy", "val_loss", "val_auroc", "test_accuracy", "test_auroc",
-                "test_sensitivity", "test_specificity"):
+    from analysis.summary import SUMMARY_METRICS
+
+    for key in SUMMARY_METRICS:
         if key in best.get("metrics", {}):
             value = best["metrics"][key]
             spread = best.get("ci95", {}).get(key)

@@ -203,7 +203,9 @@ def read_trial_states(exp_dir: str | Path) -> dict[str, dict[str, Any]]:
     missing or unreadable (half-written) state gives {}; one that parses but does not have
     Ray's layout raises StudyError.
     """
-    states = sorted(Path(exp_dir).glob("experiment_state-*.json"))
+    from study.experiment import STATE_GLOB
+
+    states = sorted(Path(exp_dir).glob(STATE_GLOB))
     if not states:
         return {}
     try:

@@ -171,8 +171,6 @@ class StateSavedGate:
     so two state writes that began after the request include one saved after it.
     """
 
-    STATE_PREFIX = "experiment_state-"  # Ray's experiment state file, one per driver session
-
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state_writes: list[float] = []  # when each completed state write began
@@ -185,7 +183,9 @@ class StateSavedGate:
 
     def file_written(self, path: str, began: float) -> None:
         """An observer for `study.atomic_fs.observe_writes`."""
-        if not os.path.basename(path).startswith(self.STATE_PREFIX):
+        from study.experiment import STATE_PREFIX
+
+        if not os.path.basename(path).startswith(STATE_PREFIX):
             return
         with self._lock:
             self._state_writes.append(began)
