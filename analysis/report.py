@@ -561,6 +561,11 @@ def _homework_figures(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str
                  "b", "n_a", "n_b", "difference", "ci_low", "ci_high", "hedges_g", "test",
                  "p_value", "p_holm", "detectable_80", "seeds_needed", "target_difference"]
         table = table[[c for c in first if c in table] + [c for c in table if c not in first]]
+        # arm and pair rows share the table: counts stay whole numbers where a row has them
+        for column in ("n", "n_a", "n_b", "seeds_needed", "n_stopped", "n_diverged", "n_error",
+                       "n_unfinished", "n_duplicate"):
+            if column in table:
+                table[column] = table[column].astype("Int64")
     return records, table, figures
 
 

@@ -279,8 +279,13 @@ def _per_seed_rows(results: list[dict[str, Any]], config: dict[str, Any], seeds:
         alive = {k: v for k, v in last.items() if k != "diverged"}
         status, reason = _status(alive, config, ray_status, error_file)
         if values.get("diverged") and status != "error":
+            # the epoch it diverged: its first result flagging it, with its loss then
+            first = next(r for r in results
+                         if _seed_values(r, index, ["diverged"]).get("diverged"))
+            loss = _seed_values(first, index, ["train_loss"]).get("train_loss")
             status = "diverged"
-            reason = f"train_loss={values.get('train_loss')} (seed {seed})"
+            reason = f"train_loss={loss} at epoch {first.get('epoch')}" + (
+                f" (seed {seed})" if len(seeds) > 1 else "")
         row = {"seed": seed, "status": status, "reason": reason}
         for key in RUN_METRICS:
             value = values.get(key)

@@ -86,7 +86,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-epochs", type=int, help="override the space's epochs")
     p.add_argument("--image-size", type=int, help="override the space's image size")
     p.add_argument("--repeats", type=_repeats,
-                   help="train every configuration with this many seeds, or "
+                   help="train every configuration with this many seeds (seed, seed+1, ...), "
+                   "stacked in one trial that reports their mean, or "
                    "'auto': on a grid, add seeds to each configuration until its 95 %% CI "
                    "half-width is at most --target-ci points or it has --max-repeats seeds")
     p.add_argument("--target-ci", type=float,
@@ -156,13 +157,15 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", help="learning-rate schedule: none or cosine")
     p.add_argument("--epochs", type=int, help="epochs to train")
     p.add_argument("--seed", type=int, help="model init and batch order")
+    p.add_argument("--repeats", type=int,
+                   help="train seeds seed, seed+1, ... together, stacked in one model")
     p.add_argument("--image-size", type=int,
                    help="downsample to this side (never upsamples; by default the data's size)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", help="folder for config.json, history.csv, metrics.json, model.pt")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.set_defaults(**{f.name: f.default for f in fields(TrialConfig)
-                      if f.name not in ("batchnorm", "repeats") and f.default is not None})
+                      if f.name != "batchnorm" and f.default is not None})
 
 
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:

@@ -57,7 +57,8 @@ def resume_args(storage: Path, name: str) -> list[str]:
 
 def leaderboard(exp: Path) -> pd.DataFrame:
     df = pd.read_csv(exp / "summary" / "leaderboard.csv")
-    assert df["trial_id"].is_unique, df["trial_id"].tolist()
+    # one row per run: a trial and one of the seeds it stacks
+    assert not df.duplicated(["trial_id", "seed"]).any(), df[["trial_id", "seed"]]
     return df
 
 
@@ -147,9 +148,11 @@ def test_killed_worker_restarts_trial_from_its_checkpoint(tmp_path: Path) -> Non
     space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": 8})
     storage, name = tmp_path / "results", "worker"
     exp = storage / name
+    # Two seeds stacked per trial: the checkpoint carries both, and both continue from it.
     with study_process(run_args(space, storage, name, "--num-samples", "2", "--scheduler",
                                 "fifo", "--max-concurrent", "1", "--checkpoint-every", "1",
-                                "--max-failures", "2"), tmp_path / "logs") as study:
+                                "--max-failures", "2", "--repeats", "2"),
+                       tmp_path / "logs") as study:
 
         def mid_trial() -> dict[str, Any] | None:
             study.tree()
@@ -171,11 +174,12 @@ def test_killed_worker_restarts_trial_from_its_checkpoint(tmp_path: Path) -> Non
     assert rows[restart]["iterations_since_restore"] == 1  # a fresh worker ...
     assert rows[restart]["epoch"] >= 2  # ... continuing from a checkpoint, not from epoch 1
     assert epochs[-1] == 8 and epochs == sorted(epochs)
+    assert all(r["seeds"] == [0, 1] and len(r["seed_metrics"]["val_loss"]) == 2 for r in rows)
     board = leaderboard(exp).set_index("trial_id")
-    assert len(board) == 2
+    assert len(board) == 4 and sorted(board["seed"]) == [0, 0, 1, 1]  # one row per run
     assert (board["status"] == "completed").all(), board[["status", "reason"]]
-    assert board.loc[trial_id, "failures"] == 1
-    assert board.loc[trial_id, "epochs"] == 8
+    assert (board.loc[trial_id, "failures"] == 1).all()
+    assert (board.loc[trial_id, "epochs"] == 8).all()
     assert "2 trials (0 errored)" in study.stdout()
 
 
