@@ -11,7 +11,7 @@ from ray.tune.schedulers import (
     MedianStoppingRule,
     PopulationBasedTraining,
 )
-from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from study.builders import (
     ClipToBounds,
@@ -96,12 +96,13 @@ def test_optuna_search_is_limited_to_the_slots(space_file: Path) -> None:
     assert (param_space, n) == ({}, 6)
 
 
-def test_optuna_repeats_train_each_configuration_with_every_seed(space_file: Path) -> None:
+def test_optuna_repeats_stack_the_seeds_of_a_configuration_in_one_trial(
+        space_file: Path) -> None:
     opts = _opts(space_file, num_samples=4, repeats=3, max_concurrent=2)
     space = prepared_space(opts)
     search, _, n = build_search(opts, space, slots=8)
-    assert isinstance(search.searcher, Repeater) and search.max_concurrent == 2
-    assert n == expected_trials(opts, space) == 12
+    assert search.max_concurrent == 2 and space.fixed["repeats"].value == 3
+    assert n == expected_trials(opts, space) == 4
 
 
 def test_grid_search_runs_every_point(tmp_path: Path) -> None:
