@@ -11,11 +11,16 @@ it has and lists what is missing.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import errno
+import hashlib
 import io
+import json
 import logging
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -41,6 +46,7 @@ from analysis.summary import (  # noqa: E402
     summarise,
     validation_source,
 )
+from study.errors import StudyError  # noqa: E402
 from study.io import write_json_atomic, write_text_atomic  # noqa: E402
 from study.seed_rule import SEEDS_ON_DEMAND  # noqa: E402
 
@@ -69,11 +75,22 @@ def export_best_model(exp_dir: Path, best: dict[str, Any], out: Path) -> Path | 
     checkpoints = sorted(trial_dir.glob("checkpoint_*/state.pt"))
     if not checkpoints:
         return None
-    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
-    config = TrialConfig.from_dict(state["config"], where=str(checkpoints[-1]))
-    weights = state["best_model"] or state["model"]
-    first = next(v for k, v in weights.items() if k.endswith("weight"))
-    image_size = int(round(first.shape[-1] ** 0.5))
+    path = checkpoints[-1]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StudyError(f"{path}: the best trial's checkpoint cannot be read "
+                         f"({first[:200]})") from None
+    weights = state.get("best_model") or state.get("model") if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or not isinstance(state.get("config"), dict):
+        raise StudyError(f"{path}: the best trial's checkpoint holds no config and weights")
+    config = TrialConfig.from_dict(state["config"], where=str(path))
+    first_weight = next((v for k, v in weights.items()
+                         if k.endswith("weight") and getattr(v, "ndim", 0) >= 2), None)
+    if first_weight is None:
+        raise StudyError(f"{path}: the best trial's checkpoint holds no layer weights")
+    image_size = int(round(first_weight.shape[-1] ** 0.5))
     seed = best.get("representative_seed", config.seed)
     index = config.seeds.index(seed) if seed in config.seeds else 0
     save_model(out / MODEL_FILE, weights, config, image_size, index=index)
@@ -192,12 +209,6 @@ class FigureWriter:
     def _tick(self, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress("figures", done, total)
-
-    def remove_stale(self) -> None:
-        """Delete figures a previous report wrote that this one did not (a renamed parameter)."""
-        for path in self.folder.glob("*.png"):
-            if path.name not in self.written:
-                path.unlink(missing_ok=True)
 
 
 # --- numbers for people -------------------------------------------------------------------
@@ -562,6 +573,11 @@ def _homework_figures(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str
                  "b", "n_a", "n_b", "difference", "ci_low", "ci_high", "hedges_g", "test",
                  "p_value", "p_holm", "detectable_80", "seeds_needed", "target_difference"]
         table = table[[c for c in first if c in table] + [c for c in table if c not in first]]
+        # arm and pair rows share the table: counts stay whole numbers where a row has them
+        for column in ("n", "n_a", "n_b", "seeds_needed", "n_stopped", "n_diverged", "n_error",
+                       "n_unfinished", "n_duplicate"):
+            if column in table:
+                table[column] = table[column].astype("Int64")
     return records, table, figures
 
 
@@ -601,6 +617,119 @@ def _hpo_figures(study: Any, epochs: pd.DataFrame, trials: pd.DataFrame, metric:
     return importance, figures
 
 
+# --- the output folder: only what the tool wrote is ever replaced ---------------------------
+
+
+MANIFEST = ".study-report.json"  # what a report wrote into its folder, with each file's SHA-256
+_OWN_NAMES = ("leaderboard.csv", "best_config.json", "best_config.yaml", "model.pt",
+              HOMEWORK_CSV, OPTUNA_DB, "report.md", HTML_REPORT)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    """Relative name -> path of every file and link under `folder` (hidden ones too)."""
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
+            if p.is_symlink() or not p.is_dir()}
+
+
+def _legacy_own(rel: str) -> bool:
+    """A name only a report of a version without manifests wrote into summary/."""
+    name = rel.rsplit("/", 1)[-1]
+    if name.startswith(".") and name.endswith(".tmp"):
+        return True  # a temporary file of an interrupted atomic write
+    if rel.startswith(f"{FIGURES}/") and rel.count("/") == 1:
+        return name.endswith(".png") and name.startswith(("hpo_", "homework_"))
+    return rel in _OWN_NAMES
+
+
+def _user_files(out: Path, exp_dir: Path, default: bool) -> dict[str, Path]:
+    """Return the files in `out` the tool did not write (they are kept); raise StudyError where
+    `out` cannot be used: not a folder, the experiment itself, or a foreign folder."""
+    label = f"{out}" if default else f"--out {out}"
+    if out.is_symlink() and not out.exists():
+        raise StudyError(f"{label}: a broken symbolic link")
+    if not out.exists():
+        return {}
+    if not out.is_dir():
+        raise StudyError(f"{label}: exists and is not a folder")
+    here, experiment = out.resolve(), exp_dir.resolve()
+    if here == experiment or here in experiment.parents:
+        raise StudyError(f"{label}: is the experiment folder or holds it; choose a folder of "
+                         "its own")
+    files = _files(out)
+    manifest = files.pop(MANIFEST, None)
+    if manifest is not None:
+        try:
+            written = json.loads(manifest.read_text())["files"]
+            assert isinstance(written, dict)
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            raise StudyError(f"{manifest}: is corrupted; move {out} aside and run the report "
+                             "again") from None
+    elif not files:
+        written = {}
+    elif default and all(_legacy_own(rel) for rel in files):
+        written = dict.fromkeys(files)  # summary/ of a version that wrote no manifest
+    else:
+        raise StudyError(f"{label}: holds files that study report did not write (e.g. "
+                         f"{next(iter(files))}); nothing was changed; choose a new or empty "
+                         "folder")
+    user = {}
+    for rel, path in files.items():
+        if rel in written:
+            digest = written[rel]
+            if digest is None:
+                continue  # a legacy file: ours by its name
+            if not path.is_symlink() and path.is_file() and _sha256(path) == digest:
+                continue  # ours, unchanged since
+        user[rel] = path  # added or changed by someone else: kept
+    return user
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE); False if unsupported.
+
+    Written by hand: neither os nor shutil exposes an atomic exchange of two names.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put `staging` at `out`, replacing an existing `out` as a whole, then delete the old."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    if not _exchange(staging, out):
+        aside = staging.with_name(staging.name + ".old")
+        os.rename(out, aside)
+        os.rename(staging, out)
+        staging = aside
+    shutil.rmtree(staging)  # the previous report (user files were linked into the new one)
+
+
 def _ignore_sigint() -> None:
     """Workers leave Ctrl-C to the parent, which cancels what is left and exits cleanly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -609,6 +738,11 @@ def _ignore_sigint() -> None:
 def write_report(exp_dir: Path, out: Path | None = None, *,
                  progress: Progress | None = None) -> dict[str, Any]:
     """Write summary/ for an experiment folder and return what was written.
+
+    The folder is built beside `out` and swapped in whole, so an interrupted or failed report
+    leaves the previous one as it was. Only files a report wrote (recorded in its manifest,
+    unchanged since) are replaced; other files in `out` are kept, and a non-empty folder that
+    a report did not write is refused.
 
     Figures, optuna.db and model.pt are written by worker processes side by side where there
     are cores for them. `progress(phase, done, total)`, if given, is called as the work goes
@@ -624,11 +758,41 @@ def write_report(exp_dir: Path, out: Path | None = None, *,
 
     exp_dir = Path(exp_dir)
     check_experiment(exp_dir)
+    default = out is None
     out = Path(out) if out is not None else exp_dir / "summary"
-    out.mkdir(parents=True, exist_ok=True)
+    user = _user_files(out, exp_dir, default)
     log.info("reading the results of %s", exp_dir)
     step("results", 0, 1)
-    summary = summarise(exp_dir)
+    summary = summarise(exp_dir)  # damaged inputs are refused before anything is written
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise StudyError(f"{out}: cannot be created ({exc.strerror})") from None
+    try:
+        staging.chmod(0o777 & ~_umask())
+        result = _write_summary(exp_dir, summary, staging, out, step, progress)
+        ours = {rel: _sha256(path) for rel, path in _files(staging).items()}
+        for rel, path in user.items():
+            if rel in ours:
+                raise StudyError(f"{path}: was not written by study report (or was changed "
+                                 "since) and this report writes a file of that name; move it "
+                                 "away and run again")
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target, follow_symlinks=False)
+        write_json_atomic(staging / MANIFEST, {"files": ours})
+        _swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path, final: Path,
+                   step: Callable[[str, int, int], None],
+                   progress: Progress | None) -> dict[str, Any]:
+    """Write the summary files into `out` (a fresh folder that will be moved to `final`)."""
     meta, trials, metric = summary["meta"], summary["trials"], summary["metric"]
     epochs = collect_epochs(exp_dir)
     step("results", 1, 1)
@@ -698,9 +862,10 @@ def write_report(exp_dir: Path, out: Path | None = None, *,
         log.info("writing %s", OPTUNA_DB)
         step(OPTUNA_DB, 0, 1)
         if db_job is not None:
-            db = db_job.result()
-        else:
-            db = write_optuna_db(study, out / OPTUNA_DB) if study.trials else None
+            db_job.result()
+        elif study.trials:
+            write_optuna_db(study, out / OPTUNA_DB)
+        db = final / OPTUNA_DB if study.trials else None  # where it will be once swapped in
         step(OPTUNA_DB, 1, 1)
         if best is not None:
             log.info("writing %s", MODEL_FILE)
@@ -713,7 +878,6 @@ def write_report(exp_dir: Path, out: Path | None = None, *,
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    figs.remove_stale()
     missing += figs.failed
     if db is None:
         missing.append("no trial ran; optuna.db not written")
@@ -723,5 +887,5 @@ def write_report(exp_dir: Path, out: Path | None = None, *,
     step("report.md", 1, 1)
     write_html_report(out)
     step(HTML_REPORT, 1, 1)
-    return {**summary, "out": out, "missing": missing, "figures": list(figs.written),
+    return {**summary, "out": final, "missing": missing, "figures": list(figs.written),
             "comparisons": comparisons, "optuna_db": db, "study_name": study_name}

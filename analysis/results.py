@@ -34,11 +34,14 @@ def read_meta(exp_dir: Path) -> dict[str, Any]:
     """Return the study's own record (study.json), or {} for a plain Ray Tune experiment."""
     path = Path(exp_dir) / META_FILE
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
         raise StudyError(f"{path}: cannot be read as JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise StudyError(f"{path}: must hold a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def trial_dirs(exp_dir: Path) -> list[Path]:
@@ -59,18 +62,32 @@ def check_experiment(exp_dir: Path) -> None:
         )
 
 
+def _read_text(path: Path) -> str:
+    """The text of a JSON file Ray wrote; StudyError where it is unreadable or not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise StudyError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise StudyError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
 def _read_results(path: Path) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     if not path.exists():
         return rows
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
         line = line.strip()
         if not line:
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             break  # a line cut short by a crash: keep what came before it
+        if not isinstance(row, dict) or not isinstance(row.get("config", {}), dict):
+            raise StudyError(f"{path}: line {number} is not a result record (a JSON object), "
+                             f"got {line[:80]!r}")
+        rows.append(row)
     return rows
 
 
@@ -207,9 +224,12 @@ def collect_trials(exp_dir: Path) -> pd.DataFrame:
         results = _read_results(trial_dir / "result.json")
         last = results[-1] if results else None
         try:
-            params = json.loads((trial_dir / "params.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            params = {}
+            params = json.loads(_read_text(trial_dir / "params.json"))
+        except json.JSONDecodeError:
+            params = {}  # cut short by a crash: the config comes from result.json
+        if not isinstance(params, dict):
+            raise StudyError(f"{trial_dir / 'params.json'}: must hold a JSON object, got "
+                             f"{type(params).__name__}")
         config = (last or {}).get("config") or params
         trial_id = _trial_id(trial_dir, results)
         ray_info = statuses.get(trial_id, {})
@@ -256,8 +276,13 @@ def _per_seed_rows(results: list[dict[str, Any]], config: dict[str, Any], seeds:
         alive = {k: v for k, v in last.items() if k != "diverged"}
         status, reason = _status(alive, config, ray_status, error_file)
         if values.get("diverged") and status != "error":
+            # the epoch it diverged: its first result flagging it, with its loss then
+            first = next(r for r in results
+                         if _seed_values(r, index, ["diverged"]).get("diverged"))
+            loss = _seed_values(first, index, ["train_loss"]).get("train_loss")
             status = "diverged"
-            reason = f"train_loss={values.get('train_loss')} (seed {seed})"
+            reason = f"train_loss={loss} at epoch {first.get('epoch')}" + (
+                f" (seed {seed})" if len(seeds) > 1 else "")
         row = {"seed": seed, "status": status, "reason": reason}
         for key in RUN_METRICS:
             value = values.get(key)

@@ -10,8 +10,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.results import CONFIG_KEYS, collect_runs, collect_trials, column_name, read_meta
+from analysis.results import (
+    CONFIG_KEYS,
+    META_FILE,
+    collect_runs,
+    collect_trials,
+    column_name,
+    read_meta,
+)
 from analysis.stats import mean_ci
+from study.errors import StudyError
+from study.space import METRICS, MODES
 
 LEADERBOARD_FIRST = ("trial_id", "status", "epochs", "seed", "node_id")
 LEADERBOARD_METRICS = ("val_accuracy", "val_loss", "val_auroc", "best_val_accuracy",
@@ -177,11 +186,20 @@ def summarise(exp_dir: Path) -> dict[str, Any]:
     """Collect trials and pick the best configuration; nothing is written."""
     exp_dir = Path(exp_dir)
     meta = read_meta(exp_dir)
+    where = exp_dir / META_FILE
+    metric = meta.get("metric", "val_accuracy")
+    if metric not in METRICS:  # whatever a file says, the test split never selects
+        raise StudyError(f"{where}: metric must be one of {', '.join(METRICS)} (validation "
+                         f"only), got {metric!r}")
+    mode = meta.get("mode", "min" if metric == "val_loss" else "max")
+    if mode not in MODES:
+        raise StudyError(f"{where}: mode must be max or min, got {mode!r}")
+    searched = meta.get("searched", [])
+    if not isinstance(searched, list) or not all(isinstance(p, str) for p in searched):
+        raise StudyError(f"{where}: searched must be a list of parameter names, got "
+                         f"{searched!r:.100}")
     trials = collect_trials(exp_dir)
     runs = collect_runs(trials=trials)
-    metric = meta.get("metric", "val_accuracy")
-    mode = meta.get("mode", "max")
-    searched = meta.get("searched", [])
     return {
         "experiment": str(exp_dir.resolve()),
         "metric": metric,

@@ -28,7 +28,9 @@ PBT_MUTATIONS = {"lr": ("loguniform", 1e-5, 1e-1), "dropout": ("uniform", 0.0, 0
 
 
 def prepared_space(opts: RunOptions) -> SearchSpace:
-    """Load `--space` and apply `--max-epochs` / `--image-size` and the trial seed."""
+    """Load `--space` and apply `--max-epochs` / `--image-size`, the trial seed and
+    `--repeats` (every trial trains seeds seed ... seed + repeats - 1, stacked in one model).
+    """
     space = load_space(space_path(opts.space))
     overrides: dict[str, Any] = {}
     if opts.max_epochs is not None:
@@ -37,6 +39,11 @@ def prepared_space(opts: RunOptions) -> SearchSpace:
         overrides["image_size"] = opts.image_size
     if "seed" not in space.params and "seed" not in space.fixed:
         overrides["seed"] = opts.seed
+    in_space = "repeats" in space.params or "repeats" in space.fixed
+    # The flag wins; a space's own `repeats` stands alone; under `--repeats auto` the
+    # seeds-on-demand searcher sets each trial's repeats itself.
+    if opts.repeats != AUTO and (opts.repeats != 1 or not in_space):
+        overrides["repeats"] = opts.repeats
     return space.with_fixed(**overrides)
 
 
@@ -136,24 +143,18 @@ def build_search(opts: RunOptions, space: SearchSpace, slots: int
     `slots` is how many trials the cluster runs at once: Optuna proposes no more than that
     ahead of the results unless `--max-concurrent` says otherwise.
     """
-    from ray import tune
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
+    # Repeats need no searcher of their own: every configuration is one trial whose config
+    # holds `repeats` (prepared_space), and it reports the seed-mean of each metric, which is
+    # what Optuna and the scheduler judge.
     if opts.repeats == AUTO:
         return seeds_on_demand(opts, space), {}, -1  # the searcher says when it is done
     if opts.search == "optuna":
         searcher = optuna_searcher(space, opts)
-        if opts.repeats > 1:
-            # Each configuration Optuna proposes trains with `repeats` seeds (seed + index);
-            # Optuna is told the mean over them.
-            searcher = Repeater(searcher, repeat=opts.repeats, set_index=True)
         limit = opts.max_concurrent or max(slots, 1)
-        return (ConcurrencyLimiter(searcher, max_concurrent=limit), {},
-                opts.num_samples * opts.repeats)
+        return ConcurrencyLimiter(searcher, max_concurrent=limit), {}, opts.num_samples
     param_space = grid_space(space) if opts.search == "grid" else tune_space(space)
-    if opts.repeats > 1:
-        param_space["seed"] = tune.grid_search(list(range(opts.seed, opts.seed + opts.repeats)))
-    # constant_grid_search: a random sample is held fixed across the seed grid (repeats).
     generator = BasicVariantGenerator(random_state=opts.seed, constant_grid_search=True,
                                       max_concurrent=opts.max_concurrent or 0)
     return generator, param_space, opts.num_samples
@@ -175,5 +176,5 @@ def expected_trials(opts: RunOptions, space: SearchSpace) -> int:
     if opts.repeats == AUTO:
         return grid_size(space)  # each configuration's first seeds train as one trial
     if opts.search == "grid":
-        return grid_size(space) * opts.num_samples * opts.repeats
-    return opts.num_samples * opts.repeats
+        return grid_size(space) * opts.num_samples
+    return opts.num_samples

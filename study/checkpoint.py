@@ -59,11 +59,40 @@ def load_model(path: str | Path) -> tuple[TrialConfig, nn.Module, int]:
             f"found {sorted(payload) if isinstance(payload, dict) else type(payload).__name__}"
         )
     config = TrialConfig.from_dict(payload["config"], where=f"--checkpoint {path}")
-    image_size = int(payload["image_size"])
-    model = build_mlp(image_size**2, get_loss(config.loss).out_features, config.depth,
-                      config.width, config.dropout, config.batchnorm)
+    image_size = payload["image_size"]
+    if isinstance(image_size, torch.Tensor) and image_size.numel() == 1:
+        image_size = image_size.item()
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
+        raise StudyError(f"--checkpoint {path}: image_size must be an integer >= 1, "
+                         f"got {image_size!r:.100}")
+    state = payload["state_dict"]
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise StudyError(f"--checkpoint {path}: state_dict must map names to tensors")
+
+    def build() -> nn.Module:
+        return build_mlp(image_size**2, get_loss(config.loss).out_features, config.depth,
+                         config.width, config.dropout, config.batchnorm)
+
+    # Shapes first, on the meta device (nothing allocated): a damaged image size or width
+    # must not build a model of terabytes before the weights are found not to fit.
     try:
-        model.load_state_dict(payload["state_dict"])
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    except (RuntimeError, OverflowError, ValueError) as exc:  # sizes past int64
+        raise StudyError(f"--checkpoint {path}: no model can be built from its config and "
+                         f"image_size {image_size} ({str(exc)[:100]})") from None
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    for key in sorted(set(expected) | set(found)):
+        if expected.get(key) != found.get(key):
+            raise StudyError(
+                f"--checkpoint {path}: weights do not match the architecture in its config "
+                f"(image_size {image_size}, depth {config.depth}, width {config.width}): "
+                f"{key} should be {expected.get(key, 'absent')}, found {found.get(key, 'absent')}"
+            )
+    model = build()
+    try:
+        model.load_state_dict(state)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:200]
         raise StudyError(

@@ -48,7 +48,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-epochs", type=int, help="override the space's epochs")
     p.add_argument("--image-size", type=int, help="override the space's image size")
     p.add_argument("--repeats", type=_repeats,
-                   help="train every configuration with this many seeds (default 1), or "
+                   help="train every configuration with this many seeds (seed, seed+1, ...), "
+                   "stacked in one trial that reports their mean (default 1), or "
                    "'auto': on a grid, add seeds to each configuration until its 95 %% CI "
                    "half-width is at most --target-ci points or it has --max-repeats seeds")
     p.add_argument("--target-ci", type=float,
@@ -116,6 +117,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", help="none or cosine (default cosine)")
     p.add_argument("--epochs", type=int, help="default 30")
     p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--repeats", type=int,
+                   help="train seeds seed, seed+1, ... together, stacked in one model "
+                   "(default 1)")
     p.add_argument("--image-size", type=int, help="downsample to this side (never upsamples)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--out", help="folder for config.json, history.csv, metrics.json, model.pt")

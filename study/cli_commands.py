@@ -24,7 +24,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         "dropout": args.dropout, "batchnorm": args.batchnorm, "lr": args.lr,
         "weight_decay": args.weight_decay, "optimizer": args.optimizer,
         "schedule": args.schedule, "epochs": args.epochs, "seed": args.seed,
-        "image_size": args.image_size,
+        "repeats": getattr(args, "repeats", None), "image_size": args.image_size,
     }
     if args.width is not None:
         flags["width"] = args.width[0] if len(args.width) == 1 else list(args.width)
@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from study.checkpoint import MODEL_FILE, save_model
     from study.data import load_data, resolve_spec
     from study.io import write_json_atomic, write_text_atomic
-    from study.train import fit, resolve_device, to_device
+    from study.train import fit, resolve_device, seed_rows, to_device
 
     config = _train_config(args)
     out = Path(args.out) if args.out else None
@@ -92,23 +92,55 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     state = fit(config, data, on_epoch=show)
     final = state.history[-1]
-    if final.get("diverged"):
-        print(f"Training diverged at epoch {state.epoch} (train loss {final['train_loss']}).")
+    seeds = config.seeds
+    per_seed = final["seed_metrics"]
+    for i, seed in enumerate(seeds):
+        at = state.diverged_at[i]
+        who = "Training" if len(seeds) == 1 else f"Seed {seed}: training"
+        if at:
+            loss = state.history[at - 1]["seed_metrics"]["train_loss"][i]
+            print(f"{who} diverged at epoch {at} (train loss {loss}).")
+        elif len(seeds) > 1:
+            print(f"Seed {seed}: test accuracy {per_seed['test_accuracy'][i]:.2f}%.")
+    if len(seeds) > 1:
+        print(f"Mean over the {len(seeds)} seeds {seeds[0]}-{seeds[-1]}:")
     _print_test(final)
     if out is not None:
-        best = state.best_model or state.model.state_dict()
         run_info = {"config": config.to_dict(), "data": spec, "image_size": data.image_size,
                     "device": str(device)}
         write_json_atomic(out / "config.json", run_info)
-        write_text_atomic(out / "history.csv", pd.DataFrame(state.history).to_csv(index=False))
-        test = {k: v for k, v in final.items() if k.startswith("test_")}
-        best_epoch = min(state.history, key=lambda h: h["val_loss"])
-        write_json_atomic(out / "metrics.json", {**test, "best_epoch": int(best_epoch["epoch"]),
-                                                 "best_val_loss": best_epoch["val_loss"],
-                                                 "best_val_accuracy": best_epoch["val_accuracy"]})
-        save_model(out / MODEL_FILE, best, config, data.image_size)
-        print(f"Wrote {out}/: {', '.join(RUN_FILES)}.")
+        # One row per epoch and seed, each seed's own values.
+        write_text_atomic(out / "history.csv",
+                          pd.DataFrame(seed_rows(state.history)).to_csv(index=False))
+        metrics = [_run_metrics(state, i) for i in range(len(seeds))]
+        record = metrics[0] if len(seeds) == 1 else {
+            **{k: sum(m[k] for m in metrics) / len(seeds) for k in per_seed
+               if k.startswith("test_")},
+            "seeds": seeds, "seed_metrics": {k: [m[k] for m in metrics] for k in metrics[0]}}
+        write_json_atomic(out / "metrics.json", record)
+        # model.pt: the first seed; with repeats, every seed's model beside it.
+        weights = state.best_model or state.model.state_dict()
+        save_model(out / MODEL_FILE, weights, config, data.image_size, index=0)
+        extra = []
+        if len(seeds) > 1:
+            for i, seed in enumerate(seeds):
+                name = f"model_seed{seed}.pt"
+                save_model(out / name, weights, config, data.image_size, index=i)
+                extra.append(name)
+        print(f"Wrote {out}/: {', '.join([*RUN_FILES, *extra])}.")
     return 0
+
+
+def _run_metrics(state: Any, index: int) -> dict[str, float]:
+    """Seed `index`'s test metrics and best epoch (the epoch its kept weights come from)."""
+    final = state.history[-1]["seed_metrics"]
+    rows = [(h["epoch"], h["seed_metrics"]["val_loss"][index],
+             h["seed_metrics"]["val_accuracy"][index]) for h in state.history]
+    finite = [r for r in rows if r[1] == r[1]] or rows  # NaN after a divergence
+    epoch, val_loss, val_accuracy = min(finite, key=lambda r: r[1])
+    return {**{k: v[index] for k, v in final.items() if k.startswith("test_")},
+            "best_epoch": int(epoch), "best_val_loss": val_loss,
+            "best_val_accuracy": val_accuracy}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

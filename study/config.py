@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -109,10 +110,11 @@ def _check(c: TrialConfig) -> None:
         raise StudyError(f"dropout must lie in [0, 1), got {c.dropout!r}")
     if not isinstance(c.batchnorm, bool):
         raise StudyError(f"batchnorm must be true or false, got {c.batchnorm!r}")
-    if not _is_number(c.lr) or not c.lr > 0:
-        raise StudyError(f"lr must be > 0, got {c.lr!r}")
-    if not _is_number(c.weight_decay) or c.weight_decay < 0:
-        raise StudyError(f"weight_decay must be >= 0, got {c.weight_decay!r}")
+    for name, value, low in (("lr", c.lr, "> 0"), ("weight_decay", c.weight_decay, ">= 0")):
+        if not _is_number(value) or not (value > 0 if low == "> 0" else value >= 0):
+            raise StudyError(f"{name} must be {low}, got {value!r}")  # NaN fails here too
+        if not math.isfinite(value):
+            raise StudyError(f"{name} must be finite, got {value!r}")
     if not _is_int(c.epochs) or c.epochs < 1:
         raise StudyError(f"epochs must be an integer >= 1, got {c.epochs!r}")
     if not _is_int(c.seed) or c.seed < 0:

@@ -7,9 +7,13 @@ Images stay uint8 in memory; scaling to [0, 1] happens per batch in the training
 
 from __future__ import annotations
 
+import errno
+import math
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -67,6 +71,8 @@ def _check_images(images: np.ndarray, where: str) -> np.ndarray:
         )
     if len(images) == 0:
         raise StudyError(f"{where}: holds no images")
+    if images.shape[1] == 0:
+        raise StudyError(f"{where}: images are 0x0 pixels, got shape {images.shape}")
     if images.dtype == np.uint8:
         return images
     if not (np.issubdtype(images.dtype, np.floating) or np.issubdtype(images.dtype, np.integer)):
@@ -78,6 +84,12 @@ def _check_images(images: np.ndarray, where: str) -> np.ndarray:
     low, high = float(values.min()), float(values.max())
     if low < 0 or high > 255:
         raise StudyError(f"{where}: pixel values must lie in [0, 255], got [{low:g}, {high:g}]")
+    if np.issubdtype(images.dtype, np.floating) and high <= 1.0:
+        # Rounding [0, 1] to uint8 would leave only 0 and 1: refuse rather than guess a scale.
+        raise StudyError(
+            f"{where}: float pixels all lie in [0, 1] (got [{low:g}, {high:g}]) but images are "
+            "read as [0, 255]; multiply them by 255 (or save them as uint8)"
+        )
     return np.rint(values).astype(np.uint8)
 
 
@@ -105,11 +117,52 @@ def _check_both_classes(split: Split, where: str) -> None:
             raise StudyError(f"{where}: class {name} has no examples")
 
 
+def _check_regular_file(path: Path) -> int:
+    """Return the size of `path`; raise StudyError unless it is a regular file.
+
+    Opening a FIFO blocks until someone writes to it, and a device may never end.
+    """
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise StudyError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise StudyError(f"{path}: not a regular file (a FIFO, device or socket)")
+    return info.st_size
+
+
+def _check_npy_header(handle: BinaryIO, path: Path | str, file_size: int) -> None:
+    """Check that the array the header declares fits in the file, before anything is allocated
+    (a header can declare petabytes in a few bytes). `path` names the file in messages."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+    except ValueError as exc:
+        raise StudyError(f"{path}: not a readable .npy array ({exc})") from None
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise StudyError(f"{path}: cannot be read ({exc})") from None
+    if dtype.hasobject:
+        raise StudyError(f"{path} holds pickled objects, which are never loaded")
+    needed = math.prod(shape) * dtype.itemsize
+    available = file_size - handle.tell()
+    if needed > available:
+        raise StudyError(
+            f"{path}: not a readable .npy array (its header declares shape {shape} of {dtype}, "
+            f"{needed:,} bytes, but the file holds {available:,} bytes of data)"
+        )
+
+
 def _load_npy(path: Path) -> np.ndarray:
+    file_size = _check_regular_file(path)
     try:
         with open(path, "rb") as handle:
             if handle.read(6) != b"\x93NUMPY":
                 raise StudyError(f"{path}: not a .npy file (no NumPy header)")
+            handle.seek(0)
+            _check_npy_header(handle, path, file_size)
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc):
@@ -166,6 +219,7 @@ def _load_homework_dir(root: Path) -> tuple[Split, Split | None, Split]:
 
 
 def _load_npz(path: Path) -> tuple[Split, Split | None, Split]:
+    _check_regular_file(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -174,7 +228,13 @@ def _load_npz(path: Path) -> tuple[Split, Split | None, Split]:
         keys = set(archive.files)
 
         def read(key: str) -> np.ndarray:
+            member = f"{key}.npy"
+            if member not in archive.zip.namelist():
+                raise StudyError(f"{path}: key {key!r} is not a .npy array")
             try:
+                with archive.zip.open(member) as handle:
+                    _check_npy_header(handle, f"{path}: key {key!r}",
+                                      archive.zip.getinfo(member).file_size)
                 return archive[key]
             except ValueError as exc:
                 if "allow_pickle" in str(exc):
@@ -228,7 +288,10 @@ def resolve_spec(spec: str) -> str:
     """Return the spec with any path made absolute (trials run in other directories)."""
     if spec == "synthetic" or spec.startswith("synthetic:"):
         return spec
-    return str(Path(spec).expanduser().resolve())
+    try:
+        return str(Path(spec).expanduser().resolve())
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise StudyError(f"--data {spec}: cannot be resolved ({exc})") from None
 
 
 def load_data(spec: str = "synthetic") -> Dataset:
@@ -243,6 +306,11 @@ def load_data(spec: str = "synthetic") -> Dataset:
     else:
         path = Path(spec).expanduser()
         if not path.exists():
+            try:
+                path.stat()
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise StudyError(f"--data {spec}: a symbolic link loop") from None
             raise StudyError(f"--data {spec}: no such file or folder")
         if path.is_dir():
             train, val, test = _load_homework_dir(path)

@@ -11,13 +11,39 @@ from typing import Any
 
 import yaml
 
+from study.errors import StudyError
+
+MAX_YAML_NODES = 100_000  # values a document may expand to, aliases counted each time used
+MAX_YAML_CHARS = 10_000_000  # characters of scalars, likewise (a search space is a few hundred)
+
 
 class _Loader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that also reads `1e-5` as a float, as YAML 1.2 does.
+    """`yaml.SafeLoader` that also reads `1e-5` as a float, as YAML 1.2 does, and refuses a key
+    repeated in one mapping.
 
     PyYAML follows YAML 1.1, where a float needs a dot (`1.0e-5`), so `lr: 1e-5` would load
-    as a string and be refused with a puzzling message.
+    as a string and be refused with a puzzling message; and it keeps the last of two equal
+    keys without a word.
     """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            # Only the keys written in this mapping: one may override a merged (`<<: *base`) one.
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    repeated = key in seen
+                    seen.add(key)
+                except TypeError:
+                    continue  # an unhashable key: construct_mapping refuses it below
+                if repeated:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -27,9 +53,61 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _check_expansion(root: yaml.Node) -> None:
+    """Raise yaml.YAMLError if the document, its aliases expanded, exceeds the bounds.
+
+    Aliases share one node, so the parsed document stays small, but anything that walks or
+    writes it (json.dumps into study.json) expands every use: a few hundred bytes of nested
+    aliases become gigabytes. Sizes are counted per node once (memoised), so this is linear
+    in the file, not in the expansion. A node that contains itself is refused too.
+    """
+    sizes: dict[int, tuple[int, int]] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> tuple[int, int]:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a value that "
+                                              "contains it (a recursive document)",
+                                              node.start_mark)
+        active.add(key)
+        nodes, chars = 1, 0
+        if isinstance(node, yaml.ScalarNode):
+            chars = len(node.value)
+        else:
+            children = (node.value if isinstance(node, yaml.SequenceNode)
+                        else [n for pair in node.value for n in pair])
+            for child in children:
+                n, c = size(child)
+                nodes, chars = nodes + n, chars + c
+        active.discard(key)
+        sizes[key] = nodes, chars
+        if nodes > MAX_YAML_NODES or chars > MAX_YAML_CHARS:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases expand to more than {MAX_YAML_NODES} values or "
+                f"{MAX_YAML_CHARS} characters (found at least {nodes} values, {chars} "
+                "characters)", node.start_mark)
+        return nodes, chars
+
+    size(root)
+
+
 def load_yaml(text: str) -> Any:
-    """Parse YAML safely (no object construction); `1e-5` is a float. Raises yaml.YAMLError."""
-    return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader
+    """Parse YAML safely (no object construction); `1e-5` is a float. Raises yaml.YAMLError
+    for bad YAML, a key repeated in a mapping, and aliases that expand past a small bound."""
+    loader = _Loader(text)  # a SafeLoader: constructs plain values only
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise yaml.YAMLError("values nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -56,24 +134,31 @@ def read_trial_states(exp_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Return trial_id -> {status, dir, failures} from Ray's latest experiment state.
 
     Reads only the JSON parts of `experiment_state-*.json` (never its pickled fields); a
-    missing or unreadable state gives {}.
+    missing or unreadable (half-written) state gives {}; one that parses but does not have
+    Ray's layout raises StudyError.
     """
     states = sorted(Path(exp_dir).glob("experiment_state-*.json"))
     if not states:
         return {}
     try:
         raw = json.loads(states[-1].read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: cut short, or not UTF-8
         return {}
+    entries = raw.get("trial_data", []) if isinstance(raw, dict) else None
+    if not isinstance(entries, list):
+        raise StudyError(f"{states[-1]}: is damaged (trial_data is not a list)")
     out: dict[str, dict[str, Any]] = {}
-    for entry in raw.get("trial_data", []):
+    for entry in entries:
         try:
             trial = json.loads(entry[0]) if isinstance(entry, list) else entry
             runtime = json.loads(entry[1]) if isinstance(entry, list) and len(entry) > 1 else {}
-        except (TypeError, json.JSONDecodeError):
+        except (TypeError, IndexError, json.JSONDecodeError):
             continue
-        if isinstance(trial, dict) and "trial_id" in trial:
-            out[trial["trial_id"]] = {"status": trial.get("status", ""),
+        if not isinstance(runtime, dict):
+            runtime = {}
+        if isinstance(trial, dict) and isinstance(trial.get("trial_id"), str):
+            status = trial.get("status", "")
+            out[trial["trial_id"]] = {"status": status if isinstance(status, str) else "",
                                       "dir": trial.get("relative_logdir"),
                                       "failures": (runtime or {}).get("num_failures", 0)}
     return out

@@ -22,7 +22,8 @@ class StudyOptunaSearch(OptunaSearch):
     intermediate values were reported every epoch), TPE ranks it below every completed trial,
     which is what the scheduler's decision means. A non-finite metric, or a diverged trial
     (whose NaN outputs still score a finite accuracy), is told as FAIL.
-    Under `Repeater`, Optuna is told the mean over repeats and this check does not apply.
+    A trial stacking several seeds (`repeats`) reports their mean, so Optuna judges a
+    configuration by its mean over seeds; a diverged seed makes that mean NaN (FAIL).
 
     With `storage_file`, the Optuna study lives in that SQLite file as the search goes
     (`optuna-dashboard sqlite:///<file>` shows it live) under `study_name`; a searcher built on

@@ -117,6 +117,11 @@ def _parse_param(name: str, spec: Any, where: str) -> Param:
         )
     kind = kinds[0]
     arg = spec[kind]
+    for option in ("log", "step"):
+        if option in spec and kind not in (("int", "uniform") if option == "log" else ("int",)):
+            raise StudyError(f"{where}.{option}: not allowed with {kind}, got {spec[option]!r}")
+    if "log" in spec and not isinstance(spec["log"], bool):
+        raise StudyError(f"{where}.log: must be true or false, got {spec['log']!r}")
     if kind == "choice":
         if not isinstance(arg, list) or not arg:
             raise StudyError(f"{where}.choice: must be a non-empty list, got {arg!r}")
@@ -153,8 +158,12 @@ def _parse_param(name: str, spec: Any, where: str) -> Param:
     if log and low <= 0:
         raise StudyError(f"{where}.{kind}: log bounds must be > 0, got low={low}")
     step = spec.get("step", 1)
-    if kind == "int" and (not isinstance(step, int) or step < 1):
+    if kind == "int" and (not isinstance(step, int) or isinstance(step, bool) or step < 1):
         raise StudyError(f"{where}.step: must be an integer >= 1, got {step!r}")
+    if log and step > 1:
+        # Optuna's suggest_int has no log scale with a step; Ray's has none either.
+        raise StudyError(f"{where}: log: true cannot be combined with step: {step} (step must "
+                         "be 1 on a log scale)")
     for bound in (low, high):
         _check_value(name, int(bound) if kind == "int" else float(bound), f"{where}.{kind}")
     return Param(name, kind, low=low, high=high, log=log, step=step)
@@ -203,7 +212,7 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
 def _check_depth_rules(space: SearchSpace) -> None:
     everything = {**space.params, **space.fixed}
     depth = everything.get("depth")
-    depths: set[int] = set()
+    depths: Any = set()  # a range for int depths: checked lazily, never built
     if depth is None:
         depths = {TrialConfig().depth}
     elif depth.kind == "fixed":
@@ -211,13 +220,15 @@ def _check_depth_rules(space: SearchSpace) -> None:
     elif depth.kind == "choice":
         depths = set(depth.values)
     elif depth.kind == "int":
-        depths = set(range(int(depth.low), int(depth.high) + 1, depth.step))
+        depths = int_values(depth)
     for param in everything.values():
         if param.kind == "by_depth":
-            missing = sorted(depths - {d for d, _ in param.table})
-            if missing:
+            table = {d for d, _ in param.table}
+            ordered = sorted(depths) if isinstance(depths, set) else depths
+            missing = next((d for d in ordered if d not in table), None)
+            if missing is not None:
                 raise StudyError(
-                    f"{space.source}: {param.name}.by_depth has no value for depth {missing[0]}"
+                    f"{space.source}: {param.name}.by_depth has no value for depth {missing}"
                 )
     width = everything.get("width")
     if width is not None and width.kind in ("fixed", "choice"):
@@ -311,7 +322,43 @@ def optuna_space(space: SearchSpace) -> OptunaSpace:
 def _depth_lookup(p: Param) -> Callable[[Any], Any]:
     table = {d: list(v) if isinstance(v, tuple) else v for d, v in p.table}
     default_depth = TrialConfig().depth
-    return lambda config: table[config.get("depth", default_depth)]
+
+    def lookup(config: Any) -> Any:
+        depth = config.get("depth", default_depth)
+        if depth not in table:
+            # Not a KeyError: Ray would retry a KeyError with its old spec-dict form, whose
+            # missing "depth" falls back to the default depth's value without a word.
+            raise ValueError(f"{p.name}.by_depth has no value for depth {depth}")
+        return table[depth]
+
+    return lookup
+
+
+def int_values(p: Param) -> range:
+    """The values an int range takes: low, low + step, ... up to high (inclusive)."""
+    return range(int(p.low), int(p.high) + 1, p.step)
+
+
+def _stepped_int(p: Param) -> Any:
+    """A Ray domain drawing uniformly from low, low + step, ..., high.
+
+    Written here because Ray's `qrandint` rounds to multiples of the step (2 and 4 for
+    [1, 5] step 2), which leaves the range's own grid (1, 3, 5).
+    """
+    from ray.tune.search.sample import Integer, Sampler
+
+    class _OnGrid(Sampler):
+        def sample(self, domain: Any, config: Any = None, size: int = 1,
+                   random_state: Any = None) -> Any:
+            index = Integer(0, len(values)).sample(config, size, random_state)
+            if size > 1:
+                return [values[int(i)] for i in index]
+            return values[int(index)]
+
+    values = int_values(p)
+    domain = Integer(values[0], values[-1] + 1)
+    domain.set_sampler(_OnGrid())
+    return domain
 
 
 def tune_space(space: SearchSpace) -> dict[str, Any]:
@@ -327,9 +374,11 @@ def tune_space(space: SearchSpace) -> dict[str, Any]:
             out[name] = tune.choice([list(v) if isinstance(v, tuple) else v for v in p.values])
         elif p.kind == "int":
             high = int(p.high) + 1  # tune's randint excludes the upper bound
+            # With a step, draw from the grid low, low + step, ... (Ray's qrandint rounds to
+            # multiples of the step instead, which can leave the range's own grid).
             out[name] = (tune.lograndint(int(p.low), high) if p.log
-                         else tune.qrandint(int(p.low), int(p.high), p.step)
-                         if p.step > 1 else tune.randint(int(p.low), high))
+                         else _stepped_int(p) if p.step > 1
+                         else tune.randint(int(p.low), high))
         elif p.kind == "uniform":
             out[name] = tune.uniform(p.low, p.high)
         elif p.kind == "loguniform":
@@ -346,7 +395,8 @@ def tune_space(space: SearchSpace) -> dict[str, Any]:
                 depth = config.get("depth", TrialConfig().depth)
                 if inner.kind == "choice":
                     return [random.choice(inner.values) for _ in range(depth)]
-                return [random.randint(int(inner.low), int(inner.high)) for _ in range(depth)]
+                values = int_values(inner)
+                return [values[random.randrange(len(values))] for _ in range(depth)]
 
             out[name] = tune.sample_from(layers)
     return out
@@ -364,7 +414,7 @@ def grid_space(space: SearchSpace) -> dict[str, Any]:
                 [list(v) if isinstance(v, tuple) else v for v in p.values]
             )
         elif p.kind == "int" and not p.log:
-            out[name] = tune.grid_search(list(range(int(p.low), int(p.high) + 1, p.step)))
+            out[name] = tune.grid_search(list(int_values(p)))
         elif p.kind == "fixed":
             out[name] = list(p.value) if isinstance(p.value, tuple) else p.value
         elif p.kind == "by_depth":
@@ -384,7 +434,7 @@ def grid_size(space: SearchSpace) -> int:
         if p.kind == "choice":
             size *= len(p.values)
         elif p.kind == "int":
-            size *= len(range(int(p.low), int(p.high) + 1, p.step))
+            size *= len(int_values(p))
     return size
 
 

@@ -383,6 +383,17 @@ def epoch_report(seeds: list[int], per_seed: list[dict[str, float]], epoch: int
     return report
 
 
+def seed_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The history in long form: one row per epoch and seed, `epoch`, `seed` and that seed's
+    value of every metric (for a table such as `study train`'s history.csv)."""
+    rows = []
+    for entry in history:
+        for index, seed in enumerate(entry["seeds"]):
+            values = {name: v[index] for name, v in entry["seed_metrics"].items()}
+            rows.append({"epoch": entry["epoch"], "seed": seed, **values})
+    return rows
+
+
 EpochCallback = Callable[[dict[str, Any], TrainState], None]
 
 

@@ -1,8 +1,8 @@
 """`study report` on a tiny real experiment: figures, exports, optuna.db, partial experiments.
 
-One experiment per module (a 2x2x2 homework-like grid, 2 seeds, 4 epochs on 16x16 synthetic
-images: enough to learn a little, so seeds differ), made by `study run` in a subprocess so its
-Ray never meets another module's.
+One experiment per module (a 2x2x2 homework-like grid, 2 seeds stacked per trial, 4 epochs on
+16x16 synthetic images: enough to learn a little, so seeds differ), made by `study run` in a
+subprocess so its Ray never meets another module's.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ fixed:
   lr: 3.0e-3
   epochs: 4
 """
-TRIALS = 2 * 2 * 2 * 2  # loss x batch size x depth x seeds
+TRIALS = 2 * 2 * 2  # loss x batch size x depth: one trial per configuration ...
+RUNS = TRIALS * 2  # ... stacking 2 seeds: one run per trial and seed
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURE_NAMES = [
     *(f"homework_{f}_{kind}.png" for f in ("loss", "batch_size", "depth")
@@ -76,9 +77,16 @@ def test_every_figure_written_and_linked(experiment: Path) -> None:
     assert sorted(p.name for p in (summary / FIGURES).glob("*.png")) == sorted(FIGURE_NAMES)
 
 
-def test_leaderboard_has_one_row_per_trial(experiment: Path) -> None:
+def test_leaderboard_has_one_row_per_run(experiment: Path) -> None:
     board = pd.read_csv(experiment / "summary" / "leaderboard.csv")
-    assert len(board) == len(trial_dirs(experiment)) == TRIALS
+    assert len(trial_dirs(experiment)) == TRIALS and len(board) == RUNS
+    assert sorted(board["seed"]) == [0] * TRIALS + [1] * TRIALS and not board["duplicate"].any()
+    # every trial's two runs: its seeds' own values, whose mean the trial reported
+    trials = collect_trials(experiment).set_index("trial_id")
+    for trial_id, runs in board.groupby("trial_id"):
+        assert len(runs) == 2
+        assert runs["val_accuracy"].mean() == pytest.approx(trials.loc[trial_id,
+                                                                       "val_accuracy"])
     assert set(board["status"]) == {"completed"}  # grid runs under FIFO: every repeat finishes
 
 
@@ -133,9 +141,9 @@ def test_best_config_yaml_round_trips_through_study_train(experiment: Path,
 def test_optuna_db_holds_every_trial_and_the_best_value(experiment: Path) -> None:
     db = experiment / "summary" / OPTUNA_DB
     study = optuna.load_study(study_name="exp", storage=f"sqlite:///{db}")
-    assert len(study.trials) == TRIALS
-    board = pd.read_csv(experiment / "summary" / "leaderboard.csv")
-    assert study.best_value == pytest.approx(board["val_accuracy"].max())
+    assert len(study.trials) == TRIALS  # one per trial: the seed-means the searcher saw
+    trials = collect_trials(experiment)
+    assert study.best_value == pytest.approx(trials["val_accuracy"].max())
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     for trial in study.trials:
         assert trial.state == optuna.trial.TrialState.COMPLETE
@@ -189,8 +197,9 @@ def test_report_on_an_experiment_with_an_errored_trial(partial: Path,
     assert states.count(optuna.trial.TrialState.FAIL) == 1
     assert states.count(optuna.trial.TrialState.PRUNED) == 1
     board = pd.read_csv(summary / "leaderboard.csv")
-    assert len(board) == TRIALS
-    best_finished = board.loc[board["status"] == "completed", "val_accuracy"].max()
+    assert len(board) == RUNS
+    trials = collect_trials(partial)
+    best_finished = trials.loc[trials["status"] == "completed", "val_accuracy"].max()
     assert study.best_value == pytest.approx(best_finished)
     best = json.loads((summary / "best_config.json").read_text())
     assert best["config"]["loss"] in ("bce", "ce")

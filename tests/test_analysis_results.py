@@ -106,6 +106,7 @@ def test_a_diverged_seed_is_its_own_run(tmp_path: Path) -> None:
     assert trials.iloc[0]["status"] == "diverged"  # the searcher saw a NaN mean
     runs = collect_runs(trials=trials).set_index("seed")
     assert runs.loc[0, "status"] == "completed" and runs.loc[1, "status"] == "diverged"
+    assert runs.loc[1, "reason"] == "train_loss=nan at epoch 1 (seed 1)"
     best = best_configuration(collect_runs(trials=trials), "val_accuracy", "max")
     assert best is not None and best["seeds"] == [0]
 

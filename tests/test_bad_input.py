@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
+import os
 import shutil
 import socket
 import subprocess
@@ -444,3 +446,345 @@ def test_every_loader_in_the_package_refuses_pickles() -> None:
                 assert name == "yaml.load" and isinstance(loader, ast.Name), where
                 assert "SafeLoader" in source.read_text(), where
     assert {"np.load", "torch.load"} <= seen  # the scan found the loaders it is meant to check
+
+
+# --- what an adversarial pass found: spaces, YAML, data, checkpoints, report inputs ---------
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A few hundred bytes of YAML whose aliases expand to width**levels values."""
+    anchors = ["&a0 [" + ", ".join(["x"] * width) + "]"]
+    for i in range(1, levels):
+        anchors.append(f"&a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
+    return ("params:\n  dropout:\n    uniform: [0.0, 0.5]\n    step: [" + ", ".join(anchors)
+            + "]\n")
+
+
+def test_yaml_alias_bomb_is_refused_before_it_expands(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = alias_bomb()
+    assert len(text.encode()) < 600  # expands to 9**9 = 387 million values
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    storage = tmp_path / "results"
+    refused(capsys, ["run", "--space", str(path), "--data", TINY_DATA, "--storage-path",
+                     str(storage), "--name", "s", "--quiet"], str(path), "aliases expand to more")
+    assert not storage.exists()
+    config = tmp_path / "bomb-config.yaml"  # `study train --config` reads YAML the same way
+    config.write_text(text.replace("params:\n  dropout:\n", "lr: 1e-3\nextra:\n"))
+    refused(capsys, ["train", "--config", str(config), "--data", TINY_DATA],
+            str(config), "aliases expand to more")
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("params:\n  lr: {loguniform: [1.0e-3, 1.0e-2]}\n  lr: {uniform: [0.0, 1.0]}\n",
+     ["key 'lr' appears twice"]),
+    ("params:\n  depth: {int: [1, 3], int: [1, 5]}\n", ["key 'int' appears twice"]),
+    ("metric: val_accuracy\nmetric: test_accuracy\nparams: {}\n", ["key 'metric' appears twice"]),
+])
+def test_yaml_key_repeated_in_a_mapping_is_refused(
+        text: str, needles: list[str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    refused(capsys, ["run", "--space", str(path), "--data", TINY_DATA, "--storage-path",
+                     str(tmp_path / "r"), "--name", "s", "--quiet"], str(path), *needles)
+    assert not (tmp_path / "r").exists()
+
+
+def test_yaml_merge_keys_may_still_be_overridden() -> None:
+    """A key written once beside `<<: *base` overrides the merged one: not a repetition."""
+    from study.io import load_yaml
+
+    assert load_yaml("b: &b {x: 1, y: 2}\nc: {<<: *b, x: 5}\nlr: 1e-3\n") == {
+        "b": {"x": 1, "y": 2}, "c": {"x": 5, "y": 2}, "lr": 0.001}
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("params:\n  depth: {int: [1, 8], log: true, step: 2}\n",
+     ["params.depth", "log: true cannot be combined with step: 2"]),
+    ("params:\n  dropout: {uniform: [0.0, 0.5], step: 0.1}\n",
+     ["params.dropout.step", "not allowed with uniform", "0.1"]),
+    ("params:\n  loss: {choice: [bce, ce], log: true}\n",
+     ["params.loss.log", "not allowed with choice"]),
+    ("params:\n  lr: {uniform: [1.0e-3, 1.0e-1], log: 'yes'}\n",
+     ["params.lr.log", "must be true or false", "'yes'"]),
+    ("params:\n  depth: {int: [1, 5], step: true}\n",
+     ["params.depth.step", "must be an integer >= 1", "True"]),
+])
+def test_every_key_of_a_parameter_is_checked(
+        text: str, needles: list[str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused at load, one line, before Optuna or Ray: no study.json or tuner.pkl is left."""
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    storage = tmp_path / "results"
+    refused(capsys, ["run", "--space", str(path), "--data", TINY_DATA, "--storage-path",
+                     str(storage), "--name", "s", "--quiet"], str(path), *needles)
+    assert not storage.exists()
+
+
+def _npz(path: Path, train: np.ndarray, size: int = 8) -> Path:
+    labels = np.tile(np.array([0, 1], dtype=np.uint8), 10)
+    test = np.full((20, size, size), 100, dtype=np.uint8)
+    np.savez(path, train_images=train, train_labels=labels, test_images=test,
+             test_labels=labels)
+    return path
+
+
+def _run_on(data: str, tmp_path: Path) -> list[str]:
+    return ["run", "--space", str(write_space(tmp_path / "s.yaml", {}, TINY_NET)), "--data",
+            data, "--storage-path", str(tmp_path / "results"), "--name", "d", "--quiet"]
+
+
+def test_data_with_0x0_images_is_refused(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = _npz(tmp_path / "empty.npz", np.zeros((20, 0, 0), dtype=np.uint8))
+    refused(capsys, _run_on(str(path), tmp_path), "train_images", "0x0")
+    assert not (tmp_path / "results" / "d").exists()
+
+
+def test_float_images_in_0_1_are_refused_not_rounded(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rounding [0, 1] to uint8 would leave only 0 and 1; the README reads [0, 255]."""
+    images = np.random.default_rng(0).random((20, 8, 8), dtype=np.float32)
+    path = _npz(tmp_path / "unit.npz", images)
+    refused(capsys, _run_on(str(path), tmp_path), "train_images", "[0, 1]", "[0, 255]",
+            "multiply them by 255")
+    scaled = _npz(tmp_path / "scaled.npz", images * 255)  # as the message says: accepted
+    from study.data import load_data
+
+    assert load_data(str(scaled)).train.images.max() > 1
+
+
+def test_data_a_symlink_loop_is_refused(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    refused(capsys, _run_on(str(loop), tmp_path), str(loop))
+    assert not (tmp_path / "results" / "d").exists()
+
+
+def test_npy_header_declaring_petabytes_is_refused_before_allocating(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_homework_layout(tmp_path / "data")
+    target = data / "train" / "normal.npy"
+    header = {"descr": "|u1", "fortran_order": False, "shape": (10**6, 10**5, 10**5)}
+    with open(target, "wb") as handle:  # 10 PB declared, 100 bytes present
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.write(b"\x00" * 100)
+    refused(capsys, _run_on(str(data), tmp_path), str(target),
+            "10,000,000,000,000,000 bytes", "holds 100 bytes")
+    npz = tmp_path / "big.npz"
+    _npz(npz, np.zeros((20, 8, 8), dtype=np.uint8))
+    import zipfile
+
+    with zipfile.ZipFile(npz, "a") as archive:  # an npz member with the same header
+        with archive.open("val_images.npy", "w") as member:
+            np.lib.format.write_array_header_1_0(member, header)
+        with archive.open("val_labels.npy", "w") as member:
+            np.lib.format.write_array(member, np.zeros(20, dtype=np.uint8))
+    refused(capsys, _run_on(str(npz), tmp_path), "val_images", "holds 0 bytes")
+
+
+@pytest.mark.parametrize("where", ["the --data file", "a file in the --data folder"])
+def test_data_a_fifo_is_refused_without_hanging(where: str, tmp_path: Path) -> None:
+    if where == "the --data file":
+        fifo = data = tmp_path / "data.npz"
+    else:
+        data = write_homework_layout(tmp_path / "data")
+        fifo = data / "test" / "test_normal.npy"
+        fifo.unlink()
+    os.mkfifo(fifo)
+    argv = _run_on(str(data), tmp_path)
+    try:
+        proc = subprocess.run(study_command(*argv), capture_output=True, text=True, timeout=60,
+                              start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"study run hung on a FIFO as {where}") from None
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert str(fifo) in lines[0] and "not a regular file" in lines[0], lines[0]
+    assert not (tmp_path / "results" / "d").exists()
+
+
+def _checkpoint(path: Path, **override: object) -> Path:
+    from study.checkpoint import save_model
+    from study.config import TrialConfig
+    from study.model import build_mlp
+
+    config = TrialConfig(depth=1, width=4, epochs=1)
+    save_model(path, build_mlp(16 * 16, 2, 1, 4, 0.5).state_dict(), config, 16)
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, **override}, path)
+    return path
+
+
+@pytest.mark.parametrize("image_size, needle", [
+    ("16", "image_size must be an integer >= 1, got '16'"),
+    (-3, "image_size must be an integer >= 1, got -3"),
+    (0, "image_size must be an integer >= 1, got 0"),
+    (8, "1.weight should be (4, 64), found (4, 256)"),  # plausible, but not these weights
+])
+def test_checkpoint_with_a_bad_image_size(image_size: object, needle: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint = _checkpoint(tmp_path / "model.pt", image_size=image_size)
+    refused(capsys, ["evaluate", "--checkpoint", str(checkpoint), "--data", TINY_DATA],
+            str(checkpoint), needle)
+
+
+def test_checkpoint_with_a_huge_image_size_builds_nothing(tmp_path: Path) -> None:
+    """10**7 pixels a side would be a first layer of 10**14 inputs: refused from the shapes."""
+    checkpoint = _checkpoint(tmp_path / "model.pt", image_size=10**7)
+    refused_process(["evaluate", "--checkpoint", str(checkpoint), "--data", TINY_DATA],
+                    str(checkpoint), "weights do not match", "image_size 10000000")
+
+
+def test_train_with_nan_weight_decay_is_refused(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    refused(capsys, ["train", "--weight-decay", "nan", "--data", TINY_DATA, "--epochs", "1",
+                     "--out", str(tmp_path / "out")], "weight_decay must be >= 0, got nan")
+    refused(capsys, ["train", "--lr", "inf", "--data", TINY_DATA, "--epochs", "1"],
+            "lr must be finite, got inf")
+    assert not (tmp_path / "out").exists()
+
+
+# --- study report: damaged experiments, and folders it did not write -----------------------
+
+
+def fake_experiment(exp: Path, study: dict[str, object] | None = None) -> Path:
+    """Two finished trials as Ray lays them out, each with a checkpoint; no Ray needed.
+
+    Trial b has the better validation accuracy, trial a the better test accuracy.
+    """
+    from study.config import TrialConfig
+    from study.model import build_mlp
+
+    for i, (trial_id, val, test) in enumerate((("aaaa0001", 60.0, 90.0),
+                                               ("aaaa0002", 70.0, 50.0))):
+        trial = exp / f"train_trial_{trial_id}_{i + 1}_lr=0.00{i + 1}"
+        (trial / "checkpoint_000000").mkdir(parents=True)
+        config = {**TINY_NET, "lr": 0.001 * (i + 1), "seed": 0}
+        (trial / "params.json").write_text(json.dumps(config))
+        rows = [{"epoch": e, "val_accuracy": val - 2 + e, "val_loss": 0.6, "val_auroc": 0.7,
+                 "train_loss": 0.6, "train_accuracy": 60.0, "trial_id": trial_id,
+                 "config": config, "time_total_s": 1.0} for e in (1, 2)]
+        rows[-1].update(test_accuracy=test, test_auroc=0.5)
+        (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        weights = build_mlp(16 * 16, 2, 1, 16, 0.5).state_dict()
+        torch.save({"config": TrialConfig.from_dict(config).to_dict(), "model": weights,
+                    "best_model": weights}, trial / "checkpoint_000000" / "state.pt")
+    (exp / "study.json").write_text(json.dumps(
+        study or {"metric": "val_accuracy", "mode": "max", "searched": ["lr"]}))
+    return exp
+
+
+def best_trial_dir(exp: Path) -> Path:
+    return next(exp.glob("train_trial_aaaa0002_*"))
+
+
+DAMAGED_REPORT_INPUTS = {
+    "result.json not UTF-8": (lambda e: (best_trial_dir(e) / "result.json").write_bytes(
+        b'{"epoch": 1, "val_accuracy": 5\xff\xfe}\n'), ["result.json", "not UTF-8"]),
+    "params.json not UTF-8": (lambda e: (best_trial_dir(e) / "params.json").write_bytes(
+        b"\xff\xfe{}"), ["params.json", "not UTF-8"]),
+    "a bare number as a result line": (lambda e: (best_trial_dir(e) / "result.json").write_text(
+        "5\n"), ["result.json", "line 1 is not a result record", "'5'"]),
+    "best trial's state.pt truncated": (
+        lambda e: (best_trial_dir(e) / "checkpoint_000000" / "state.pt").write_bytes(
+            (best_trial_dir(e) / "checkpoint_000000" / "state.pt").read_bytes()[:300]),
+        ["state.pt", "the best trial's checkpoint cannot be read"]),
+    "trial_data not a list": (lambda e: (e / "experiment_state-2026-01-01_00-00-00.json")
+                              .write_text('{"trial_data": 5}'),
+                              ["experiment_state-", "trial_data is not a list"]),
+    "study.json a list": (lambda e: (e / "study.json").write_text("[1]"),
+                          ["study.json", "must hold a JSON object"]),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_REPORT_INPUTS, ids=list(DAMAGED_REPORT_INPUTS))
+def test_report_on_damaged_files_is_one_line_and_keeps_the_summary(
+        case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One line, exit 2, and summary/ as the previous report left it (not half new)."""
+    exp = fake_experiment(tmp_path / "exp")
+    assert cli.main(["report", str(exp)]) == 0
+    capsys.readouterr()
+    before = snapshot(exp / "summary")
+    assert "model.pt" in before and "report.md" in before
+    damage, needles = DAMAGED_REPORT_INPUTS[case]
+    damage(exp)
+    refused(capsys, ["report", str(exp)], *needles)
+    assert snapshot(exp / "summary") == before
+    assert [p.name for p in exp.iterdir() if p.name.startswith(".summary")] == []
+
+
+def test_report_never_selects_by_the_test_split(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A damaged study.json that names a test metric is refused, not obeyed."""
+    exp = fake_experiment(tmp_path / "exp", {"metric": "test_accuracy", "mode": "max"})
+    refused(capsys, ["report", str(exp)], str(exp / "study.json"),
+            "metric must be one of val_accuracy, val_loss, val_auroc", "'test_accuracy'")
+    assert not (exp / "summary").exists()
+    (exp / "study.json").write_text(json.dumps({"metric": "val_accuracy", "mode": "max"}))
+    assert cli.main(["report", str(exp)]) == 0
+    best = json.loads((exp / "summary" / "best_config.json").read_text())
+    assert best["trial_ids"] == ["aaaa0002"]  # best validation, not best test accuracy
+
+
+@pytest.mark.parametrize("where", ["summary", "--out"])
+def test_report_into_a_file_is_refused(where: str, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    exp = fake_experiment(tmp_path / "exp")
+    target = exp / "summary" if where == "summary" else tmp_path / "out"
+    target.write_text("mine")
+    argv = ["report", str(exp)] + (["--out", str(target)] if where == "--out" else [])
+    refused(capsys, argv, str(target), "exists and is not a folder")
+    assert target.read_text() == "mine"
+
+
+def test_report_refuses_a_folder_it_did_not_write(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    exp = fake_experiment(tmp_path / "exp")
+    out = tmp_path / "mine"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "my_plot.png").write_bytes(b"\x89PNG mine")
+    (out / "report.md").write_text("# my own report\n")
+    before = snapshot(out)
+    refused(capsys, ["report", str(exp), "--out", str(out)], f"--out {out}",
+            "did not write", "nothing was changed")
+    assert snapshot(out) == before
+    refused(capsys, ["report", str(exp), "--out", str(exp)], "is the experiment folder")
+    refused(capsys, ["report", str(exp), "--out", str(tmp_path)], "holds it")
+
+
+def test_report_keeps_files_it_did_not_write_in_its_own_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user's plots added to summary/figures survive the next report; what the report wrote
+    is replaced as a whole; a file of the report's that the user edited is never overwritten."""
+    exp = fake_experiment(tmp_path / "exp")
+    assert cli.main(["report", str(exp)]) == 0
+    summary = exp / "summary"
+    figures = sorted(p.name for p in (summary / "figures").glob("*.png"))
+    assert figures
+    (summary / "figures" / "my_plot.png").write_bytes(b"\x89PNG mine")
+    (summary / "notes.md").write_text("my notes")
+    (best_trial_dir(exp) / "result.json").write_text(  # new results: a new report
+        (best_trial_dir(exp) / "result.json").read_text().replace('"val_loss": 0.6',
+                                                                   '"val_loss": 0.5'))
+    old_board = (summary / "leaderboard.csv").read_text()
+    assert cli.main(["report", str(exp)]) == 0
+    assert (summary / "figures" / "my_plot.png").read_bytes() == b"\x89PNG mine"
+    assert (summary / "notes.md").read_text() == "my notes"
+    assert (summary / "leaderboard.csv").read_text() != old_board
+    assert sorted(p.name for p in (summary / "figures").glob("hpo_*.png")) == [
+        f for f in figures if f.startswith("hpo_")]
+
+    (summary / "report.md").write_text("# edited by hand\n")
+    before = snapshot(summary)
+    refused(capsys, ["report", str(exp)], str(summary / "report.md"), "move it away")
+    assert snapshot(summary) == before
+    capsys.readouterr()
+    (summary / "report.md").unlink()  # once moved away, the report writes it again
+    assert cli.main(["report", str(exp)]) == 0
+    assert (summary / "report.md").read_text().startswith("# Study report")

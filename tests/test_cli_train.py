@@ -238,3 +238,31 @@ def test_train_help_lists_flags(capsys: pytest.CaptureFixture[str]) -> None:
     for flag in ("--loss", "--batch-size", "--depth", "--width", "--dropout", "--no-batchnorm",
                  "--image-size", "--out", "--overwrite", "--config"):
         assert flag in text
+
+
+def test_train_repeats_stacks_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Dropout 0: seed 1 of the stacked run is the run of seed 1 alone, and its saved model
+    # scores what the stacked run printed for it.
+    out = tmp_path / "stacked"
+    assert _train(out, "--repeats", "3", "--dropout", "0") == 0
+    printed = capsys.readouterr().out
+    seeds = dict(re.findall(r"^Seed (\d): test accuracy (\d+\.\d+)%\.$", printed, re.MULTILINE))
+    assert sorted(seeds) == ["0", "1", "2"]
+    mean = float(TEST_LINE.search(printed).group(1))  # type: ignore[union-attr]
+    assert mean == pytest.approx(sum(float(v) for v in seeds.values()) / 3, abs=0.006)
+    history = pd.read_csv(out / "history.csv")
+    assert list(zip(history["epoch"], history["seed"], strict=True)) == [
+        (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seeds"] == [0, 1, 2] and len(metrics["seed_metrics"]["best_epoch"]) == 3
+    assert sorted(p.name for p in out.glob("model_seed*.pt")) == [
+        "model_seed0.pt", "model_seed1.pt", "model_seed2.pt"]
+
+    assert _train(tmp_path / "alone", "--seed", "1", "--dropout", "0") == 0
+    alone = TEST_LINE.search(capsys.readouterr().out).group(1)  # type: ignore[union-attr]
+    assert alone == seeds["1"]
+    assert main(["evaluate", "--checkpoint", str(out / "model_seed1.pt"), "--data", DATA,
+                 "--device", "cpu"]) == 0
+    assert TEST_LINE.search(capsys.readouterr().out).group(1) == seeds["1"]  # type: ignore
+    saved = torch.load(out / "model_seed1.pt", weights_only=True)
+    assert saved["config"]["seed"] == 1 and saved["config"]["repeats"] == 1

@@ -57,7 +57,8 @@ def resume_args(storage: Path, name: str) -> list[str]:
 
 def leaderboard(exp: Path) -> pd.DataFrame:
     df = pd.read_csv(exp / "summary" / "leaderboard.csv")
-    assert df["trial_id"].is_unique, df["trial_id"].tolist()
+    # one row per run: a trial and one of the seeds it stacks
+    assert not df.duplicated(["trial_id", "seed"]).any(), df[["trial_id", "seed"]]
     return df
 
 
@@ -147,9 +148,11 @@ def test_killed_worker_restarts_trial_from_its_checkpoint(tmp_path: Path) -> Non
     space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": 8})
     storage, name = tmp_path / "results", "worker"
     exp = storage / name
+    # Two seeds stacked per trial: the checkpoint carries both, and both continue from it.
     with study_process(run_args(space, storage, name, "--num-samples", "2", "--scheduler",
                                 "fifo", "--max-concurrent", "1", "--checkpoint-every", "1",
-                                "--max-failures", "2"), tmp_path / "logs") as study:
+                                "--max-failures", "2", "--repeats", "2"),
+                       tmp_path / "logs") as study:
 
         def mid_trial() -> dict[str, Any] | None:
             study.tree()
@@ -171,11 +174,12 @@ def test_killed_worker_restarts_trial_from_its_checkpoint(tmp_path: Path) -> Non
     assert rows[restart]["iterations_since_restore"] == 1  # a fresh worker ...
     assert rows[restart]["epoch"] >= 2  # ... continuing from a checkpoint, not from epoch 1
     assert epochs[-1] == 8 and epochs == sorted(epochs)
+    assert all(r["seeds"] == [0, 1] and len(r["seed_metrics"]["val_loss"]) == 2 for r in rows)
     board = leaderboard(exp).set_index("trial_id")
-    assert len(board) == 2
+    assert len(board) == 4 and sorted(board["seed"]) == [0, 0, 1, 1]  # one row per run
     assert (board["status"] == "completed").all(), board[["status", "reason"]]
-    assert board.loc[trial_id, "failures"] == 1
-    assert board.loc[trial_id, "epochs"] == 8
+    assert (board.loc[trial_id, "failures"] == 1).all()
+    assert (board.loc[trial_id, "epochs"] == 8).all()
     assert "2 trials (0 errored)" in study.stdout()
 
 
@@ -648,3 +652,26 @@ def test_storage_files_are_replaced_whole(tmp_path: Path) -> None:
     (tmp_path / "copy").mkdir()  # as for the local filesystem, copy_files needs the folder
     pafs.copy_files(str(source), str(tmp_path / "copy"), destination_filesystem=fs)
     assert (tmp_path / "copy" / "result.json").read_text() == '{"epoch": 3}\n'
+
+
+# --- random search samples the space as written ----------------------------------------------
+
+
+def test_random_search_draws_an_int_ranges_own_step_grid() -> None:
+    """{int: [1, 5], step: 2} is 1, 3, 5 (Ray's qrandint would draw 2 and 4), and by_depth
+    values follow the drawn depth (a missing one never falls back to another depth's)."""
+    import numpy as np
+    from ray.tune.search.variant_generator import generate_variants
+
+    from study.space import parse_space, tune_space
+
+    table = {1: 8, 3: [16, 12, 8], 5: 32}
+    space = parse_space({"params": {"depth": {"int": [1, 5], "step": 2},
+                                    "batch_size": {"int": [10, 40], "step": 15}},
+                         "fixed": {"width": {"by_depth": table}}})
+    np.random.seed(0)  # Ray's domains draw from numpy's global generator
+    configs = [c for _ in range(60) for _, c in generate_variants(tune_space(space))]
+    assert {c["depth"] for c in configs} == {1, 3, 5}
+    assert {c["batch_size"] for c in configs} == {10, 25, 40}
+    for c in configs:
+        assert c["width"] == table[c["depth"]], c

@@ -64,11 +64,12 @@ def study(tmp_path: Path, name: str, space: Path | str, *args: str) -> Path:
 
 
 def board(exp: Path) -> pd.DataFrame:
-    """summary/leaderboard.csv, after checking its documented columns and one row per trial."""
+    """summary/leaderboard.csv, after checking its documented columns and one row per run
+    (a trial and one of its seeds)."""
     df = pd.read_csv(exp / "summary" / "leaderboard.csv")
     assert list(df.columns[:5]) == LEADERBOARD_COLUMNS[:5]
     assert set(LEADERBOARD_COLUMNS) <= set(df.columns)
-    assert df["trial_id"].is_unique
+    assert not df.duplicated(["trial_id", "seed"]).any()
     for name in json.loads((exp / "study.json").read_text())["searched"]:
         assert name in df.columns
     assert df["node_id"].notna().all() and df["val_accuracy"].between(0, 100).all()
@@ -127,12 +128,19 @@ def test_searcher_tells_optuna_early_stopped_trials_pruned(flat: bool) -> None:
     assert ot_trial(search, 0).state == State.PRUNED
 
 
-def test_searcher_repeater_mean_is_complete() -> None:
-    # Repeater reports the mean over seeds without `epoch`: a normal completion.
+def test_searcher_judges_a_stacked_trial_by_its_seed_mean() -> None:
+    # A trial stacking 3 seeds reports their mean: Optuna is told it. One diverged seed makes
+    # the trial's `diverged` 1/3 and its mean NaN: FAIL, as a diverged single seed is.
     search = searcher({"dropout": {"uniform": [0.0, 0.5]}}, {"epochs": 2})
-    config = search.suggest("a")
-    search.on_trial_complete("a", {"val_accuracy": 70.0, "config": config})
+    good, bad = search.suggest("good"), search.suggest("bad")
+    per_seed = {"val_accuracy": [70.0, 74.0, 72.0]}
+    search.on_trial_complete("good", {"val_accuracy": 72.0, "epoch": 2, "seeds": [0, 1, 2],
+                                      "seed_metrics": per_seed, "config": good})
+    search.on_trial_complete("bad", {"val_accuracy": math.nan, "epoch": 1, "diverged": 1 / 3,
+                                     "config": bad})
     assert ot_trial(search, 0).state == optuna.trial.TrialState.COMPLETE
+    assert ot_trial(search, 0).value == 72.0
+    assert ot_trial(search, 1).state == optuna.trial.TrialState.FAIL
 
 
 def test_searcher_suggests_config_keys_only() -> None:
@@ -245,12 +253,14 @@ def test_random_pbt_restores_from_checkpoints(ray_cluster: None, tmp_path: Path)
     space = write_space(tmp_path / "pbt.yaml", {"lr": {"loguniform": [1.0e-6, 1.0e-2]},
                                                 "dropout": {"uniform": [0.0, 0.6]}},
                         SMALL_NET)
+    # Two seeds stacked per trial: PBT exploits a whole configuration, every seed of the
+    # donor's checkpoint.
     exp = study(tmp_path, "pbt", space, "--scheduler", "pbt", "--num-samples", "4",
-                "--max-epochs", "4")
+                "--max-epochs", "4", "--repeats", "2")
     meta = json.loads((exp / "study.json").read_text())
     assert (meta["search"], meta["scheduler"]) == ("random", "pbt")
     df = board(exp)
-    assert len(df) == 4
+    assert len(df) == 8 and (df.groupby("trial_id")["seed"].apply(sorted) == [[0, 1]] * 4).all()
     # PBT never stops a trial: every one trains to the end, and result.json keeps every epoch
     # (Ray would copy a stale result.json back over it each time a trial restarts).
     assert (df["status"] == "completed").all() and (df["epochs"] == 4).all()
@@ -273,6 +283,7 @@ def test_random_pbt_restores_from_checkpoints(ray_cluster: None, tmp_path: Path)
             if row["epoch"] != prev["epoch"] + 1:
                 assert row["epoch"] - 1 in exploits.get(index, ()), trial_dir.name
         for row in rows:
+            assert row["seeds"] == [0, 1] and len(row["seed_metrics"]["val_loss"]) == 2
             # The epoch comes from the checkpoint's training state, so it continues Ray's
             # iteration count after a restore instead of starting again at 1.
             assert row["epoch"] == row["training_iteration"]
@@ -292,9 +303,10 @@ def test_grid_median_repeats_three_seeds_per_configuration(ray_cluster: None,
                 "--repeats", "3", "--max-epochs", "3")
     meta = json.loads((exp / "study.json").read_text())
     assert (meta["search"], meta["scheduler"], meta["repeats"]) == ("grid", "median", 3)
-    assert meta["expected_trials"] == 6
+    assert meta["expected_trials"] == 2  # one trial per configuration, 3 seeds stacked in it
+    assert len(list(exp.glob("*/params.json"))) == 2
     df = board(exp)
-    assert len(df) == 6
+    assert len(df) == 6  # one row per run
     assert set(df["status"]) <= {"completed", "stopped"}
     for loss, group in df.groupby("loss"):
         assert sorted(group["seed"]) == [0, 1, 2], loss

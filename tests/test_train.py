@@ -25,6 +25,7 @@ from study.train import (
     new_state,
     resolve_device,
     seed_model,
+    seed_rows,
     to_device,
 )
 
@@ -211,6 +212,12 @@ def test_reported_metrics_are_seed_means(small: DeviceData) -> None:
             assert len(values) == 3
             assert entry[name] == pytest.approx(sum(values) / 3, rel=1e-12)
         assert len(set(entry["seed_metrics"]["train_loss"])) == 3  # the seeds differ
+    rows = seed_rows(seen)
+    assert [(r["epoch"], r["seed"]) for r in rows] == [(1, 7), (1, 8), (1, 9), (2, 7), (2, 8),
+                                                        (2, 9)]
+    assert rows[4]["val_loss"] == seen[1]["seed_metrics"]["val_loss"][1]
+    assert rows[5]["test_accuracy"] == seen[1]["seed_metrics"]["test_accuracy"][2]
+    assert "test_accuracy" not in rows[0]
 
 
 def test_a_diverged_seed_leaves_the_others_alone(small: DeviceData) -> None:
