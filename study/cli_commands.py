@@ -16,19 +16,18 @@ RUN_FILES = ("config.json", "history.csv", "metrics.json", "model.pt")
 
 
 def _train_config(args: argparse.Namespace) -> Any:
+    from study.cli import given_flags
     from study.config import TrialConfig, read_config_file
 
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    flags = {
-        "loss": args.loss, "batch_size": args.batch_size, "depth": args.depth,
-        "dropout": args.dropout, "batchnorm": args.batchnorm, "lr": args.lr,
-        "weight_decay": args.weight_decay, "optimizer": args.optimizer,
-        "schedule": args.schedule, "epochs": args.epochs, "seed": args.seed,
-        "repeats": getattr(args, "repeats", None), "image_size": args.image_size,
-    }
-    if args.width is not None:
+    given = given_flags(args)
+    flags = {f.name: getattr(args, f.name) for f in fields(TrialConfig)
+             if f.name in given}
+    if args.batchnorm is not None:
+        flags["batchnorm"] = args.batchnorm
+    if "width" in flags:
         flags["width"] = args.width[0] if len(args.width) == 1 else list(args.width)
-    values.update({k: v for k, v in flags.items() if v is not None})
+    values.update(flags)
     where = f"--config {args.config}" if args.config else "flags"
     return TrialConfig.from_dict(values, where=where)
 
@@ -171,14 +170,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _options(args: argparse.Namespace) -> RunOptions:
     """RunOptions from the flags: defaults for those left out, or with --resume the study's."""
+    from study.cli import given_flags
     from study.resume import resume_options
 
-    given = {f.name: getattr(args, f.name, None) for f in fields(RunOptions)}
-    given["verbose"] = 0 if args.quiet else 1
-    if args.resume:
+    flags = given_flags(args)
+    if args.resume:  # a flag left out: the study's own value
+        given = {f.name: getattr(args, f.name) if f.name in flags else None
+                 for f in fields(RunOptions)}
+        given.update(shared_storage=args.shared_storage, storage_path=args.storage_path,
+                     verbose=0 if args.quiet else 1)
         return resolved(resume_options(given))
+    values = {f.name: getattr(args, f.name) for f in fields(RunOptions) if hasattr(args, f.name)}
     # Resolved (and named) now, so that an interrupted run can say how to resume it.
-    return resolved(RunOptions(**{k: v for k, v in given.items() if v is not None}))
+    return resolved(RunOptions(**{**values, "verbose": 0 if args.quiet else 1}))
 
 
 def _print_best(summary: dict) -> None:
@@ -189,8 +193,9 @@ def _print_best(summary: dict) -> None:
     print(f"\nBest configuration ({summary['metric']} {summary['mode']}, validation only):")
     for key, value in best["config"].items():
         print(f"  {key:>13}: {value}")
-    for key in ("val_accuracy", "val_loss", "val_auroc", "test_accuracy", "test_auroc",
-                "test_sensitivity", "test_specificity"):
+    from analysis.summary import SUMMARY_METRICS
+
+    for key in SUMMARY_METRICS:
         if key in best.get("metrics", {}):
             value = best["metrics"][key]
             spread = best.get("ci95", {}).get(key)

@@ -71,17 +71,14 @@ def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
 
     import ray
 
-    from study.atomic_fs import run_deferred
     from study.ray_compat import safe_checkpoint_deletion
     from study.ray_session import init_ray
 
     started = init_ray(opts)
     try:
         tuner = _tuner(opts, space, epochs, data, root, exp_dir, local, command)
-        safe_checkpoint_deletion()
-        results = _fit(tuner)
-        # fit saved the final experiment state: no checkpoint held back is named in it now.
-        run_deferred(everything=True)
+        with safe_checkpoint_deletion():
+            results = _fit(tuner)
         statuses = ({k: v["status"] for k, v in read_trial_states(exp_dir).items()}
                     if local else {})
         unfinished = sum(1 for s in statuses.values() if s not in ("TERMINATED", "ERROR"))

@@ -615,23 +615,6 @@ def test_an_unstarted_experiment_folder_is_removed_but_nothing_else(tmp_path: Pa
     assert (foreign / "my-notes.txt").read_text() == "keep me"
 
 
-def test_deferred_checkpoint_deletion_waits_for_two_later_state_writes(tmp_path: Path) -> None:
-    """A checkpoint is deleted only once a state saved after the request is on disk."""
-    from study import atomic_fs
-
-    fs = atomic_fs.atomic_local_filesystem()
-    deleted: list[str] = []
-    atomic_fs.defer_until_state_saved(lambda: deleted.append("old"))
-    state = tmp_path / "experiment_state-x.json"
-    for n in range(2):
-        assert deleted == [], f"deleted after {n} state write(s)"
-        with fs.open_output_stream(str(state)) as out:
-            out.write(b'{"trial_data": []}')
-    assert deleted == ["old"]
-    assert json.loads(state.read_text()) == {"trial_data": []}
-    assert [p.name for p in tmp_path.iterdir()] == [state.name]  # no temporary file left
-
-
 def test_storage_files_are_replaced_whole(tmp_path: Path) -> None:
     """A copy into the storage path that fails midway leaves the previous file intact."""
     import pyarrow.fs as pafs
