@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
+from analysis.plotting import new_axes  # noqa: E402
 from analysis.results import CONFIG_KEYS, column_name  # noqa: E402
 from analysis.stats import ArmTest, adjust_holm, compare_arms, finite, mean_ci  # noqa: E402
 
@@ -246,16 +247,9 @@ def _run_keys(df: pd.DataFrame, by_seed: bool) -> pd.Series:
     return keys
 
 
-def _new_axes(ax: Axes | None, size: tuple[float, float] = (6.0, 4.0)) -> Axes:
-    if ax is not None:
-        return ax
-    _, ax = plt.subplots(figsize=size)
-    return ax
-
-
 def plot_arm_curves(curves: pd.DataFrame, metric: str, ax: Axes | None = None) -> Axes:
     """Draw `metric` per epoch for each arm: mean line and 95 % CI band over seeds."""
-    ax = _new_axes(ax)
+    ax = new_axes(ax, (6.0, 4.0))
     data = curves[curves["metric"] == metric]
     for i, (label, group) in enumerate(data.groupby("label", sort=False)):
         group = group.sort_values("epoch")
@@ -282,7 +276,7 @@ def plot_arm_curves(curves: pd.DataFrame, metric: str, ax: Axes | None = None) -
 def plot_arm_tests(stats: pd.DataFrame, ax: Axes | None = None, title: str = "") -> Axes:
     """Draw test accuracy per arm: our mean with its 95 % CI and each seed as a dot, and the
     homework's single-run number beside it (its "100 %" drawn as the scoring bug it was)."""
-    ax = _new_axes(ax, (max(5.0, 1.6 * len(stats) + 2), 4.2))
+    ax = new_axes(ax, (max(5.0, 1.6 * len(stats) + 2), 4.2))
     x = np.arange(len(stats))
     width = 0.38
     means = stats["test_mean"].to_numpy(dtype=float)

@@ -24,6 +24,8 @@ from matplotlib.axes import Axes  # noqa: E402
 from optuna.distributions import CategoricalDistribution, FloatDistribution  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from analysis.plotting import new_axes  # noqa: E402
+
 MIN_IMPORTANCE_TRIALS = 5  # below this, importances are noise (PED-ANOVA even refuses)
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
                TrialState.FAIL: "fail", TrialState.RUNNING: "running",
@@ -31,13 +33,6 @@ STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
 STATUS_STYLE = {"completed": ("C0", "finished"), "stopped": ("C1", "stopped early"),
                 "diverged": ("C3", "diverged"), "error": ("C3", "errored"),
                 "unfinished": ("C7", "unfinished")}
-
-
-def _new_axes(ax: Axes | None, size: tuple[float, float] = (7.0, 4.2)) -> Axes:
-    if ax is not None:
-        return ax
-    _, ax = plt.subplots(figsize=size)
-    return ax
 
 
 def _empty(ax: Axes, text: str) -> Axes:
@@ -143,7 +138,7 @@ def collect_importance(study: optuna.Study) -> pd.DataFrame:
 def plot_history(history: pd.DataFrame, metric: str, maximize: bool = True,
                  ax: Axes | None = None) -> Axes:
     """Draw every trial's value in creation order and the best finished value so far."""
-    ax = _new_axes(ax)
+    ax = new_axes(ax, (7.0, 4.2))
     if history.empty or history["value"].notna().sum() == 0:
         return _empty(ax, "no trial reported a value")
     for state, (marker, label, face) in {"complete": ("o", "finished", "C0"),
@@ -168,7 +163,7 @@ def plot_history(history: pd.DataFrame, metric: str, maximize: bool = True,
 
 def plot_importance(importance: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Draw horizontal bars of parameter importance, one colour per evaluator."""
-    ax = _new_axes(ax, (7.0, 3.5))
+    ax = new_axes(ax, (7.0, 3.5))
     if importance.empty:
         return _empty(ax, importance.attrs.get("note", "no importance computed"))
     table = importance.pivot_table(index="param", columns="evaluator", values="importance")
@@ -209,7 +204,7 @@ def plot_parallel(params: pd.DataFrame, distributions: dict[str, Any], metric: s
                   ax: Axes | None = None) -> Axes:
     """Draw parallel coordinates: one axis per parameter and one for the metric, one line per
     finished trial coloured by its value (stopped trials faint grey)."""
-    ax = _new_axes(ax, (min(15.0, max(6.0, 1.6 * (len(distributions) + 1))), 4.5))
+    ax = new_axes(ax, (min(15.0, max(6.0, 1.6 * (len(distributions) + 1))), 4.5))
     names = [n for n in distributions if n in params]
     shown = params[params["value"].notna() & params["state"].isin(["complete", "pruned"])]
     if shown.empty or not names:
@@ -261,7 +256,7 @@ def plot_param_scatter(params: pd.DataFrame, name: str, distribution: Any, metri
                        maximize: bool = True, ax: Axes | None = None) -> Axes:
     """Draw the metric against one parameter, with the search bounds as dashed lines (a best
     value at a bound suggests the bound is too tight)."""
-    ax = _new_axes(ax, (5.5, 4.0))
+    ax = new_axes(ax, (5.5, 4.0))
     shown = params[params["value"].notna() & params[name].notna()] if name in params else params
     if name not in params or shown.empty:
         return _empty(ax, f"no trial with {name} and a value")
@@ -304,7 +299,7 @@ def plot_learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame, metric: str
                          ax: Axes | None = None) -> Axes:
     """Draw every trial's `metric` per epoch; trials stopped by the scheduler end in an x,
     diverged or errored ones are red, so the scheduler's decisions can be judged by eye."""
-    ax = _new_axes(ax, (8.0, 4.8))
+    ax = new_axes(ax, (8.0, 4.8))
     if epochs.empty or metric not in epochs:
         return _empty(ax, "no epochs reported")
     status = dict(zip(trials["trial_id"], trials["status"], strict=True))

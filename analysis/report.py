@@ -41,13 +41,14 @@ from analysis.html_report import HTML_REPORT, write_html_report  # noqa: E402
 from analysis.optuna_study import build_study, write_optuna_db  # noqa: E402
 from analysis.results import check_experiment, collect_epochs  # noqa: E402
 from analysis.summary import (  # noqa: E402
+    SUMMARY_METRICS,
     config_columns,
     seed_standings,
     summarise,
     validation_source,
 )
 from study.errors import StudyError  # noqa: E402
-from study.io import write_json_atomic, write_text_atomic  # noqa: E402
+from study.io import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 from study.seed_rule import SEEDS_ON_DEMAND  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -95,18 +96,6 @@ def export_best_model(exp_dir: Path, best: dict[str, Any], out: Path) -> Path | 
     index = config.seeds.index(seed) if seed in config.seeds else 0
     save_model(out / MODEL_FILE, weights, config, image_size, index=index)
     return out / MODEL_FILE
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Figure(NamedTuple):
@@ -372,8 +361,7 @@ def _best_section(best: dict[str, Any] | None, metric: str, mode: str) -> list[s
               + (", mean ± 95 % CI (t distribution):" if n > 1 else
                  " (one run, so no confidence interval):"), "",
               "| Metric | Value |", "| --- | --- |"]
-    for key in ("val_accuracy", "val_loss", "val_auroc", "test_accuracy", "test_auroc",
-                "test_sensitivity", "test_specificity"):
+    for key in SUMMARY_METRICS:
         if key in best["metrics"]:
             digits = 2 if key.endswith("accuracy") else 4
             unit = " %" if key.endswith("accuracy") else ""

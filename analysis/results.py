@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from study.config import TrialConfig
 from study.errors import StudyError
+from study.experiment import META_FILE, STATE_GLOB
 from study.io import read_trial_states
 
-META_FILE = "study.json"
 RUN_METRICS = ("val_accuracy", "val_loss", "val_auroc", "train_accuracy", "train_loss",
                "test_accuracy", "test_auroc", "test_sensitivity", "test_specificity")
-CONFIG_KEYS = ("loss", "batch_size", "depth", "width", "dropout", "batchnorm", "optimizer", "lr",
-               "weight_decay", "schedule", "epochs", "seed", "image_size")
+# The configuration of a trial: TrialConfig's fields, but `repeats` (how many seeds a trial
+# trains), which is counted from its results instead.
+CONFIG_KEYS = tuple(f.name for f in fields(TrialConfig) if f.name != "repeats")
 
 
 def column_name(config_key: str) -> str:
@@ -54,7 +57,7 @@ def check_experiment(exp_dir: Path) -> None:
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
         raise StudyError(f"{exp_dir}: no such folder")
-    has_state = any(exp_dir.glob("experiment_state-*.json"))
+    has_state = any(exp_dir.glob(STATE_GLOB))
     if not (has_state or trial_dirs(exp_dir) or (exp_dir / META_FILE).exists()):
         raise StudyError(
             f"{exp_dir}: not a study experiment folder (no study.json, experiment_state-*.json "

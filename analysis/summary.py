@@ -23,10 +23,10 @@ from study.errors import StudyError
 from study.space import METRICS, MODES
 
 LEADERBOARD_FIRST = ("trial_id", "status", "epochs", "seed", "node_id")
-LEADERBOARD_METRICS = ("val_accuracy", "val_loss", "val_auroc", "best_val_accuracy",
-                       "test_accuracy", "test_auroc", "test_sensitivity", "test_specificity")
+# The metrics a configuration is summarised by (best_config.json, report.md, `study run`).
 SUMMARY_METRICS = ("val_accuracy", "val_loss", "val_auroc", "test_accuracy", "test_auroc",
                    "test_sensitivity", "test_specificity")
+LEADERBOARD_METRICS = (*SUMMARY_METRICS[:3], "best_val_accuracy", *SUMMARY_METRICS[3:])
 
 
 def config_columns(trials: pd.DataFrame) -> list[str]:

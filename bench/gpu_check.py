@@ -91,7 +91,9 @@ def read_results(trial_dir: Path) -> list[dict[str, Any]]:
 
 def last_result_times(exp_dir: Path) -> dict[str, float]:
     """trial_id -> Tune's `last_result_time` (driver wall clock) from the experiment state."""
-    states = sorted(exp_dir.glob("experiment_state-*.json"))
+    from study.experiment import STATE_GLOB
+
+    states = sorted(exp_dir.glob(STATE_GLOB))
     if not states:
         return {}
     out = {}

@@ -89,7 +89,7 @@ TARGETS = {  # key: (comparison, target); the CPU keys on a 2-core CPU machine, 
     "gpu_grid_wall_s": ("<=", 45.0),
 }
 GPU_KEYS = tuple(k for k in TARGETS if "gpu" in k)
-TRIALS, EPOCHS = 16, 10  # overhead and optuna workloads (fixed by the issue)
+TRIALS, EPOCHS = 16, 10  # overhead and optuna workloads (fixed, so runs compare)
 SLOTS = 2  # concurrent trials of the Ray studies: 2 CPUs, 1 CPU per trial
 
 

@@ -5,84 +5,52 @@ result.json and params.json) to a staging folder first and copies them to the st
 and over; pyarrow's local copy truncates each target and then writes it. A driver killed during
 such a copy leaves an empty experiment state (the study can no longer be resumed) or cuts the
 result.json of a trial that had long finished. Given to Ray as `RunConfig.storage_filesystem`,
-this filesystem writes each file to a temporary name beside the target and renames it over the
-target once complete, so a crash leaves the previous version intact.
+this filesystem writes each file with `study.io.AtomicWriter`, so a crash leaves the previous
+version intact.
 
-It also tells when an experiment state has landed, so that the driver can hold back the
-deletion of a trial's old checkpoints until a saved state no longer names them
-(`defer_until_state_saved`): Ray deletes them at once, and a crash before the next state
-reached the disk left a state whose latest checkpoint no longer existed, which failed the
-trial on `--resume`.
+Whoever needs to know when a file has landed (`study.ray_compat` holds back checkpoint
+deletions until a saved experiment state no longer names them) registers with `observe_writes`
+for the length of a study.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-TMP_PREFIX = ".study-tmp-"  # a dot file: no glob of Ray's or ours (`*.json`, ...) matches it
-STATE_PREFIX = "experiment_state-"  # Ray's experiment state file, one per driver session
+from study.io import AtomicWriter
 
+# (path, when its write began) -> None, called once the file is in place. Ray calls the
+# filesystem from its own threads, and the filesystem is rebuilt from its pickle, so the
+# observers of this process are kept here rather than on a handler.
+WriteObserver = Callable[[str, float], None]
 _lock = threading.Lock()
-_state_writes: list[float] = []  # when each completed experiment-state write began
-_deferred: list[tuple[float, Callable[[], None]]] = []  # (requested at, action)
+_observers: list[WriteObserver] = []
 
 
-def defer_until_state_saved(action: Callable[[], None]) -> None:
-    """Run `action` once an experiment state saved after this call is on disk.
-
-    Ray copies the state in a background thread, one copy at a time, and saves it just before
-    launching a copy. A write that began after this call may belong to a copy launched before
-    it (an older state); the next completed write belongs to a later copy, so two writes that
-    began after the request include one saved after it.
-    """
+@contextmanager
+def observe_writes(observer: WriteObserver) -> Iterator[None]:
+    """Call `observer(path, began)` for every file this process writes through the filesystem."""
     with _lock:
-        _deferred.append((time.monotonic(), action))
+        _observers.append(observer)
+    try:
+        yield
+    finally:
+        with _lock:
+            _observers.remove(observer)
 
 
-def run_deferred(everything: bool = False) -> None:
-    """Run the deferred actions whose condition holds (all of them after a final save)."""
-    with _lock:
-        due = [a for t, a in _deferred
-               if everything or sum(1 for w in _state_writes if w > t) >= 2]
-        _deferred[:] = [(t, a) for t, a in _deferred if a not in due]
-    for action in due:
-        action()
-
-
-def _state_written(began: float) -> None:
-    with _lock:
-        _state_writes.append(began)
-        del _state_writes[:-100]  # only recent ones matter
-    run_deferred()
-
-
-class _AtomicFile:
-    """A writable binary file that becomes visible at `path` only when closed."""
+class _AtomicFile(AtomicWriter):
+    """An AtomicWriter that tells the observers when it has landed."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        folder, name = os.path.split(path)
-        fd, self.tmp = tempfile.mkstemp(dir=folder or ".", prefix=f"{TMP_PREFIX}{name}.")
-        self.handle = os.fdopen(fd, "wb")
-        self.closed = False
         self.began = time.monotonic()
-
-    def write(self, data: Any) -> int:
-        return self.handle.write(data)
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-    def tell(self) -> int:
-        return self.handle.tell()
+        super().__init__(path)
 
     def writable(self) -> bool:
         return True
@@ -96,28 +64,11 @@ class _AtomicFile:
     def close(self) -> None:
         if self.closed:
             return
-        self.closed = True
-        try:
-            self.handle.flush()
-            os.fsync(self.handle.fileno())
-            self.handle.close()
-            os.chmod(self.tmp, 0o666 & ~_umask())  # as a plain open() would have made it
-            os.replace(self.tmp, self.path)
-        except BaseException:
-            self.handle.close()
-            try:
-                os.unlink(self.tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        if os.path.basename(self.path).startswith(STATE_PREFIX):
-            _state_written(self.began)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        super().close()
+        with _lock:
+            observers = list(_observers)
+        for observer in observers:
+            observer(self.path, self.began)
 
 
 class AtomicLocalHandler(pafs.FileSystemHandler):

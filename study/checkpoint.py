@@ -11,6 +11,7 @@ from torch import nn
 
 from study.config import TrialConfig
 from study.errors import StudyError
+from study.io import AtomicWriter
 from study.losses import get_loss
 from study.model import build_mlp, is_stacked_state, unstack_state
 
@@ -29,9 +30,8 @@ def save_model(path: Path, model_state: dict[str, torch.Tensor], config: TrialCo
         config = dataclasses.replace(config, seed=config.seeds[index], repeats=1)
     cpu_state = {k: v.detach().cpu() for k, v in model_state.items()}
     payload = {"state_dict": cpu_state, "config": config.to_dict(), "image_size": image_size}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves half a model
+    with AtomicWriter(path) as out:  # a crash never leaves half a model
+        torch.save(payload, out)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

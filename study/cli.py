@@ -12,10 +12,47 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 
 from study.errors import StudyError
-from study.options import SCHEDULERS, SEARCHES
-from study.seed_rule import DEFAULT_MAX_REPEATS, parse_repeats
+from study.options import SCHEDULERS, SEARCHES, RunOptions
+from study.seed_rule import parse_repeats
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's own "(default: ...)" after each help, except for switches and where the
+    default is None (decided from other flags; the help says how)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.nargs == 0:  # decided later, or a switch
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Given(argparse.Action):
+    """argparse's plain store, also noting that the flag was given (in `given_flags`).
+
+    Flags show their real defaults; `study run --resume` and `study train --config` still
+    take a value from the study or the file for every flag left out.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given_flags = {*getattr(namespace, "given_flags", ()), self.dest}
+
+
+def given_flags(args: argparse.Namespace) -> set[str]:
+    """The destinations of the flags given on the command line (not left to their default)."""
+    return set(getattr(args, "given_flags", ()))
+
+
+def _subparser(sub: argparse._SubParsersAction, name: str, **kwargs: str
+               ) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+    p.register("action", None, _Given)  # every flag without its own action records itself
+    p.register("action", "store", _Given)
+    return p
 
 
 def _repeats(text: str) -> int | str:
@@ -27,45 +64,44 @@ def _repeats(text: str) -> int | str:
 
 
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run",
+    p = _subparser(
+        sub, "run",
         help="run a hyperparameter study (the main job)",
         description="Run a Ray Tune study: Optuna TPE + ASHA over search_spaces/default.yaml on "
         "synthetic data by default, on a local Ray. Writes summary/ into the experiment folder.",
     )
-    # Flags default to None here so that `--resume` can tell a flag given from one left out
-    # (left out: the study's own value from study.json); `_options` fills in the defaults.
-    p.add_argument("--space", help="search space YAML, or a shipped one: default, homework "
-                   "(default: default)")
-    p.add_argument("--data", help="data spec (default: synthetic)")
+    # The defaults shown are RunOptions' (set below); those that are None are decided by
+    # study.options.resolved from the other flags, as the help says.
+    p.add_argument("--space", help="search space YAML, or a shipped one: default, homework")
+    p.add_argument("--data", help="data spec")
     p.add_argument("--search", choices=SEARCHES,
-                   help="optuna (TPE, default), random, or grid (Ray's variant generator)")
+                   help="optuna (TPE; the default), random (the default under --scheduler "
+                   "pbt or with --repeats auto: grid), or grid (Ray's variant generator)")
     p.add_argument("--scheduler", choices=SCHEDULERS,
-                   help="early stopping / population scheduler (default: asha; fifo for "
-                   "--search grid, whose arms and repeats must all train to the end)")
+                   help="early stopping / population scheduler: asha by default, fifo for "
+                   "--search grid, whose arms and repeats must all train to the end")
     p.add_argument("--num-samples", type=int,
-                   help="configurations to try (default 20; grid: passes over the grid, 1)")
+                   help="configurations to try: 20 by default; for grid, passes over the "
+                   "grid, 1 by default")
     p.add_argument("--max-epochs", type=int, help="override the space's epochs")
     p.add_argument("--image-size", type=int, help="override the space's image size")
     p.add_argument("--repeats", type=_repeats,
                    help="train every configuration with this many seeds (seed, seed+1, ...), "
-                   "stacked in one trial that reports their mean (default 1), or "
+                   "stacked in one trial that reports their mean, or "
                    "'auto': on a grid, add seeds to each configuration until its 95 %% CI "
                    "half-width is at most --target-ci points or it has --max-repeats seeds")
     p.add_argument("--target-ci", type=float,
                    help="--repeats auto: the CI half-width, in points of test accuracy, at "
                    "which a configuration has seeds enough")
     p.add_argument("--max-repeats", type=int,
-                   help=f"--repeats auto: seeds per configuration at most "
-                   f"(default {DEFAULT_MAX_REPEATS})")
-    p.add_argument("--cpus-per-trial", type=float, help="default 1")
+                   help="--repeats auto: seeds per configuration at most")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float,
-                   help="GPUs per trial, fractions allowed (0.25 packs 4 trials on a GPU; "
-                   "default 0)")
+                   help="GPUs per trial, fractions allowed (0.25 packs 4 trials on a GPU)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     p.add_argument("--address", help="Ray cluster: auto, host:port or ray://host:port "
                    "(default: a local Ray on 127.0.0.1, dashboard off)")
-    p.add_argument("--storage-path", default="./results",
+    p.add_argument("--storage-path",
                    help="where experiments go: a folder or a URI such as s3://bucket/path")
     p.add_argument("--shared-storage", action="store_true",
                    help="declare a local --storage-path shared by all nodes (an NFS mount)")
@@ -74,13 +110,11 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
                    help="continue the experiment --name (in --storage-path) with the options "
                    "it started with; finished trials are kept, unfinished ones continue from "
                    "their last checkpoint")
-    p.add_argument("--seed", type=int, help="search seed and first trial seed (default 0)")
+    p.add_argument("--seed", type=int, help="search seed and first trial seed")
     p.add_argument("--max-failures", type=int,
-                   help="retry a failed trial this many times from its last checkpoint "
-                   "(default 0)")
+                   help="retry a failed trial this many times from its last checkpoint")
     p.add_argument("--checkpoint-every", type=int,
-                   help="checkpoint every N epochs, and at the end (0: only at the end; "
-                   "default 5)")
+                   help="checkpoint every N epochs, and at the end (0: only at the end)")
     p.add_argument("--num-cpus", type=int, help="CPUs a local Ray may use (default: all)")
     p.add_argument("--quiet", action="store_true",
                    help="print only the final summary (no progress display)")
@@ -93,59 +127,68 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mlflow", metavar="URI",
                    help="also log every trial to this MLflow tracking URI, e.g. "
                    "sqlite:///mlflow.db or http://host:5000 (pip install 'xray-study[mlflow]')")
+    p.set_defaults(**{f.name: f.default for f in fields(RunOptions)
+                      if f.default is not None and f.default is not False
+                      and f.name != "verbose"  # `study -v` stays the logging switch
+                      and p.get_default(f.name) is None})
 
 
 def _add_report_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report",
+    p = _subparser(
+        sub, "report",
         help="figures, leaderboard and best-config exports from results on disk",
         description="Read a finished, partial or copied experiment folder (no Ray needed) and "
         "write summary/: best_config.json/.yaml, leaderboard.csv, report.md, figures/.",
     )
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="the experiment folder")
-    p.add_argument("--out", help="where to write (default: RESULTS_DIR/summary)")
+    p.add_argument("--out", help="where to write (by default RESULTS_DIR/summary)")
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
+    from study.config import TrialConfig
+
+    p = _subparser(
+        sub, "train",
         help="train one configuration without Ray (same code path as a trial)",
         description="Train one configuration, without Ray. Defaults are the homework lab's.",
     )
     p.add_argument("--config", help="YAML or JSON file of config keys (flags override it)")
-    p.add_argument("--data", default="synthetic", help="data spec (default: synthetic)")
-    p.add_argument("--loss", help="bce or ce (default ce)")
-    p.add_argument("--batch-size", type=int, help="default 32")
-    p.add_argument("--depth", type=int, help="hidden layers (default 3)")
-    p.add_argument("--width", type=int, nargs="+", help="one width, or one per layer (default 64)")
-    p.add_argument("--dropout", type=float, help="default 0.5")
+    # Defaults shown are TrialConfig's; a flag left out keeps the --config file's value.
+    p.add_argument("--data", default="synthetic", help="data spec")
+    p.add_argument("--loss", help="bce or ce")
+    p.add_argument("--batch-size", type=int, help="examples per step")
+    p.add_argument("--depth", type=int, help="hidden layers")
+    p.add_argument("--width", type=int, nargs="+", help="one width, or one per layer")
+    p.add_argument("--dropout", type=float, help="dropout after each hidden layer")
     p.add_argument("--no-batchnorm", dest="batchnorm", action="store_const", const=False,
                    help="leave out BatchNorm1d")
-    p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
-    p.add_argument("--weight-decay", type=float, help="default 0")
-    p.add_argument("--optimizer", help="adam or sgd (default adam)")
-    p.add_argument("--schedule", help="none or cosine (default cosine)")
-    p.add_argument("--epochs", type=int, help="default 30")
-    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--weight-decay", type=float, help="L2 weight decay")
+    p.add_argument("--optimizer", help="adam or sgd")
+    p.add_argument("--schedule", help="learning-rate schedule: none or cosine")
+    p.add_argument("--epochs", type=int, help="epochs to train")
+    p.add_argument("--seed", type=int, help="model init and batch order")
     p.add_argument("--repeats", type=int,
-                   help="train seeds seed, seed+1, ... together, stacked in one model "
-                   "(default 1)")
-    p.add_argument("--image-size", type=int, help="downsample to this side (never upsamples)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+                   help="train seeds seed, seed+1, ... together, stacked in one model")
+    p.add_argument("--image-size", type=int,
+                   help="downsample to this side (never upsamples; by default the data's size)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", help="folder for config.json, history.csv, metrics.json, model.pt")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.set_defaults(**{f.name: f.default for f in fields(TrialConfig)
+                      if f.name != "batchnorm" and f.default is not None})
 
 
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
+    p = _subparser(
+        sub, "evaluate",
         help="score a trained model on a data set's test split",
         description="Score a saved model (study train --out, or a study's best model) on the "
         "test split of --data, correctly for both losses.",
     )
     p.add_argument("--checkpoint", required=True, help="model.pt or the folder holding it")
-    p.add_argument("--data", default="synthetic", help="data spec (default: synthetic)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--data", default="synthetic", help="data spec")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
 def build_parser() -> argparse.ArgumentParser:

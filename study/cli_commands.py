@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from dataclasses import fields
@@ -16,19 +17,18 @@ RUN_FILES = ("config.json", "history.csv", "metrics.json", "model.pt")
 
 
 def _train_config(args: argparse.Namespace) -> Any:
+    from study.cli import given_flags
     from study.config import TrialConfig, read_config_file
 
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    flags = {
-        "loss": args.loss, "batch_size": args.batch_size, "depth": args.depth,
-        "dropout": args.dropout, "batchnorm": args.batchnorm, "lr": args.lr,
-        "weight_decay": args.weight_decay, "optimizer": args.optimizer,
-        "schedule": args.schedule, "epochs": args.epochs, "seed": args.seed,
-        "repeats": getattr(args, "repeats", None), "image_size": args.image_size,
-    }
-    if args.width is not None:
+    given = given_flags(args)
+    flags = {f.name: getattr(args, f.name) for f in fields(TrialConfig)
+             if f.name in given}
+    if args.batchnorm is not None:
+        flags["batchnorm"] = args.batchnorm
+    if "width" in flags:
         flags["width"] = args.width[0] if len(args.width) == 1 else list(args.width)
-    values.update({k: v for k, v in flags.items() if v is not None})
+    values.update(flags)
     where = f"--config {args.config}" if args.config else "flags"
     return TrialConfig.from_dict(values, where=where)
 
@@ -174,15 +174,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _options(args: argparse.Namespace) -> RunOptions:
     """RunOptions from the flags: defaults for those left out, or with --resume the study's."""
+    from study.cli import given_flags
     from study.resume import resume_options
 
-    given = {f.name: getattr(args, f.name, None) for f in fields(RunOptions)}
-    verbose = getattr(args, "verbose", False) or getattr(args, "run_verbose", False)
-    given["verbose"] = 0 if args.quiet else 2 if verbose else 1
-    if args.resume:
+    flags = given_flags(args)
+    asked = bool(getattr(args, "verbose", False)) or bool(getattr(args, "run_verbose", False))
+    verbose = 0 if args.quiet else 2 if asked else 1
+    if args.resume:  # a flag left out: the study's own value
+        given = {f.name: getattr(args, f.name) if f.name in flags else None
+                 for f in fields(RunOptions)}
+        given.update(shared_storage=args.shared_storage, storage_path=args.storage_path,
+                     verbose=verbose)
         return resolved(resume_options(given))
+    values = {f.name: getattr(args, f.name) for f in fields(RunOptions) if hasattr(args, f.name)}
     # Resolved (and named) now, so that an interrupted run can say how to resume it.
-    return resolved(RunOptions(**{k: v for k, v in given.items() if v is not None}))
+    return resolved(RunOptions(**{**values, "verbose": verbose}))
 
 
 def _print_best(summary: dict) -> None:
@@ -196,8 +202,9 @@ def _print_best(summary: dict) -> None:
     print(f"\nBest configuration ({metric} {summary['mode']}, validation only):")
     for key, value in best["config"].items():
         print(f"  {key:>13}: {format_value(key, value)}")
-    for key in ("val_accuracy", "val_loss", "val_auroc", "test_accuracy", "test_auroc",
-                "test_sensitivity", "test_specificity"):
+    from analysis.summary import SUMMARY_METRICS
+
+    for key in SUMMARY_METRICS:
         if key in best.get("metrics", {}):
             value = best["metrics"][key]
             spread = best.get("ci95", {}).get(key)
@@ -231,24 +238,32 @@ def _best_note(summary: dict) -> str | None:
             "The progress display's best was the best epoch seen so far of any trial.)")
 
 
-def _resume_command(opts: RunOptions) -> str:
-    from study.experiment import storage_root
-
-    return (f"study run --resume --name {opts.name} --storage-path "
-            f"{storage_root(opts.storage_path)}")
+def _resume_command(name: str, storage: str | Path) -> str:
+    """The `study run --resume` command, quoted so that it can be pasted into a shell."""
+    return shlex.join(["study", "run", "--resume", "--name", name, "--storage-path",
+                       str(storage)])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`study run`: run the study, then write and show its summary.
 
     Exit status 0 when every requested trial ended (completed, stopped early, diverged or
-    errored), 130 when the study was interrupted (Ctrl-C): what finished is saved and the
-    message says how to resume.
+    errored), 130 when the study was interrupted (Ctrl-C), 143 when it was stopped by SIGTERM
+    (`kill`, `timeout`, Slurm, Kubernetes), handled like Ctrl-C: what finished is saved, the
+    partial summary written and the message says how to resume.
     """
     from study import engine
-    from study.experiment import experiment_dir
 
     opts = _options(args)
+    with engine.sigterm_as_interrupt() as stop:
+        return _run(args, opts, stop)
+
+
+def _run(args: argparse.Namespace, opts: RunOptions, stop: Any) -> int:
+    """`cmd_run` with `stop` (an engine.Stop) telling which signal interrupted it."""
+    from study import engine
+    from study.experiment import experiment_dir, storage_root
+
     start = time.monotonic()
     try:
         run = engine.run_study(opts, command=args.command_line)
@@ -256,11 +271,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         exp_dir = experiment_dir(opts)
         if opts.resume or exp_dir is None or exp_dir.exists():
             print(f"\nInterrupted. Finished trials are saved; continue with: "
-                  f"{_resume_command(opts)}", file=sys.stderr)
+                  f"{_resume_command(opts.name, storage_root(opts.storage_path))}",
+                  file=sys.stderr)
         else:
             print("\nInterrupted before the study started; nothing was saved. Run the same "
                   "command again to start it.", file=sys.stderr)
-        return 130
+        return stop.status
     if run.nothing_new:
         print(f"Study {run.path.name} has finished all its {run.num_trials} trials; nothing "
               f"to resume (pass --num-samples above {opts.num_samples} to add trials, "
@@ -273,10 +289,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     show = SummaryProgress() if opts.verbose else None
     try:
         summary = write_report(run.path, progress=show)
-    except KeyboardInterrupt:  # each summary file is whole: the old one or the new one
+    except KeyboardInterrupt:  # summary/ is whole: the old one or the new one
         print(f"\nInterrupted while writing the summary; the results are saved. Write it "
-              f"with: study report {run.path}", file=sys.stderr)
-        return 130
+              f"with: {shlex.join(['study', 'report', str(run.path)])}", file=sys.stderr)
+        return stop.status
     finally:
         if show is not None:
             show.close()
@@ -286,9 +302,8 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{run.path / 'summary' / 'report.html'} in a browser)")
     if run.interrupted:
         print(f"\nInterrupted: the study did not finish; what finished is saved. Continue "
-              f"with: study run --resume --name {run.path.name} --storage-path "
-              f"{run.path.parent}", file=sys.stderr)
-        return 130
+              f"with: {_resume_command(run.path.name, run.path.parent)}", file=sys.stderr)
+        return stop.status
     return 0
 
 

@@ -83,6 +83,7 @@ class CapturedSteps:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
+                self.batch.zero_()  # always the first batch: inside the smallest epoch
                 self._body()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
@@ -145,6 +146,7 @@ def capture_steps(step: Step, model: nn.Module, optimizer: torch.optim.Optimizer
         log.info("training eagerly: no full batch of %d in %d examples to capture",
                  batch_size, stop)
         return None
+    settings = [(group["lr"], group.get("capturable")) for group in optimizer.param_groups]
     for group in optimizer.param_groups:
         # A captured step reads the learning rate from device memory, so it can change.
         if not isinstance(group["lr"], torch.Tensor):
@@ -159,6 +161,10 @@ def capture_steps(step: Step, model: nn.Module, optimizer: torch.optim.Optimizer
     except Exception as exc:  # the eager step is always there to fall back on
         torch.cuda.synchronize(device)
         _restore(model, optimizer, saved)
+        for group, (lr, capturable) in zip(optimizer.param_groups, settings, strict=True):
+            group["lr"] = lr  # the eager step as it was: an optimizer may want a number
+            if capturable is not None:
+                group["capturable"] = capturable
         log.warning("training eagerly: capturing the step as a CUDA graph failed (%s: %s)",
                     type(exc).__name__, exc)
         return None

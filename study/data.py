@@ -1,6 +1,6 @@
 """Data specs -> uint8 image arrays with train/validation/test splits.
 
-Three sources (DESIGN.md): `synthetic[:key=value,...]`, a folder in the homework layout, or a
+Three sources: `synthetic[:key=value,...]`, a folder in the homework layout, or a
 MedMNIST-style `.npz`. Everything is checked where it enters and loaded without unpickling.
 Images stay uint8 in memory; scaling to [0, 1] happens per batch in the training loop.
 """

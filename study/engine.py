@@ -9,7 +9,11 @@ folder and its study.json); Ray's private names stay in `study.ray_compat`.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -72,32 +76,39 @@ def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
             extra, finished = _resume_plan(opts, exp_dir)
             if finished is not None:
                 return finished
+    try:
+        return _run_claimed(opts, space, epochs, root, local, exp_dir, data_spec, command,
+                            extra)
+    except BaseException:
+        if local and not opts.resume:
+            remove_unstarted(exp_dir)  # so that the same command can simply be run again
+        raise
+
+
+def _run_claimed(opts: RunOptions, space: SearchSpace, epochs: int, root: str, local: bool,
+                 exp_dir: Path, data_spec: str, command: str | None,
+                 extra: int = 0) -> StudyRun:
+    """`run_study` once the experiment folder is this run's (created, or checked to resume);
+    `extra` trials are added to a finished study."""
     check_local_gpus(opts)
     data = load_data(data_spec)
     space = fit_image_size(space, data.image_size)
 
     import ray
 
-    from study.atomic_fs import run_deferred
     from study.ray_compat import safe_checkpoint_deletion
     from study.ray_session import init_ray
 
     started = init_ray(opts)
     try:
         tuner = _tuner(opts, space, epochs, data, root, exp_dir, local, command, extra)
-        safe_checkpoint_deletion()
-        results = _fit(tuner)
-        # fit saved the final experiment state: no checkpoint held back is named in it now.
-        run_deferred(everything=True)
+        with safe_checkpoint_deletion():
+            results = _fit(tuner)
         statuses = ({k: v["status"] for k, v in read_trial_states(exp_dir).items()}
                     if local else {})
         unfinished = sum(1 for s in statuses.values() if s not in ("TERMINATED", "ERROR"))
         return StudyRun(exp_dir, len(results), len(results.errors), interrupted=(
             unfinished > 0 or len(statuses) < expected_trials(opts, space)))
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before Ray's own handler was set
-        if local and not opts.resume:
-            remove_unstarted(exp_dir)  # so that the same command can simply be run again
-        raise
     finally:
         if started:
             ray.shutdown()
@@ -140,11 +151,18 @@ def _check_experiment_folder(opts: RunOptions, exp_dir: Path, space: SearchSpace
     check_writable(exp_dir.parent)
     if opts.resume:
         check_resumable(exp_dir, space, data_spec)
-    elif exp_dir.exists():
+        return
+    try:
+        # Claimed by creating it: of two runs started together with one --name, one wins.
+        exp_dir.mkdir()
+    except FileExistsError:
         raise StudyError(
             f"--name {opts.name}: {exp_dir} already exists; pass --resume to continue it or "
             "choose another --name (nothing was overwritten)"
-        )
+        ) from None
+    except OSError as exc:
+        raise StudyError(f"--name {opts.name}: {exp_dir} cannot be created "
+                         f"({exc.strerror})") from None
 
 
 def check_local_gpus(opts: RunOptions) -> None:
@@ -263,10 +281,60 @@ def _fit(tuner: Any) -> Any:
     hint = _NoRestoreHint()
     logging.getLogger("ray.tune.tune").addFilter(hint)
     try:
-        # On Ctrl-C, Ray stops the trials, saves the experiment state and returns.
-        return tuner.fit()
+        # On Ctrl-C, Ray stops the trials, saves the experiment state and returns. SIGTERM
+        # is taken back from the handler ray.init installed, and handled the same way.
+        with sigterm_as_interrupt():
+            return tuner.fit()
     finally:
         logging.getLogger("ray.tune.tune").removeFilter(hint)
+
+
+class Stop:
+    """Which signal stopped the study: its `status` is the exit status a CLI returns (130 for
+    SIGINT, 143 for SIGTERM: 128 + the signal's number)."""
+
+    def __init__(self) -> None:
+        self.signal = signal.SIGINT
+        self.depth = 0  # nested sigterm_as_interrupt blocks; the outermost starts afresh
+
+    @property
+    def status(self) -> int:
+        return 128 + int(self.signal)
+
+
+_STOP = Stop()  # signals are per process, so is what they did
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[Stop]:
+    """While inside, SIGTERM does what Ctrl-C does at that moment: Ray Tune's handler during
+    `fit` (stop the trials, save the state, return), KeyboardInterrupt elsewhere.
+
+    Without it, SIGTERM (what `kill`, `timeout`, Slurm and Kubernetes send) meets the handler
+    ray.init installed, which ends the driver with no state saved, summary or resume hint.
+    Does nothing outside the main thread, where Python cannot set signal handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield _STOP
+        return
+
+    def as_ctrl_c(signum: int, frame: Any) -> None:
+        _STOP.signal = signal.SIGTERM
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    if _STOP.depth == 0:
+        _STOP.signal = signal.SIGINT
+    _STOP.depth += 1
+    previous = signal.signal(signal.SIGTERM, as_ctrl_c)
+    try:
+        yield _STOP
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _STOP.depth -= 1
 
 
 def _reporter(space: SearchSpace) -> Any:

@@ -14,7 +14,8 @@ from study.options import RunOptions
 from study.seed_rule import AUTO, SEEDS_ON_DEMAND, Rule, record
 
 META_FILE = "study.json"  # the study's own record beside Ray's files; read by analysis/
-STATE_GLOB = "experiment_state-*.json"  # Ray's experiment state, one per driver session
+STATE_PREFIX = "experiment_state-"  # Ray's experiment state, one file per driver session
+STATE_GLOB = f"{STATE_PREFIX}*.json"
 TUNER_FILE = "tuner.pkl"  # Ray's pickled Tuner, which `Tuner.restore` loads
 OPTUNA_DB = "optuna.db"  # --search optuna: the live Optuna study (optuna-dashboard reads it)
 

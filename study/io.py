@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -110,19 +110,85 @@ def load_yaml(text: str) -> Any:
         loader.dispose()
 
 
+TMP_PREFIX = ".study-tmp-"  # a dot file: no glob of Ray's or ours (`*.json`, ...) matches it
+
+
+class AtomicWriter:
+    """A binary file that appears at `path` whole, or not at all, when closed.
+
+    It is written under a temporary name beside `path`, flushed to the disk (fsync) and
+    renamed over `path` on `close`; `abort` (or leaving a `with` block by an exception)
+    removes it and leaves any previous file as it was. The file gets the permissions a plain
+    `open(path, "w")` would give a new file: 0o666 less the umask (the kernel applies it).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = os.fspath(path)
+        folder, name = os.path.split(self.path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        while True:
+            tmp_name = f"{TMP_PREFIX}{name}.{secrets.token_hex(6)}.tmp"
+            self.tmp = os.path.join(folder or ".", tmp_name)
+            try:
+                fd = os.open(self.tmp, flags, 0o666)
+                break
+            except FileExistsError:
+                continue
+        self.handle = os.fdopen(fd, "wb")
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    def close(self) -> None:
+        """Put the file in place: flush, fsync and rename it over `path`."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self._discard()
+            raise
+
+    def abort(self) -> None:
+        """Drop what was written; `path` keeps its previous content (or stays absent)."""
+        if not self.closed:
+            self.closed = True
+            self._discard()
+
+    def _discard(self) -> None:
+        self.handle.close()
+        Path(self.tmp).unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (see AtomicWriter)."""
+    with AtomicWriter(path) as out:
+        out.write(data)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `text` (UTF-8) to `path` atomically (see AtomicWriter)."""
+    write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: str | Path, value: Any) -> None:
@@ -141,8 +207,10 @@ def read_trial_states(exp_dir: str | Path) -> dict[str, dict[str, Any]]:
     (half-written) state is skipped (none readable gives {}); one that parses but does not
     have Ray's layout raises StudyError.
     """
+    from study.experiment import STATE_GLOB
+
     out: dict[str, dict[str, Any]] = {}
-    for run, state in enumerate(sorted(Path(exp_dir).glob("experiment_state-*.json"))):
+    for run, state in enumerate(sorted(Path(exp_dir).glob(STATE_GLOB))):
         try:
             raw = json.loads(state.read_text())
         except (OSError, ValueError):  # ValueError: cut short, or not UTF-8

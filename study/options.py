@@ -8,6 +8,7 @@ Every default of a study is decided here, once: `resolved` turns the options a c
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
@@ -18,6 +19,8 @@ SEARCHES = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
 DEFAULT_SAMPLES = 20  # configurations an optuna or random search tries
 
+
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -118,6 +121,9 @@ def check_options(opts: RunOptions) -> None:
                                   or opts.name in (".", "..")):
         raise StudyError(f"--name must be a plain folder name without path separators, "
                          f"got {opts.name!r}")
+    if opts.name is not None and ("\0" in opts.name or len(os.fsencode(opts.name)) > NAME_MAX):
+        raise StudyError(f"--name must be a folder name of at most {NAME_MAX} bytes without NUL, "
+                         f"got {len(os.fsencode(opts.name))} bytes ({opts.name[:40]!r}...)")
     if opts.resume and not opts.name:
         raise StudyError("--resume needs --name: the experiment to continue")
     from study.tracking import check_tracking

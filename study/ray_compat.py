@@ -1,24 +1,96 @@
-"""Every use of Ray's private names, in one place.
+"""Every use of Ray's private names, in one place, each checked against the Ray it was made for.
 
-Ray Tune offers no public way to do what these do; each is checked against the Ray version
-pinned in pyproject.toml. Elsewhere the project uses Ray's public API only.
+Ray Tune offers no public way to do what these do. Each hook is named in HOOKS and looked up
+through `hook`, which fails with a `RayCompatError` naming the installed Ray and the missing
+name instead of running without it; `tests/test_ray_compat.py` checks every one against the
+installed Ray, and pyproject.toml pins Ray to the minor version they were checked with
+(CHECKED_RAY). The patches of Ray's code are context managers, undone when the study ends.
+Elsewhere the project uses Ray's public API only.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from study.errors import StudyError
+
 log = logging.getLogger(__name__)
 
+CHECKED_RAY = "2.60"  # the minor version every hook below was checked against
+
+# Each private name used, with what it is used for.
+HOOKS = {
+    "ray._private.ray_constants.ENABLE_RAY_CLUSTER":
+        "a local Ray that listens on 127.0.0.1 only (loopback_only)",
+    "ray._private.state.state.get_max_resources_from_cluster_config":
+        "the autoscaler's bound on the cluster's resources (cluster_config_max_resources)",
+    "ray.train._internal.checkpoint_manager._delete_fs_path":
+        "checkpoint deletion held back until the experiment state is saved "
+        "(safe_checkpoint_deletion)",
+    "ray.tune.logger.JsonLoggerCallback._restore_from_remote":
+        "keeping a restarted trial's local result.json (fresh_json_logger)",
+    "ray.tune.impl.tuner_internal._TUNER_PKL":
+        "the restore-time pickles --resume checks (restore_pickle_globs)",
+    "ray.tune.trainable.trainable._DICT_CHECKPOINT_FILE_NAME":
+        "the restore-time pickles --resume checks (restore_pickle_globs)",
+    "ray.tune.search.optuna.OptunaSearch()._ot_trials":
+        "the Optuna trial of a Ray trial (optuna_trial_open, tell_optuna)",
+    "ray.tune.search.optuna.OptunaSearch()._ot_study":
+        "the Optuna study an early-stopped trial is told to as PRUNED (tell_optuna)",
+    "ray.tune.search.optuna.OptunaSearch()._completed_trials":
+        "the Ray trials already told to Optuna (optuna_trial_open, tell_optuna)",
+}
 # Ray resolves `_node_ip_address="127.0.0.1"` to the machine's network address (and its
 # servers then listen on every interface) unless it believes it runs without a cluster, which
 # this variable, read when Ray is imported, and its module constant decide.
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Text by which a refused authentication token shows inside a ConnectionError's cause.
+TOKEN_REFUSED_MARKS = ("InvalidAuthToken", "Unauthenticated")
+
+
+class RayCompatError(StudyError):
+    """The installed Ray lacks a private name this project relies on."""
+
+
+def _missing(name: str) -> RayCompatError:
+    import ray
+
+    return RayCompatError(
+        f"Ray {ray.__version__} has no {name}, which this study uses for {HOOKS[name]}; "
+        f"it was checked against Ray {CHECKED_RAY}.x: install ray[tune]=={CHECKED_RAY}.*"
+    )
+
+
+def hook(name: str) -> Any:
+    """Return the object at the dotted `name` (a key of HOOKS without `()`); RayCompatError if
+    the installed Ray has no such module or attribute."""
+    parts = name.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attr in parts[split:]:
+            if not hasattr(obj, attr):
+                raise _missing(name)
+            obj = getattr(obj, attr)
+        return obj
+    raise _missing(name)
+
+
+def _attr(obj: Any, name: str) -> Any:
+    """The private attribute of a Ray object that the HOOKS key `name` ends with."""
+    attr = name.rsplit(".", 1)[1]
+    if not hasattr(obj, attr):
+        raise _missing(name)
+    return getattr(obj, attr)
 
 
 @contextmanager
@@ -30,6 +102,7 @@ def loopback_only() -> Iterator[None]:
     raylet and workers it starts inherit the variable; the driver's settings are restored after,
     so a later `ray.init(address=...)` in this process still finds its own address.
     """
+    hook("ray._private.ray_constants.ENABLE_RAY_CLUSTER")
     from ray._private import ray_constants
 
     saved_env = os.environ.get(LOCAL_ONLY_ENV)
@@ -59,7 +132,7 @@ def refused_token(exc: BaseException) -> bool:
         if seen is None:
             return False
         if isinstance(seen, AuthenticationError) or any(
-                mark in str(seen) for mark in ("InvalidAuthToken", "Unauthenticated")):
+                mark in str(seen) for mark in TOKEN_REFUSED_MARKS):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -70,9 +143,7 @@ def cluster_config_max_resources() -> dict[str, float] | None:
 
     Requires `ray.init` to have been called.
     """
-    from ray._private.state import state
-
-    return state.get_max_resources_from_cluster_config()
+    return hook("ray._private.state.state.get_max_resources_from_cluster_config")()
 
 
 def fresh_json_logger() -> Any:
@@ -82,8 +153,9 @@ def fresh_json_logger() -> Any:
     synced only now and then; a trial paused and restarted within the run (PBT, a retry after
     a failure) so lost the epochs reported since the last sync (ray-project/ray#41668). The local
     copy is the freshest one whenever it exists; after a `--resume` it does not, and the stored
-    copy is used as before.
+    copy is used as before. (An override in a subclass: nothing of Ray's is changed.)
     """
+    hook("ray.tune.logger.JsonLoggerCallback._restore_from_remote")
     from ray.tune.logger import JsonLoggerCallback
 
     class FreshJsonLoggerCallback(JsonLoggerCallback):
@@ -94,24 +166,67 @@ def fresh_json_logger() -> Any:
     return FreshJsonLoggerCallback()
 
 
-def safe_checkpoint_deletion() -> None:
+class StateSavedGate:
+    """Runs actions once an experiment state saved after they were requested is on disk.
+
+    Ray copies the state to the storage path in a background thread, one copy at a time, and
+    saves it just before launching a copy. A write that began after a request may belong to a
+    copy launched before it (an older state); the next completed write belongs to a later copy,
+    so two state writes that began after the request include one saved after it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state_writes: list[float] = []  # when each completed state write began
+        self._deferred: list[tuple[float, Callable[[], None]]] = []  # (requested at, action)
+
+    def defer(self, action: Callable[[], None], now: float) -> None:
+        """Run `action` once two state writes that began after `now` have completed."""
+        with self._lock:
+            self._deferred.append((now, action))
+
+    def file_written(self, path: str, began: float) -> None:
+        """An observer for `study.atomic_fs.observe_writes`."""
+        from study.experiment import STATE_PREFIX
+
+        if not os.path.basename(path).startswith(STATE_PREFIX):
+            return
+        with self._lock:
+            self._state_writes.append(began)
+            del self._state_writes[:-100]  # only recent ones matter
+        self.run_due()
+
+    def run_due(self, everything: bool = False) -> None:
+        """Run the actions whose condition holds (all of them after a final save)."""
+        with self._lock:
+            due = [a for t, a in self._deferred
+                   if everything or sum(1 for w in self._state_writes if w > t) >= 2]
+            self._deferred = [(t, a) for t, a in self._deferred if a not in due]
+        for action in due:
+            action()
+
+
+@contextmanager
+def safe_checkpoint_deletion() -> Iterator[StateSavedGate]:
     """Make Ray's removal of a trial's old checkpoints (`num_to_keep`) safe against crashes.
 
     Ray deletes an old checkpoint as soon as a new one is registered, while the experiment
     state naming it reaches the disk only later. A driver killed in between left a state whose
-    latest checkpoint was gone, and `--resume` failed that trial. On the local storage this
-    deletion waits until a saved state no longer names the checkpoint (see study.atomic_fs);
-    and a checkpoint already gone (one a crashed driver deleted) counts as deleted, where Ray
-    logged a traceback.
+    latest checkpoint was gone, and `--resume` failed that trial. Inside this block, a deletion
+    on the local storage (`study.atomic_fs`) waits until a saved state no longer names the
+    checkpoint, and a checkpoint already gone (one a crashed driver deleted) counts as deleted,
+    where Ray logged a traceback. Leaving the block normally (after `fit`, which saved the
+    final state) runs the deletions still held back; Ray's function is restored either way.
     """
-    try:
-        from ray.train._internal import checkpoint_manager
-    except ImportError:
-        return
-    original = getattr(checkpoint_manager, "_delete_fs_path", None)
-    if original is None or getattr(original, "study_safe", False):
-        return
-    from study.atomic_fs import AtomicLocalHandler, defer_until_state_saved
+    import time
+
+    from study.atomic_fs import AtomicLocalHandler, observe_writes
+
+    hook("ray.train._internal.checkpoint_manager._delete_fs_path")
+    from ray.train._internal import checkpoint_manager
+
+    original = checkpoint_manager._delete_fs_path
+    gate = StateSavedGate()
 
     def delete_now(fs: Any, fs_path: str) -> None:
         try:
@@ -121,27 +236,68 @@ def safe_checkpoint_deletion() -> None:
 
     def delete(fs: Any, fs_path: str) -> None:
         if isinstance(getattr(fs, "handler", None), AtomicLocalHandler):
-            defer_until_state_saved(lambda: delete_now(fs, fs_path))
+            gate.defer(lambda: delete_now(fs, fs_path), time.monotonic())
         else:
             delete_now(fs, fs_path)
 
-    delete.study_safe = True  # type: ignore[attr-defined]
     checkpoint_manager._delete_fs_path = delete
+    try:
+        with observe_writes(gate.file_written):
+            yield gate
+        gate.run_due(everything=True)
+    finally:
+        checkpoint_manager._delete_fs_path = original
+
+
+_OT_TRIALS = "ray.tune.search.optuna.OptunaSearch()._ot_trials"
+_OT_STUDY = "ray.tune.search.optuna.OptunaSearch()._ot_study"
+_COMPLETED = "ray.tune.search.optuna.OptunaSearch()._completed_trials"
 
 
 def optuna_trial_open(search: Any, trial_id: str) -> bool:
     """True if Ray's OptunaSearch holds an Optuna trial for `trial_id` not yet told."""
-    return trial_id in search._ot_trials and trial_id not in search._completed_trials
+    trials, completed = _attr(search, _OT_TRIALS), _attr(search, _COMPLETED)
+    return trial_id in trials and trial_id not in completed
 
 
 def tell_optuna(search: Any, trial_id: str, state: Any) -> None:
     """Tell Optuna how `trial_id` ended (`state`, an optuna TrialState), through OptunaSearch."""
     # skip_if_finished: a live storage may already hold the trial as told (a killed driver's
     # restored searcher state is older than the storage).
-    search._ot_study.tell(search._ot_trials[trial_id], state=state, skip_if_finished=True)
-    search._completed_trials.add(trial_id)
+    _attr(search, _OT_STUDY).tell(_attr(search, _OT_TRIALS)[trial_id], state=state,
+                                  skip_if_finished=True)
+    _attr(search, _COMPLETED).add(trial_id)
 
 
 def optuna_trial(search: Any, trial_id: str) -> Any:
     """The live Optuna trial Ray's OptunaSearch asked for `trial_id` (None if it has none)."""
-    return search._ot_trials.get(trial_id)
+    return _attr(search, _OT_TRIALS).get(trial_id)
+
+
+def restore_pickle_globs() -> tuple[str, ...]:
+    """Glob patterns (relative to an experiment folder) of every file that Ray unpickles when
+    `Tuner.restore` and `fit` resume an experiment, taken from Ray's own names:
+
+    - `tuner.pkl` (`TunerInternal._restore_from_path_or_uri`: pickle);
+    - the experiment state (`TuneController.CKPT_FILE_TMPL`), JSON holding cloudpickled fields;
+    - the search state: `BasicVariantGenerator`, `SearchGenerator` and `Searcher` (Optuna,
+      ConcurrencyLimiter, Repeater) `CKPT_FILE_TMPL`, each read with cloudpickle whatever its
+      suffix (`basic-variant-state-*.json` is a pickle);
+    - callback state (`CallbackList.CKPT_FILE_TMPL`);
+    - each trial's pickled error (`EXPR_ERROR_PICKLE_FILE`, read for the results' errors) and a
+      class trainable's dict checkpoint (`_DICT_CHECKPOINT_FILE_NAME`);
+    - each trial's `params.pkl` (`EXPR_PARAM_PICKLE_FILE`): Ray 2.60 only writes it, but it is
+      the one other pickle in an experiment, so it is held to the same rule.
+    """
+    from ray.air.constants import EXPR_ERROR_PICKLE_FILE, EXPR_PARAM_PICKLE_FILE
+    from ray.tune.callback import CallbackList
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.search import BasicVariantGenerator, Searcher
+    from ray.tune.search.search_generator import SearchGenerator
+
+    tuner_pkl = hook("ray.tune.impl.tuner_internal._TUNER_PKL")
+    dict_checkpoint = hook("ray.tune.trainable.trainable._DICT_CHECKPOINT_FILE_NAME")
+    classes = (TuneController, BasicVariantGenerator, SearchGenerator, Searcher, CallbackList)
+    return (*(cls.CKPT_FILE_TMPL.format("*") for cls in classes), tuner_pkl, "*.pkl",
+            f"*/{EXPR_ERROR_PICKLE_FILE}", f"*/{EXPR_PARAM_PICKLE_FILE}",
+            f"*/checkpoint_*/{dict_checkpoint}")

@@ -145,20 +145,30 @@ def check_resumable(exp_dir: Path, space: Any, data_spec: str) -> None:
         )
 
 
+def restore_pickles(exp_dir: Path) -> list[Path]:
+    """The files in `exp_dir` that Ray would unpickle to restore it (see
+    `ray_compat.restore_pickle_globs`), sorted."""
+    from study.ray_compat import restore_pickle_globs
+
+    return sorted({p for pattern in restore_pickle_globs() for p in exp_dir.glob(pattern)})
+
+
 def check_trusted(exp_dir: Path) -> None:
     """Refuse to restore Ray's pickled state if another user could have written it.
 
-    Ray's tuner.pkl and searcher state are pickles, which run code when loaded; a study
-    resumes only from files that this user (or root) owns and others cannot write.
+    Ray's tuner.pkl, experiment state, search state and trial errors are pickles, which run
+    code when loaded; a study resumes only from files (and folders holding them) that this
+    user (or root) owns and others cannot write.
     """
     uid = os.getuid() if hasattr(os, "getuid") else None
-    # The experiment state is JSON, but Ray keeps parts of each trial in it as pickles.
-    pickled = [*exp_dir.glob("*.pkl"), *exp_dir.glob(STATE_GLOB)]
-    for path in (exp_dir, *sorted(pickled)):
-        st = path.stat()
+    pickled = restore_pickles(exp_dir)
+    folders = sorted({p.parent for p in pickled} - {exp_dir})
+    for path in (exp_dir, *folders, *pickled):
+        # A link inside the experiment is judged as a link: its target could be anyone's.
+        st = path.stat() if path == exp_dir else path.lstat()
         if st.st_mode & 0o002 or (uid is not None and st.st_uid not in (uid, 0)):
             raise StudyError(
-                f"--resume: {path} is writable by other users or owned by another user "
-                f"(mode {st.st_mode & 0o777:o}, owner uid {st.st_uid}); Ray's saved state is "
-                "pickled and runs code when loaded, so only your own experiments are resumed"
+                f"--resume: {path} is writable by other users, owned by another user or a "
+                f"link (mode {st.st_mode & 0o777:o}, owner uid {st.st_uid}); Ray's saved state "
+                "is pickled and runs code when loaded, so only your own experiments are resumed"
             )

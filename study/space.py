@@ -1,6 +1,6 @@
 """YAML search spaces -> Optuna define-by-run functions, Ray Tune domains or grids.
 
-Schema (loaded with `yaml.safe_load`):
+Schema (read by `study.io.load_yaml`, a safe loader that reads `1e-5` as a number):
 
     metric: val_accuracy          # what selection maximises or minimises (validation only)
     mode: max
@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ METRICS = ("val_accuracy", "val_loss", "val_auroc")
 MODES = ("max", "min")
 KINDS = ("choice", "int", "uniform", "loguniform", "per_layer", "by_depth")
 PARAM_NAMES = tuple(f.name for f in fields(TrialConfig))
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+# The shipped spaces (`--space default`, `--space homework`): package data, which in a checkout
+# is the repository's search_spaces/ (study/search_spaces links to it).
+SPACES_DIR = resources.files("study") / "search_spaces"
 
 
 @dataclass(frozen=True)
@@ -243,8 +246,10 @@ def _check_depth_rules(space: SearchSpace) -> None:
 def space_path(space: str) -> Path:
     """Resolve `--space`: a file, or the name of a shipped space (`default`, `homework`)."""
     path = Path(space).expanduser()
-    if not path.exists() and (SPACES_DIR / f"{space}.yaml").exists():
-        path = SPACES_DIR / f"{space}.yaml"
+    shipped = SPACES_DIR / f"{space}.yaml"
+    if not path.exists() and shipped.is_file():
+        with resources.as_file(shipped) as file:  # the file itself: the package is a folder
+            path = file
     return path.resolve() if path.exists() else path
 
 

@@ -408,7 +408,7 @@ def fit(
     `config.epochs`.
 
     After each epoch, `on_epoch(metrics, state)` receives `epoch_report`'s metrics: the
-    seed-mean of each metric of DESIGN.md, plus `seeds` and `seed_metrics`. The last epoch's
+    seed-mean of each of EPOCH_METRICS, plus `seeds` and `seed_metrics`. The last epoch's
     metrics also carry the test metrics of each seed's best weights. A seed whose training
     loss goes non-finite has diverged: from then on its metrics are NaN and its test metrics
     are those taken when it diverged; `diverged` (the fraction of seeds diverged, per seed 1.0

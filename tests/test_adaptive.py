@@ -267,3 +267,51 @@ def test_study_run_repeats_auto_stops_every_configuration_by_its_rule(tmp_path: 
     meta = json.loads((exp / "study.json").read_text())
     assert meta["seeds_on_demand"] == {"target_ci": target, "max_repeats": cap,
                                        "first_seeds": 3, "metric": "test_accuracy"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_an_interrupted_repeats_auto_study_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """Ctrl-C after the first finished trial, then `--resume`: the searcher's JSON state
+    carries on, no seed trains twice, and every configuration still stops by the rule."""
+    import signal
+
+    from _proc import finished_trials, run_study_process, study_process, wait_for
+
+    from analysis.results import collect_runs
+
+    space = tmp_path / "space.yaml"
+    space.write_text(AUTO_SPACE.replace("batch_size: {choice: [16, 128]}",
+                                        "batch_size: {choice: [16]}")
+                     .replace("epochs: 4", "epochs: 12"))
+    storage, target, cap = tmp_path / "results", 3.0, 5
+    args = ["run", "--space", str(space), "--repeats", "auto", "--target-ci", str(target),
+            "--max-repeats", str(cap), "--data", "synthetic:size=16,n=100,n_test=60",
+            "--storage-path", str(storage), "--name", "auto", "--num-cpus", "2",
+            "--checkpoint-every", "1", "--quiet"]
+    exp = storage / "auto"
+    with study_process(args, tmp_path / "logs") as study:
+        def first_done() -> bool:
+            study.tree()
+            assert study.proc.poll() is None, study.output()
+            return len(finished_trials(exp)) >= 1
+
+        wait_for(first_done, 300, interval=0.2, what="a finished trial")
+        os.kill(study.pid, signal.SIGINT)
+        assert study.wait(180) == 130, study.output()
+    before = json.loads(max(exp.glob("searcher-state-*.json")).read_text())
+    assert sum(len(a["values"]) for a in before["arms"]) >= 3
+    status, resumed = run_study_process(["run", "--resume", "--name", "auto", "--storage-path",
+                                         str(storage), "--quiet"], tmp_path / "logs", 600,
+                                        tag="resume")
+    assert status == 0, resumed.output()
+    runs = collect_runs(exp)
+    assert not runs["duplicate"].any() and set(runs["status"]) == {"completed"}
+    for _, group in runs.groupby("loss"):
+        values = list(group.sort_values("seed")["test_accuracy"])
+        assert list(group.sort_values("seed")["seed"]) == list(range(len(values)))
+        assert half_width(values) <= target or len(values) == cap, values
+        assert len(values) == 3 or half_width(values[:-1]) > target, values
+    after = json.loads(max(exp.glob("searcher-state-*.json")).read_text())
+    for old, new in zip(before["arms"], after["arms"], strict=True):
+        assert old["values"].items() <= new["values"].items()  # nothing finished was redone

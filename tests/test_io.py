@@ -1,0 +1,66 @@
+"""`study.io`: the one atomic writer (whole or nothing, the mode of a plain write) and YAML."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from study.io import AtomicWriter, load_yaml, write_json_atomic, write_text_atomic
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_written_files_get_the_mode_of_a_plain_write(tmp_path: Path, umask: int) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert _mode(plain) == 0o666 & ~umask
+    write_text_atomic(tmp_path / "a.txt", "x")
+    write_json_atomic(tmp_path / "b.json", {"x": 1})
+    assert _mode(tmp_path / "a.txt") == _mode(tmp_path / "b.json") == _mode(plain)
+
+
+def test_storage_files_and_models_get_the_mode_of_a_plain_write(tmp_path: Path,
+                                                                umask: int) -> None:
+    from torch import nn
+
+    from study.atomic_fs import atomic_local_filesystem
+    from study.checkpoint import save_model
+    from study.config import TrialConfig
+
+    with atomic_local_filesystem().open_output_stream(str(tmp_path / "result.json")) as out:
+        out.write(b"{}\n")
+    config = TrialConfig(depth=1, width=4)
+    save_model(tmp_path / "model.pt", nn.Linear(2, 2).state_dict(), config, 4)
+    for name in ("result.json", "model.pt"):
+        assert _mode(tmp_path / name) == 0o666 & ~umask, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "result.json"]
+
+
+def test_an_aborted_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "best_config.json"
+    write_text_atomic(target, "old")
+    with pytest.raises(RuntimeError), AtomicWriter(target) as out:
+        out.write(b"new, half")
+        assert target.read_text() == "old"  # nothing visible before close
+        raise RuntimeError("stop")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_yaml_reads_exponents_as_floats() -> None:
+    assert load_yaml("lr: 1e-5\nn: 3\ns: 1e5x") == {"lr": 1e-5, "n": 3, "s": "1e5x"}
