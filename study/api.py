@@ -114,6 +114,10 @@ def run(**options: Any) -> StudyResult:
     else:
         opts = resolved(RunOptions(**given))
     result = engine.run_study(opts, command=call_text(options))
+    if result.nothing_new:
+        print(f"Study {result.path.name} has finished all its {result.num_trials} trials; "
+              f"nothing to resume (pass num_samples above {opts.num_samples} to add trials).")
+        return load(result.path)
     show = SummaryProgress() if opts.verbose else None
     try:
         write_report(result.path, progress=show)

@@ -150,6 +150,9 @@ def test_a_finished_study_asked_for_nothing_new_says_so(extended: dict,
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [f"Study nb has finished all its 5 trials; nothing to resume (pass "
                    f"--num-samples above 5 to add trials, or see {root / 'nb' / 'summary'})."]
+    again = study.run(resume=True, name="nb", storage_path=str(root))
+    assert capsys.readouterr().out.startswith("Study nb has finished all its 5 trials")
+    assert len(again.leaderboard) == 5
 
 
 def test_other_changed_options_are_still_refused(extended: dict) -> None:
