@@ -8,6 +8,7 @@ Every default of a study is decided here, once: `resolved` turns the options a c
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
@@ -18,6 +19,8 @@ SEARCHES = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
 DEFAULT_SAMPLES = 20  # configurations an optuna or random search tries
 
+
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -48,7 +51,9 @@ class RunOptions:
     max_failures: int = 0  # retries of a failed trial from its last checkpoint
     checkpoint_every: int = 5  # epochs between checkpoints (0: only at the end)
     num_cpus: int | None = None  # local Ray only: CPUs to offer (None: all)
-    verbose: int = 1  # 0: no progress table
+    verbose: int = 1  # 0: final summary only; 1: progress display; 2: Ray's table, trial logs
+    wandb: str | None = None  # a Weights & Biases project: one W&B run per trial
+    mlflow: str | None = None  # an MLflow tracking URI (or a local .db file / folder)
 
 
 def default_name() -> str:
@@ -75,7 +80,7 @@ def command_line(opts: RunOptions) -> str:
     for f in fields(RunOptions):
         value = getattr(opts, f.name)
         if f.name == "verbose":
-            words += ["--quiet"] if value == 0 else []
+            words += ["--quiet"] if value == 0 else ["--verbose"] if value > 1 else []
         elif value is True:
             words.append(f"--{f.name.replace('_', '-')}")
         elif value != f.default and value is not False:
@@ -116,8 +121,14 @@ def check_options(opts: RunOptions) -> None:
                                   or opts.name in (".", "..")):
         raise StudyError(f"--name must be a plain folder name without path separators, "
                          f"got {opts.name!r}")
+    if opts.name is not None and ("\0" in opts.name or len(os.fsencode(opts.name)) > NAME_MAX):
+        raise StudyError(f"--name must be a folder name of at most {NAME_MAX} bytes without NUL, "
+                         f"got {len(os.fsencode(opts.name))} bytes ({opts.name[:40]!r}...)")
     if opts.resume and not opts.name:
         raise StudyError("--resume needs --name: the experiment to continue")
+    from study.tracking import check_tracking
+
+    check_tracking(opts.wandb, opts.mlflow)
 
 
 def _check_repeats(opts: RunOptions) -> None:

@@ -36,6 +36,10 @@ HOOKS = {
         "(safe_checkpoint_deletion)",
     "ray.tune.logger.JsonLoggerCallback._restore_from_remote":
         "keeping a restarted trial's local result.json (fresh_json_logger)",
+    "ray.tune.impl.tuner_internal._TUNER_PKL":
+        "the restore-time pickles --resume checks (restore_pickle_globs)",
+    "ray.tune.trainable.trainable._DICT_CHECKPOINT_FILE_NAME":
+        "the restore-time pickles --resume checks (restore_pickle_globs)",
     "ray.tune.search.optuna.OptunaSearch()._ot_trials":
         "the Optuna trial of a Ray trial (optuna_trial_open, tell_optuna)",
     "ray.tune.search.optuna.OptunaSearch()._ot_study":
@@ -258,10 +262,42 @@ def optuna_trial_open(search: Any, trial_id: str) -> bool:
 
 def tell_optuna(search: Any, trial_id: str, state: Any) -> None:
     """Tell Optuna how `trial_id` ended (`state`, an optuna TrialState), through OptunaSearch."""
-    _attr(search, _OT_STUDY).tell(_attr(search, _OT_TRIALS)[trial_id], state=state)
+    # skip_if_finished: a live storage may already hold the trial as told (a killed driver's
+    # restored searcher state is older than the storage).
+    _attr(search, _OT_STUDY).tell(_attr(search, _OT_TRIALS)[trial_id], state=state,
+                                  skip_if_finished=True)
     _attr(search, _COMPLETED).add(trial_id)
 
 
 def optuna_trial(search: Any, trial_id: str) -> Any:
     """The live Optuna trial Ray's OptunaSearch asked for `trial_id` (None if it has none)."""
     return _attr(search, _OT_TRIALS).get(trial_id)
+
+
+def restore_pickle_globs() -> tuple[str, ...]:
+    """Glob patterns (relative to an experiment folder) of every file that Ray unpickles when
+    `Tuner.restore` and `fit` resume an experiment, taken from Ray's own names:
+
+    - `tuner.pkl` (`TunerInternal._restore_from_path_or_uri`: pickle);
+    - the experiment state (`TuneController.CKPT_FILE_TMPL`), JSON holding cloudpickled fields;
+    - the search state: `BasicVariantGenerator`, `SearchGenerator` and `Searcher` (Optuna,
+      ConcurrencyLimiter, Repeater) `CKPT_FILE_TMPL`, each read with cloudpickle whatever its
+      suffix (`basic-variant-state-*.json` is a pickle);
+    - callback state (`CallbackList.CKPT_FILE_TMPL`);
+    - each trial's pickled error (`EXPR_ERROR_PICKLE_FILE`, read for the results' errors) and a
+      class trainable's dict checkpoint (`_DICT_CHECKPOINT_FILE_NAME`);
+    - each trial's `params.pkl` (`EXPR_PARAM_PICKLE_FILE`): Ray 2.60 only writes it, but it is
+      the one other pickle in an experiment, so it is held to the same rule.
+    """
+    from ray.air.constants import EXPR_ERROR_PICKLE_FILE, EXPR_PARAM_PICKLE_FILE
+    from ray.tune.callback import CallbackList
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.search import BasicVariantGenerator, Searcher
+    from ray.tune.search.search_generator import SearchGenerator
+
+    tuner_pkl = hook("ray.tune.impl.tuner_internal._TUNER_PKL")
+    dict_checkpoint = hook("ray.tune.trainable.trainable._DICT_CHECKPOINT_FILE_NAME")
+    classes = (TuneController, BasicVariantGenerator, SearchGenerator, Searcher, CallbackList)
+    return (*(cls.CKPT_FILE_TMPL.format("*") for cls in classes), tuner_pkl, "*.pkl",
+            f"*/{EXPR_ERROR_PICKLE_FILE}", f"*/{EXPR_PARAM_PICKLE_FILE}",
+            f"*/checkpoint_*/{dict_checkpoint}")

@@ -76,7 +76,10 @@ def resume_options(given: dict[str, Any]) -> RunOptions:
     values: dict[str, Any] = {}
     for f in fields(RunOptions):
         value = given.get(f.name)
-        if f.name in FIXED_ON_RESUME or f.name in INHERITED_ON_RESUME:
+        if (f.name == "num_samples" and value is not None
+                and isinstance(stored.get("num_samples"), int) and value > stored["num_samples"]):
+            check_extendable(stored)  # more trials for a study whose search can go on
+        elif f.name in FIXED_ON_RESUME or f.name in INHERITED_ON_RESUME:
             if value is None and f.name in stored:
                 value = stored[f.name]
             elif (f.name in FIXED_ON_RESUME and f.name not in ("space", "data")
@@ -89,6 +92,21 @@ def resume_options(given: dict[str, Any]) -> RunOptions:
         values[f.name] = getattr(defaults, f.name) if value is None else value
     values["resume"] = True
     return RunOptions(**values)
+
+
+def check_extendable(stored: dict[str, Any]) -> None:
+    """Refuse `--resume --num-samples N` (N larger) where the search cannot take more trials.
+
+    An Optuna search continues from its live optuna.db, every earlier trial seen by TPE; a
+    random or grid search would draw the same configurations again, and PBT's population is
+    fixed when it starts.
+    """
+    if stored.get("search") != "optuna":
+        raise StudyError(
+            f"--resume: --num-samples can grow only a study searched by optuna (its "
+            f"optuna.db holds what the search learned); this one was searched by "
+            f"{stored.get('search')}, so it keeps its {stored.get('num_samples')} samples"
+        )
 
 
 def check_resumable(exp_dir: Path, space: Any, data_spec: str) -> None:
@@ -127,20 +145,30 @@ def check_resumable(exp_dir: Path, space: Any, data_spec: str) -> None:
         )
 
 
+def restore_pickles(exp_dir: Path) -> list[Path]:
+    """The files in `exp_dir` that Ray would unpickle to restore it (see
+    `ray_compat.restore_pickle_globs`), sorted."""
+    from study.ray_compat import restore_pickle_globs
+
+    return sorted({p for pattern in restore_pickle_globs() for p in exp_dir.glob(pattern)})
+
+
 def check_trusted(exp_dir: Path) -> None:
     """Refuse to restore Ray's pickled state if another user could have written it.
 
-    Ray's tuner.pkl and searcher state are pickles, which run code when loaded; a study
-    resumes only from files that this user (or root) owns and others cannot write.
+    Ray's tuner.pkl, experiment state, search state and trial errors are pickles, which run
+    code when loaded; a study resumes only from files (and folders holding them) that this
+    user (or root) owns and others cannot write.
     """
     uid = os.getuid() if hasattr(os, "getuid") else None
-    # The experiment state is JSON, but Ray keeps parts of each trial in it as pickles.
-    pickled = [*exp_dir.glob("*.pkl"), *exp_dir.glob(STATE_GLOB)]
-    for path in (exp_dir, *sorted(pickled)):
-        st = path.stat()
+    pickled = restore_pickles(exp_dir)
+    folders = sorted({p.parent for p in pickled} - {exp_dir})
+    for path in (exp_dir, *folders, *pickled):
+        # A link inside the experiment is judged as a link: its target could be anyone's.
+        st = path.stat() if path == exp_dir else path.lstat()
         if st.st_mode & 0o002 or (uid is not None and st.st_uid not in (uid, 0)):
             raise StudyError(
-                f"--resume: {path} is writable by other users or owned by another user "
-                f"(mode {st.st_mode & 0o777:o}, owner uid {st.st_uid}); Ray's saved state is "
-                "pickled and runs code when loaded, so only your own experiments are resumed"
+                f"--resume: {path} is writable by other users, owned by another user or a "
+                f"link (mode {st.st_mode & 0o777:o}, owner uid {st.st_uid}); Ray's saved state "
+                "is pickled and runs code when loaded, so only your own experiments are resumed"
             )

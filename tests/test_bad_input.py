@@ -12,6 +12,7 @@ import ast
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import torch
 from _proc import TINY_DATA, run_study_process, study_command, write_space
 
 from study import cli
+from study.errors import StudyError
 
 FAST_S = 20  # in-process refusals; generous, the machine is shared
 PROCESS_S = 30  # a fresh `python -m study` imports torch before it can refuse anything
@@ -135,6 +137,8 @@ FLAG_ERRORS = {
     "no resources": (["--cpus-per-trial", "0"], ["--cpus-per-trial and --gpus-per-trial are "
                                                  "both 0"]),
     "resume without name": (["--resume"], ["--resume needs --name"]),
+    "name over 255 bytes": (["--name", "é" * 128], ["--name must be a folder name of at most "
+                                                   "255 bytes", "got 256 bytes"]),
 }
 
 
@@ -316,7 +320,8 @@ def test_resume_with_different_data(copy: Path, capsys: pytest.CaptureFixture[st
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flags, needle", [
-    (["--num-samples", "5"], "--num-samples 5 differs from the study's 2"),
+    (["--num-samples", "1"], "--num-samples 1 differs from the study's 2"),
+    (["--num-samples", "5"], "--num-samples can grow only a study searched by optuna"),
     (["--scheduler", "asha"], "--scheduler asha differs from the study's fifo"),
     (["--search", "optuna"], "--search optuna differs from the study's random"),
     (["--max-failures", "3"], "--max-failures 3 differs from the study's 0"),
@@ -788,3 +793,120 @@ def test_report_keeps_files_it_did_not_write_in_its_own_folder(
     (summary / "report.md").unlink()  # once moved away, the report writes it again
     assert cli.main(["report", str(exp)]) == 0
     assert (summary / "report.md").read_text().startswith("# Study report")
+
+
+
+# --- the engine: restore-time pickles, a folder claimed once, a hint that pastes safely -----
+
+
+@pytest.mark.slow
+def test_every_pickle_ray_restores_is_checked(copy: Path) -> None:
+    """The files checked are found from Ray's own names, and they include every pickle in a
+    real experiment (a pickle stream starts with the PROTO opcode, 0x80)."""
+    from study.resume import restore_pickles
+
+    checked = set(restore_pickles(copy))
+    pickles = {p for p in copy.rglob("*") if p.is_file() and p.read_bytes()[:1] == b"\x80"}
+    assert pickles and pickles <= checked, sorted(map(str, pickles - checked))
+    names = {p.name.split("-")[0] for p in checked}
+    assert {"tuner.pkl", "experiment_state", "basic"} <= names, names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pattern", ["basic-variant-state-*.json", "*/error.pkl",
+                                     "searcher-state-x.pkl"])
+def test_resume_never_unpickles_a_file_others_could_write(
+        pattern: str, copy: Path, tmp_path: Path) -> None:
+    """A restore-time pickle replaced by one whose __reduce__ creates a marker, and made
+    world-writable: `--resume` refuses it, and the marker is never created."""
+    marker = tmp_path / "payload-ran"
+    if "*" in pattern:
+        targets = sorted(copy.glob(pattern))
+        if not targets:  # no trial errored: put an error.pkl where Ray would look for one
+            targets = [next(p.parent for p in copy.glob("*/params.json")) / "error.pkl"]
+    else:
+        targets = [copy / pattern]
+    for target in targets:
+        target.write_bytes(pickle.dumps(Payload(marker)))
+        target.chmod(0o666)
+    before = snapshot(copy)
+    refused_process(resume(copy), "writable by other users", str(targets[-1].parent))
+    assert not marker.exists()
+    assert snapshot(copy) == before
+
+
+def test_a_folder_is_claimed_by_one_run_only(tmp_path: Path) -> None:
+    """Of two runs with one --name, the second is refused even if the first has not yet
+    written anything into the folder (the existence check and the creation are one step)."""
+    from study import engine
+    from study.options import RunOptions, resolved
+
+    opts = resolved(RunOptions(name="same", storage_path=str(tmp_path)))
+    exp_dir = tmp_path / "same"
+    engine._check_experiment_folder(opts, exp_dir, None, "synthetic")
+    assert exp_dir.is_dir() and list(exp_dir.iterdir()) == []
+    with pytest.raises(StudyError, match="already exists"):
+        engine._check_experiment_folder(opts, exp_dir, None, "synthetic")
+
+
+def test_a_run_refused_after_claiming_its_folder_leaves_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Claimed, then refused (bad data): the folder goes again, so the same command can be
+    run once the data is fixed."""
+    storage = tmp_path / "results"
+    refused(capsys, ["run", "--space", str(write_space(tmp_path / "s.yaml", {}, TINY_NET)),
+                     "--data", str(tmp_path / "missing.npz"), "--storage-path", str(storage),
+                     "--name", "n", "--quiet"], "no such file")
+    assert not (storage / "n").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_runs_with_one_name_started_together(tmp_path: Path) -> None:
+    """One runs, the other is refused with one line; one experiment state, one study."""
+    space = write_space(tmp_path / "space.yaml", {"lr": {"loguniform": [1.0e-3, 1.0e-2]}},
+                        {**TINY_NET, "epochs": 1})
+    storage = tmp_path / "results"
+    argv = ["run", "--space", str(space), "--data", TINY_DATA, "--search", "random",
+            "--scheduler", "fifo", "--num-samples", "1", "--num-cpus", "1", "--storage-path",
+            str(storage), "--name", "same", "--quiet"]
+    procs = [subprocess.Popen(study_command(*argv, "--seed", str(seed)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+             for seed in (1, 2)]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses == [0, 2], results
+    _, _, err = next(r for r in results if r[0] == 2)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "already exists" in lines[0] and "Traceback" not in err, err
+    exp = storage / "same"
+    assert len(list(exp.glob("experiment_state-*.json"))) == 1
+    assert len(list(exp.glob("*/params.json"))) == 1
+    winner = 1 + [status for status, _, _ in results].index(0)
+    assert json.loads((exp / "study.json").read_text())["options"]["seed"] == winner
+
+
+def test_resume_hint_is_shell_quoted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A storage path with a space and a `;` in --name: the printed command, pasted into a
+    shell, is one `study run` with exactly these arguments (and runs nothing else)."""
+    import shlex
+
+    from study import engine
+
+    storage, name = tmp_path / "my results", "a;touch PWNED"
+
+    def interrupted(opts: object, command: str | None = None) -> object:
+        (storage / name).mkdir(parents=True)  # started: there is something to resume
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "run_study", interrupted)
+    space = write_space(tmp_path / "s.yaml", {}, TINY_NET)
+    assert cli.main(["run", "--space", str(space), "--storage-path", str(storage), "--name",
+                     name, "--quiet"]) == 130
+    err = capsys.readouterr().err
+    command = err.split("continue with: ", 1)[1].strip()
+    assert shlex.split(command) == ["study", "run", "--resume", "--name", name,
+                                    "--storage-path", str(storage)]
+    done = subprocess.run(["sh", "-n", "-c", command], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # one valid command line

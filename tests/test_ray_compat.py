@@ -153,3 +153,11 @@ class _nothing:
 
     def __exit__(self, *_: object) -> None:
         return None
+
+
+def test_restore_pickle_globs_come_from_the_installed_ray() -> None:
+    """The patterns --resume checks are Ray's own file names for what it unpickles."""
+    globs = ray_compat.restore_pickle_globs()
+    for pattern in ("tuner.pkl", "experiment_state-*.json", "basic-variant-state-*.json",
+                    "searcher-state-*.pkl", "search_gen_state-*.json", "*/error.pkl"):
+        assert pattern in globs, globs

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -232,22 +233,31 @@ def test_optuna_is_told_a_diverged_trial_failed() -> None:
 # --- 4. Ctrl-C: a clean exit that says how to resume; the resume works ---------------------
 
 
-RESUME_HINT = re.compile(r"study run --resume --name (\S+) --storage-path (\S+)")
+def resume_hint(err: str) -> list[str] | None:
+    """The `study run --resume ...` command printed on stderr, split as a shell would."""
+    match = re.search(r"continue with: (study run --resume .*)$", err, re.MULTILINE | re.I)
+    return shlex.split(match.group(1)) if match else None
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("target", ["driver", "process group"])
-def test_ctrl_c_exits_cleanly_and_says_how_to_resume(target: str, tmp_path: Path) -> None:
-    """SIGINT to the driver (`kill -INT`), or to its whole process group (a terminal's Ctrl-C).
+@pytest.mark.parametrize("target, sig", [("driver", signal.SIGINT),
+                                         ("process group", signal.SIGINT),
+                                         ("driver", signal.SIGTERM)],
+                         ids=["SIGINT driver", "SIGINT process group", "SIGTERM driver"])
+def test_ctrl_c_exits_cleanly_and_says_how_to_resume(target: str, sig: int,
+                                                     tmp_path: Path) -> None:
+    """SIGINT to the driver (`kill -INT`), or to its whole process group (a terminal's Ctrl-C);
+    SIGTERM to the driver (`kill`, `timeout`, Slurm, Kubernetes) is handled the same way.
 
     Ray's handler stops the trials and saves the experiment state; `study run` then writes
-    the partial summary, prints the resume command and exits with 130 (128 + SIGINT).
+    the partial summary, prints the resume command (shell-quoted: the storage path here has a
+    space) and exits with 128 + the signal's number (130, 143).
     """
     # Long enough (8 trials x 12 epochs, one at a time) that an idle machine cannot finish the
     # study between two polls of the state Ray writes every few seconds.
     space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": 12})
-    storage, name, requested = tmp_path / "results", "ctrl-c", 8
+    storage, name, requested = tmp_path / "my results", "ctrl-c", 8
     exp = storage / name
     with study_process(run_args(space, storage, name, "--num-samples", str(requested),
                                 "--scheduler", "fifo", "--max-concurrent", "1",
@@ -261,17 +271,19 @@ def test_ctrl_c_exits_cleanly_and_says_how_to_resume(target: str, tmp_path: Path
         wait_for(one_done_one_running, START_S, interval=0.2,
                  what="a finished trial and a running one")
         if target == "driver":
-            os.kill(study.pid, signal.SIGINT)
+            os.kill(study.pid, sig)
         else:
-            os.killpg(study.pid, signal.SIGINT)
+            os.killpg(study.pid, sig)
         status = study.wait(180)
         out, err = study.stdout(), study.stderr()
-        assert status == 130, study.output()
+        assert status == 128 + sig, study.output()
         no_traceback(out, err)
         assert "Tuner.restore(" not in out + err  # Ray's hint is replaced by ours
-        hint = RESUME_HINT.search(err)
+        assert "SIGTERM handler" not in err and "*** " not in err  # no C++ stack dump
+        hint = resume_hint(err)
         assert hint, err[-3000:]
-        assert hint.group(1) == name and Path(hint.group(2)) == storage
+        assert hint == ["study", "run", "--resume", "--name", name, "--storage-path",
+                        str(storage)]
         # Ray shut down with the driver: none of its processes is left behind.
         wait_for(lambda: not study.alive(), 60, what="Ray's processes to exit")
     lines_before = {tid: len(rows) for tid, rows in by_trial(exp).items()}
@@ -279,8 +291,10 @@ def test_ctrl_c_exits_cleanly_and_says_how_to_resume(target: str, tmp_path: Path
     done_before = set(partial.loc[partial["status"] == "completed", "trial_id"])
     assert done_before and done_before == terminated_trials(exp)
 
+    if sig == signal.SIGTERM:
+        return  # the state saved is the same as after Ctrl-C, whose resume is tested above
     # The printed command, as printed.
-    command = ["run", *hint.group(0).split()[2:], "--quiet"]
+    command = [*hint[1:], "--quiet"]
     status, resumed = run_study_process(command, tmp_path / "logs", RUN_S, tag="resume")
     assert status == 0, resumed.output()
     rows = by_trial(exp)
@@ -658,3 +672,41 @@ def test_random_search_draws_an_int_ranges_own_step_grid() -> None:
     assert {c["batch_size"] for c in configs} == {10, 25, 40}
     for c in configs:
         assert c["width"] == table[c["depth"]], c
+
+
+# --- a repeated configuration is one run, whatever counts it ---------------------------------
+
+
+def test_copies_of_one_run_count_once_and_give_no_verdict(tmp_path: Path) -> None:
+    """Random search on a small space re-samples identical configurations with the same seed:
+    three copies are one run ("1 seed", not "3 seeds (0, 0, 0)"), and two arms of one run each
+    have no variance to test, so no difference is called significant."""
+    from analysis.report import write_report
+
+    exp = tmp_path / "exp"
+    for i in range(6):
+        loss = "bce" if i < 3 else "ce"
+        trial_id = f"aaaa000{i}"
+        trial = exp / f"train_trial_{trial_id}_{i + 1}_loss={loss}"
+        trial.mkdir(parents=True)
+        config = {**FAST_NET, "loss": loss, "lr": 1e-3, "epochs": 2, "seed": 0, "depth": 3,
+                  "batch_size": 32}
+        (trial / "params.json").write_text(json.dumps(config))
+        acc = 70.0 if loss == "bce" else 80.0  # copies: identical values
+        rows = [{"epoch": e, "val_accuracy": acc, "val_loss": 0.6, "val_auroc": 0.7,
+                 "train_loss": 0.6, "train_accuracy": 60.0, "trial_id": trial_id,
+                 "config": config, "time_total_s": 1.0, "seed": 0} for e in (1, 2)]
+        rows[-1].update(test_accuracy=acc, test_auroc=0.7, test_sensitivity=0.7,
+                        test_specificity=0.7)
+        (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (exp / "study.json").write_text(json.dumps({"metric": "val_accuracy", "mode": "max",
+                                                "searched": ["loss"], "search": "random"}))
+    summary = write_report(exp)
+    best = summary["best"]
+    assert best["n_seeds"] == 1 and best["seeds"] == [0], best
+    assert "ci95" not in best or not best["ci95"]
+    (loss,) = [c for c in summary["comparisons"] if "BCE vs CE" in c["title"]]
+    assert loss["verdict"].startswith("cannot tell"), loss["verdict"]
+    assert [a["n"] for a in loss["arms"]] == [1, 1]
+    report = (exp / "summary" / "report.md").read_text()
+    assert "(0, 0, 0)" not in report and "3 seed" not in report
