@@ -187,6 +187,14 @@ def creation_index(row: dict[str, Any], fallback: int) -> int:
     return int(found.group(1)) if found else trial_number(row["trial_id"], fallback)
 
 
+def creation_order(row: dict[str, Any], fallback: int) -> tuple[int, int]:
+    """(driver session, creation index): trials added to a finished study by a later session
+    count their index from 1 again, after every earlier trial."""
+    session = row.get("session")
+    session = int(session) if isinstance(session, (int, float)) and math.isfinite(session) else 0
+    return session, creation_index(row, fallback)
+
+
 def build_study(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str, Any],
                 study_name: str, storage: Any = None) -> optuna.Study:
     """Return an Optuna study (in memory unless `storage`) holding every trial that ran.
@@ -210,7 +218,7 @@ def build_study(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str, Any]
             by_trial[trial_id] = {int(e): float(v) for e, v in pairs
                                   if isinstance(v, (int, float)) and math.isfinite(v)}
     ran = trials[trials["trial_dir"].notna()] if "trial_dir" in trials else trials.iloc[0:0]
-    order = sorted(((creation_index(r, i), r) for i, r in
+    order = sorted(((creation_order(r, i), r) for i, r in
                     enumerate(ran.to_dict("records"))), key=lambda pair: pair[0])
     frozen: list[FrozenTrial] = []
     for _, row in order:

@@ -458,6 +458,9 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
     lines = [f"# Study report: {Path(summary['experiment']).name}", "",
              f"- Experiment: `{summary['experiment']}`",
              f"- Command: `{meta.get('command', 'unknown (no study.json)')}`"]
+    for added in meta.get("extended") or []:
+        lines.append(f"- Trials added ({added.get('at')}, to {added.get('num_samples')} "
+                     f"samples): `{added.get('command')}`")
     if meta:
         size = meta.get("data_image_size")
         lines.append(f"- Data: `{meta.get('data')}`" + (f", {size}x{size} pixels" if size else "")

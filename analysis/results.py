@@ -257,6 +257,7 @@ def collect_trials(exp_dir: Path) -> pd.DataFrame:
         row["best_val_accuracy"] = max(accs) if accs else math.nan
         row["time_total_s"] = (last or {}).get("time_total_s", math.nan)
         row["failures"] = ray_info.get("failures", 0)
+        row["session"] = ray_info.get("run", 0)  # which driver session created it
         row["trial_dir"] = trial_dir.name
         rows.append(row)
     # Trials Ray knows of that never made a folder (pending when the study stopped).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from study.errors import StudyError
@@ -120,24 +121,34 @@ class ClipToBounds:
         return config
 
 
-def optuna_searcher(space: SearchSpace, opts: RunOptions) -> Any:
-    """Return the Optuna TPE searcher of a study (its sampler settings are the study's)."""
+def optuna_searcher(space: SearchSpace, opts: RunOptions,
+                    storage_file: Path | None = None) -> Any:
+    """Return the Optuna TPE searcher of a study (its sampler settings are the study's).
+
+    With `storage_file`, the Optuna study is kept in that SQLite file as it runs (study name:
+    the experiment's name), where optuna-dashboard can watch it.
+    """
     import optuna
 
-    from study.searcher import StudyOptunaSearch
+    from study.searcher import StudyOptunaSearch, storage_url, tpe_sampler
 
     startup = max(4, min(10, opts.num_samples // 3))
-    sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=startup,
-                                         multivariate=True, group=True, constant_liar=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seed = opts.seed
+    if storage_file is not None and storage_file.is_file():
+        # Continuing a study kept in the file: TPE learns from its trials, and draws a random
+        # stream of its own rather than the first session's again.
+        seed += len(optuna.load_study(study_name=opts.name,
+                                      storage=storage_url(storage_file)).trials)
     # Ray never hands TuneConfig's metric/mode to a searcher built with a define-by-run space
     # (it has no param_space to pass), so OptunaSearch takes them from the same SearchSpace.
-    return StudyOptunaSearch(space=optuna_space(space), sampler=sampler, metric=space.metric,
-                             mode=space.mode)
+    return StudyOptunaSearch(space=optuna_space(space), sampler=tpe_sampler(seed, startup),
+                             metric=space.metric, mode=space.mode, storage_file=storage_file,
+                             study_name=opts.name)
 
 
-def build_search(opts: RunOptions, space: SearchSpace, slots: int
-                 ) -> tuple[Any, dict[str, Any], int]:
+def build_search(opts: RunOptions, space: SearchSpace, slots: int,
+                 storage_file: Path | None = None) -> tuple[Any, dict[str, Any], int]:
     """Return (search algorithm, param_space, num_samples) for the Tuner, from resolved options.
 
     `slots` is how many trials the cluster runs at once: Optuna proposes no more than that
@@ -151,7 +162,7 @@ def build_search(opts: RunOptions, space: SearchSpace, slots: int
     if opts.repeats == AUTO:
         return seeds_on_demand(opts, space), {}, -1  # the searcher says when it is done
     if opts.search == "optuna":
-        searcher = optuna_searcher(space, opts)
+        searcher = optuna_searcher(space, opts, storage_file)
         limit = opts.max_concurrent or max(slots, 1)
         return ConcurrencyLimiter(searcher, max_concurrent=limit), {}, opts.num_samples
     param_space = grid_space(space) if opts.search == "grid" else tune_space(space)

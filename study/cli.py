@@ -116,9 +116,20 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int,
                    help="checkpoint every N epochs, and at the end (0: only at the end)")
     p.add_argument("--num-cpus", type=int, help="CPUs a local Ray may use (default: all)")
-    p.add_argument("--quiet", action="store_true", help="no progress table")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only the final summary (no progress display)")
+    p.add_argument("-v", "--verbose", dest="run_verbose", action="store_true",
+                   help="Ray's own status table and the trials' log lines instead of the "
+                   "progress display")
+    p.add_argument("--wandb", metavar="PROJECT",
+                   help="also log every trial to this Weights & Biases project (pip install "
+                   "'xray-study[wandb]'; WANDB_MODE=offline keeps it local)")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="also log every trial to this MLflow tracking URI, e.g. "
+                   "sqlite:///mlflow.db or http://host:5000 (pip install 'xray-study[mlflow]')")
     p.set_defaults(**{f.name: f.default for f in fields(RunOptions)
                       if f.default is not None and f.default is not False
+                      and f.name != "verbose"  # `study -v` stays the logging switch
                       and p.get_default(f.name) is None})
 
 

@@ -128,6 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 save_model(out / name, weights, config, data.image_size, index=i)
                 extra.append(name)
         print(f"Wrote {out}/: {', '.join([*RUN_FILES, *extra])}.")
+    else:
+        print(f"Nothing was saved (no --out): pass --out DIR to keep the model and its record "
+              f"({', '.join(RUN_FILES)}).")
     return 0
 
 
@@ -175,15 +178,17 @@ def _options(args: argparse.Namespace) -> RunOptions:
     from study.resume import resume_options
 
     flags = given_flags(args)
+    asked = bool(getattr(args, "verbose", False)) or bool(getattr(args, "run_verbose", False))
+    verbose = 0 if args.quiet else 2 if asked else 1
     if args.resume:  # a flag left out: the study's own value
         given = {f.name: getattr(args, f.name) if f.name in flags else None
                  for f in fields(RunOptions)}
         given.update(shared_storage=args.shared_storage, storage_path=args.storage_path,
-                     verbose=0 if args.quiet else 1)
+                     verbose=verbose)
         return resolved(resume_options(given))
     values = {f.name: getattr(args, f.name) for f in fields(RunOptions) if hasattr(args, f.name)}
     # Resolved (and named) now, so that an interrupted run can say how to resume it.
-    return resolved(RunOptions(**{**values, "verbose": 0 if args.quiet else 1}))
+    return resolved(RunOptions(**{**values, "verbose": verbose}))
 
 
 def _print_best(summary: dict) -> None:
@@ -191,17 +196,46 @@ def _print_best(summary: dict) -> None:
     if not best:
         print("No trial finished with a validation score; nothing to recommend yet.")
         return
-    print(f"\nBest configuration ({summary['metric']} {summary['mode']}, validation only):")
+    from study.progress import format_value
+
+    metric = summary["metric"]
+    print(f"\nBest configuration ({metric} {summary['mode']}, validation only):")
     for key, value in best["config"].items():
-        print(f"  {key:>13}: {value}")
+        print(f"  {key:>13}: {format_value(key, value)}")
     from analysis.summary import SUMMARY_METRICS
 
     for key in SUMMARY_METRICS:
         if key in best.get("metrics", {}):
             value = best["metrics"][key]
             spread = best.get("ci95", {}).get(key)
-            extra = f" ± {spread:.2f} (95% CI, n={best['n_seeds']})" if spread else ""
-            print(f"  {key:>16}: {value:.4f}{extra}")
+            extra = (f" ± {format_value(key, spread)} (95% CI, n={best['n_seeds']})"
+                     if spread else "")
+            print(f"  {key:>16}: {format_value(key, value)}{extra}")
+    note = _best_note(summary)
+    if note:
+        print(note)
+
+
+def _best_note(summary: dict) -> str | None:
+    """Why the best configuration is not the single best score seen, when it is not."""
+    from study.progress import format_value
+
+    board, best, metric = summary.get("leaderboard"), summary["best"], summary["metric"]
+    if board is None or board.empty or metric not in board or "trial_id" not in board:
+        return None
+    scored = board[board[metric].notna()]
+    if scored.empty:
+        return None
+    top = scored.iloc[0]  # the leaderboard is sorted best first
+    if top["trial_id"] in best.get("trial_ids", []):
+        return None
+    why = {"stopped": "was stopped early by the scheduler, so its score is not a final one",
+           "unfinished": "did not finish", "diverged": "diverged", "error": "errored",
+           }.get(str(top.get("status")), f"is {top.get('status')}")
+    return (f"  (Trial {top['trial_id']} scored a higher {metric}, "
+            f"{format_value(metric, float(top[metric]))}, but it {why}; the best configuration "
+            "is chosen among completed trials by its final score, averaged over its seeds. "
+            "The progress display's best was the best epoch seen so far of any trial.)")
 
 
 def _resume_command(name: str, storage: str | Path) -> str:
@@ -243,18 +277,29 @@ def _run(args: argparse.Namespace, opts: RunOptions, stop: Any) -> int:
             print("\nInterrupted before the study started; nothing was saved. Run the same "
                   "command again to start it.", file=sys.stderr)
         return stop.status
+    if run.nothing_new:
+        print(f"Study {run.path.name} has finished all its {run.num_trials} trials; nothing "
+              f"to resume (pass --num-samples above {opts.num_samples} to add trials, "
+              f"or see {run.path / 'summary'}).")
+        return 0
     wall = time.monotonic() - start
     from analysis.report import write_report  # here: bad input fails without loading it
+    from study.progress import SummaryProgress
 
+    show = SummaryProgress() if opts.verbose else None
     try:
-        summary = write_report(run.path)
+        summary = write_report(run.path, progress=show)
     except KeyboardInterrupt:  # summary/ is whole: the old one or the new one
         print(f"\nInterrupted while writing the summary; the results are saved. Write it "
               f"with: {shlex.join(['study', 'report', str(run.path)])}", file=sys.stderr)
         return stop.status
+    finally:
+        if show is not None:
+            show.close()
     _print_best(summary)
     print(f"\n{run.num_trials} trials ({run.num_errors} errored) in {wall:.1f} s.")
-    print(f"Results: {run.path}\nSummary: {run.path / 'summary'}")
+    print(f"Results: {run.path}\nSummary: {run.path / 'summary'} (open "
+          f"{run.path / 'summary' / 'report.html'} in a browser)")
     if run.interrupted:
         print(f"\nInterrupted: the study did not finish; what finished is saved. Continue "
               f"with: {_resume_command(run.path.name, run.path.parent)}", file=sys.stderr)
@@ -269,7 +314,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.results_dir)
     if not path.is_dir():
         raise StudyError(f"RESULTS_DIR {path}: no such folder")
-    summary = write_report(path, out=Path(args.out) if args.out else None)
+    from study.progress import SummaryProgress
+
+    show = SummaryProgress()
+    try:
+        summary = write_report(path, out=Path(args.out) if args.out else None, progress=show)
+    finally:
+        show.close()
     _print_best(summary)
     for line in summary.get("missing", []):
         print(f"Missing: {line}")

@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from study.data import Dataset, load_data, resolve_spec
 from study.errors import StudyError
 from study.experiment import (
     META_FILE,
+    OPTUNA_DB,
     check_writable,
     remove_unstarted,
     storage_root,
@@ -50,6 +51,7 @@ class StudyRun:
     num_trials: int
     num_errors: int
     interrupted: bool
+    nothing_new: bool = False  # a finished study resumed without asking for more trials
 
 
 def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
@@ -67,10 +69,16 @@ def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
     local = is_local_path(opts.storage_path)
     exp_dir = Path(root) / opts.name
     data_spec = resolve_spec(opts.data)
+    extra = 0
     if local:
         _check_experiment_folder(opts, exp_dir, space, data_spec)
+        if opts.resume:
+            extra, finished = _resume_plan(opts, exp_dir)
+            if finished is not None:
+                return finished
     try:
-        return _run_claimed(opts, space, epochs, root, local, exp_dir, data_spec, command)
+        return _run_claimed(opts, space, epochs, root, local, exp_dir, data_spec, command,
+                            extra)
     except BaseException:
         if local and not opts.resume:
             remove_unstarted(exp_dir)  # so that the same command can simply be run again
@@ -78,8 +86,10 @@ def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
 
 
 def _run_claimed(opts: RunOptions, space: SearchSpace, epochs: int, root: str, local: bool,
-                 exp_dir: Path, data_spec: str, command: str | None) -> StudyRun:
-    """`run_study` once the experiment folder is this run's (created, or checked to resume)."""
+                 exp_dir: Path, data_spec: str, command: str | None,
+                 extra: int = 0) -> StudyRun:
+    """`run_study` once the experiment folder is this run's (created, or checked to resume);
+    `extra` trials are added to a finished study."""
     check_local_gpus(opts)
     data = load_data(data_spec)
     space = fit_image_size(space, data.image_size)
@@ -91,7 +101,7 @@ def _run_claimed(opts: RunOptions, space: SearchSpace, epochs: int, root: str, l
 
     started = init_ray(opts)
     try:
-        tuner = _tuner(opts, space, epochs, data, root, exp_dir, local, command)
+        tuner = _tuner(opts, space, epochs, data, root, exp_dir, local, command, extra)
         with safe_checkpoint_deletion():
             results = _fit(tuner)
         statuses = ({k: v["status"] for k, v in read_trial_states(exp_dir).items()}
@@ -102,6 +112,37 @@ def _run_claimed(opts: RunOptions, space: SearchSpace, epochs: int, root: str, l
     finally:
         if started:
             ray.shutdown()
+
+
+def _resume_plan(opts: RunOptions, exp_dir: Path) -> tuple[int, StudyRun | None]:
+    """(trials to add, None) for `--resume`; (0, a StudyRun) when there is nothing to do.
+
+    `--num-samples` above the study's count adds trials to a finished study (Ray's
+    `Tuner.restore` cannot add trials: a restored search keeps its sample count); a study
+    still unfinished resumes as it is first.
+    """
+    from study.resume import read_study_meta
+
+    meta = read_study_meta(exp_dir)
+    before = meta["options"].get("num_samples")
+    statuses = read_trial_states(exp_dir)
+    finished = (bool(statuses) and len(statuses) >= int(meta.get("expected_trials") or 0)
+                and all(s["status"] in ("TERMINATED", "ERROR") for s in statuses.values()))
+    extra = opts.num_samples - before if isinstance(before, int) else 0
+    if extra > 0 and not finished:
+        raise StudyError(
+            f"--resume --num-samples {opts.num_samples}: {exp_dir} has unfinished trials; "
+            "resume it without --num-samples first, then add trials"
+        )
+    if extra > 0 and not (exp_dir / OPTUNA_DB).is_file():
+        raise StudyError(
+            f"--resume --num-samples {opts.num_samples}: {exp_dir} has no {OPTUNA_DB} (its "
+            "search was not kept as it ran), so its search cannot continue"
+        )
+    if extra <= 0 and finished:
+        errors = sum(1 for s in statuses.values() if s["status"] == "ERROR")
+        return 0, StudyRun(exp_dir, len(statuses), errors, interrupted=False, nothing_new=True)
+    return max(extra, 0), None
 
 
 def _check_experiment_folder(opts: RunOptions, exp_dir: Path, space: SearchSpace,
@@ -144,16 +185,22 @@ def check_local_gpus(opts: RunOptions) -> None:
 
 
 def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, root: str,
-           exp_dir: Path, local: bool, command: str | None) -> Any:
-    """Check the connected cluster, then return the Tuner: restored, or new with study.json."""
+           exp_dir: Path, local: bool, command: str | None, extra: int = 0) -> Any:
+    """Check the connected cluster, then return the Tuner: restored, or new with study.json.
+
+    With `extra` > 0, a new Tuner in the same experiment folder runs `extra` more trials,
+    its Optuna searcher continuing the study kept in optuna.db.
+    """
     import ray
     from ray import tune
 
     from study.atomic_fs import atomic_local_filesystem
     from study.cluster import check_storage_path, check_trial_resources, reachable_resources
     from study.io import write_json_atomic
+    from study.progress import StudyProgress
     from study.ray_compat import fresh_json_logger
     from study.ray_session import trial_slots
+    from study.tracking import tracking_callbacks
     from study.trainable import train_trial
 
     check_trial_resources(opts.cpus_per_trial, opts.gpus_per_trial, reachable_resources())
@@ -168,15 +215,21 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
     # Locally, every file Ray writes to the storage path appears whole or not at all, so
     # a driver killed mid-sync leaves the last experiment state and result.json intact.
     storage_fs = atomic_local_filesystem() if local else None
-    if opts.resume:
+    if opts.resume and not extra:
         try:
             return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=False,
                                       storage_filesystem=storage_fs)
         except Exception as exc:  # Ray raises many kinds for a damaged experiment folder
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise StudyError(f"--resume: {exp_dir} cannot be restored ({first})") from None
+    this_run = replace(opts, num_samples=extra) if extra else opts
     slots = trial_slots(opts.cpus_per_trial, opts.gpus_per_trial)
-    search_alg, param_space, num_samples = build_search(opts, space, slots)
+    # Under --search optuna the Optuna study lives in the experiment folder as it runs, so
+    # optuna-dashboard shows it live (a remote storage path keeps it in memory).
+    live_db = exp_dir / OPTUNA_DB if local else None
+    if local:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+    search_alg, param_space, num_samples = build_search(this_run, space, slots, live_db)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -192,11 +245,30 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             progress_reporter=_reporter(space),
-            verbose=opts.verbose,
-            callbacks=[fresh_json_logger()],
+            # Ray's own table only with --verbose; otherwise the progress display (or nothing).
+            verbose=1 if opts.verbose > 1 else 0,
+            callbacks=[fresh_json_logger(),
+                       *tracking_callbacks(opts.name, exp_dir if local else None, opts.wandb,
+                                           opts.mlflow),
+                       *([StudyProgress(expected_trials(this_run, space), epochs,
+                                        space.metric, space.mode)]
+                         if opts.verbose == 1 else [])],
         ),
     )
-    if local:
+    if local and extra:
+        from datetime import datetime, timezone
+
+        from study.resume import read_study_meta
+
+        # study.json keeps how the study began, and now counts the trials added.
+        record = read_study_meta(exp_dir)
+        record["options"]["num_samples"] = opts.num_samples
+        record["expected_trials"] = expected_trials(opts, space)
+        record.setdefault("extended", []).append({
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "num_samples": opts.num_samples, "command": command or command_line(opts)})
+        write_json_atomic(exp_dir / META_FILE, record)
+    elif local:
         exp_dir.mkdir(parents=True, exist_ok=True)
         record = study_record(opts, space, data, epochs, expected_trials(opts, space),
                               command or command_line(opts), ray.__version__)

@@ -17,6 +17,7 @@ META_FILE = "study.json"  # the study's own record beside Ray's files; read by a
 STATE_PREFIX = "experiment_state-"  # Ray's experiment state, one file per driver session
 STATE_GLOB = f"{STATE_PREFIX}*.json"
 TUNER_FILE = "tuner.pkl"  # Ray's pickled Tuner, which `Tuner.restore` loads
+OPTUNA_DB = "optuna.db"  # --search optuna: the live Optuna study (optuna-dashboard reads it)
 
 
 def storage_root(storage_path: str) -> str:
@@ -86,7 +87,7 @@ def remove_unstarted(exp_dir: Path) -> None:
     """
     if not exp_dir.is_dir() or any(exp_dir.glob(STATE_GLOB)):
         return
-    expected = (META_FILE, TUNER_FILE, ".validate_storage_marker", "search_gen_state-*",
+    expected = (META_FILE, TUNER_FILE, OPTUNA_DB, ".validate_storage_marker", "search_gen_state-*",
                 "searcher-state-*")
     if all(any(p.match(pattern) for pattern in expected) for p in exp_dir.iterdir()):
         shutil.rmtree(exp_dir, ignore_errors=True)

@@ -197,36 +197,41 @@ def write_json_atomic(path: str | Path, value: Any) -> None:
 
 
 def read_trial_states(exp_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """Return trial_id -> {status, dir, failures} from Ray's latest experiment state.
+    """Return trial_id -> {status, dir, failures, run} from Ray's experiment states.
 
-    Reads only the JSON parts of `experiment_state-*.json` (never its pickled fields); a
-    missing or unreadable (half-written) state gives {}; one that parses but does not have
-    Ray's layout raises StudyError.
+    Ray writes one `experiment_state-<time>.json` per driver session; a resumed session's
+    holds every trial it restored, and a session that added trials to a finished study holds
+    only its own. So every state is read, oldest first, and a later one's word on a trial
+    wins; `run` is the index (in time order) of the first session that named the trial.
+    Reads only the JSON parts (never the pickled fields); a missing or unreadable
+    (half-written) state is skipped (none readable gives {}); one that parses but does not
+    have Ray's layout raises StudyError.
     """
     from study.experiment import STATE_GLOB
 
-    states = sorted(Path(exp_dir).glob(STATE_GLOB))
-    if not states:
-        return {}
-    try:
-        raw = json.loads(states[-1].read_text())
-    except (OSError, ValueError):  # ValueError: cut short, or not UTF-8
-        return {}
-    entries = raw.get("trial_data", []) if isinstance(raw, dict) else None
-    if not isinstance(entries, list):
-        raise StudyError(f"{states[-1]}: is damaged (trial_data is not a list)")
     out: dict[str, dict[str, Any]] = {}
-    for entry in entries:
+    for run, state in enumerate(sorted(Path(exp_dir).glob(STATE_GLOB))):
         try:
-            trial = json.loads(entry[0]) if isinstance(entry, list) else entry
-            runtime = json.loads(entry[1]) if isinstance(entry, list) and len(entry) > 1 else {}
-        except (TypeError, IndexError, json.JSONDecodeError):
+            raw = json.loads(state.read_text())
+        except (OSError, ValueError):  # ValueError: cut short, or not UTF-8
             continue
-        if not isinstance(runtime, dict):
-            runtime = {}
-        if isinstance(trial, dict) and isinstance(trial.get("trial_id"), str):
-            status = trial.get("status", "")
-            out[trial["trial_id"]] = {"status": status if isinstance(status, str) else "",
-                                      "dir": trial.get("relative_logdir"),
-                                      "failures": (runtime or {}).get("num_failures", 0)}
+        entries = raw.get("trial_data", []) if isinstance(raw, dict) else None
+        if not isinstance(entries, list):
+            raise StudyError(f"{state}: is damaged (trial_data is not a list)")
+        for entry in entries:
+            try:
+                trial = json.loads(entry[0]) if isinstance(entry, list) else entry
+                runtime = (json.loads(entry[1]) if isinstance(entry, list) and len(entry) > 1
+                           else {})
+            except (TypeError, IndexError, json.JSONDecodeError):
+                continue
+            if not isinstance(runtime, dict):
+                runtime = {}
+            if isinstance(trial, dict) and isinstance(trial.get("trial_id"), str):
+                status = trial.get("status", "")
+                first = out.get(trial["trial_id"], {}).get("run", run)
+                out[trial["trial_id"]] = {"status": status if isinstance(status, str) else "",
+                                          "dir": trial.get("relative_logdir"),
+                                          "failures": runtime.get("num_failures", 0),
+                                          "run": first}
     return out

@@ -51,7 +51,9 @@ class RunOptions:
     max_failures: int = 0  # retries of a failed trial from its last checkpoint
     checkpoint_every: int = 5  # epochs between checkpoints (0: only at the end)
     num_cpus: int | None = None  # local Ray only: CPUs to offer (None: all)
-    verbose: int = 1  # 0: no progress table
+    verbose: int = 1  # 0: final summary only; 1: progress display; 2: Ray's table, trial logs
+    wandb: str | None = None  # a Weights & Biases project: one W&B run per trial
+    mlflow: str | None = None  # an MLflow tracking URI (or a local .db file / folder)
 
 
 def default_name() -> str:
@@ -78,7 +80,7 @@ def command_line(opts: RunOptions) -> str:
     for f in fields(RunOptions):
         value = getattr(opts, f.name)
         if f.name == "verbose":
-            words += ["--quiet"] if value == 0 else []
+            words += ["--quiet"] if value == 0 else ["--verbose"] if value > 1 else []
         elif value is True:
             words.append(f"--{f.name.replace('_', '-')}")
         elif value != f.default and value is not False:
@@ -124,6 +126,9 @@ def check_options(opts: RunOptions) -> None:
                          f"got {len(os.fsencode(opts.name))} bytes ({opts.name[:40]!r}...)")
     if opts.resume and not opts.name:
         raise StudyError("--resume needs --name: the experiment to continue")
+    from study.tracking import check_tracking
+
+    check_tracking(opts.wandb, opts.mlflow)
 
 
 def _check_repeats(opts: RunOptions) -> None:

@@ -218,8 +218,15 @@ class StudyProgress(Callback):
         self._ended(trial, "ERROR", "errored")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        # Ray's own statuses settle paused (PBT) and restarted trials the hooks above miss.
+        # Ray's own statuses settle paused (PBT) and restarted trials the hooks above miss, and
+        # on a resume they bring the trials that ended before it.
         self.running = {t.trial_id for t in trials if t.status == "RUNNING"}
+        for trial in trials:
+            if trial.status in FINISHED and trial.trial_id not in self.ended:
+                self.ended[trial.trial_id] = trial.status
+                epoch = (trial.last_result or {}).get("epoch")
+                if isinstance(epoch, (int, float)):
+                    self.epochs_done[trial.trial_id] = int(epoch)
         self.refresh()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -236,8 +243,14 @@ class StudyProgress(Callback):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Restored with the Tuner on a resume: counts start over (on_step_end brings the
+        # trials that ended before), and so does the clock of this process.
         self.__dict__.update(state)
         self.console = Console(file=sys.stdout, highlight=False)
+        self.live = self.console.is_terminal
+        self.start = time.monotonic()
+        self.epochs_done, self.ended, self.started, self.running = {}, {}, set(), set()
+        self.best = None
 
 
 class SummaryProgress:
@@ -266,11 +279,12 @@ class SummaryProgress:
             self._display = Progress(TextColumn("writing summary: {task.description}"),
                                      BarColumn(bar_width=30), MofNCompleteColumn(),
                                      TimeElapsedColumn(), TimeRemainingColumn(),
-                                     console=self.console, transient=True)
+                                     console=self.console, transient=True,
+                                     auto_refresh=False)  # no thread: the writer forks
             self._task = self._display.add_task(phase, total=total or None)
             self._display.start()
         self._display.update(self._task, description=phase, completed=done,
-                             total=total or None)
+                             total=total or None, refresh=True)
         self._phase = phase
 
     def close(self) -> None:

@@ -262,7 +262,10 @@ def optuna_trial_open(search: Any, trial_id: str) -> bool:
 
 def tell_optuna(search: Any, trial_id: str, state: Any) -> None:
     """Tell Optuna how `trial_id` ended (`state`, an optuna TrialState), through OptunaSearch."""
-    _attr(search, _OT_STUDY).tell(_attr(search, _OT_TRIALS)[trial_id], state=state)
+    # skip_if_finished: a live storage may already hold the trial as told (a killed driver's
+    # restored searcher state is older than the storage).
+    _attr(search, _OT_STUDY).tell(_attr(search, _OT_TRIALS)[trial_id], state=state,
+                                  skip_if_finished=True)
     _attr(search, _COMPLETED).add(trial_id)
 
 

@@ -20,9 +20,9 @@ def init_ray(opts: RunOptions) -> bool:
     """Connect to `--address` or start a local Ray on 127.0.0.1; return True if we started it."""
     import ray
 
-    # Ray adds CSV and TensorBoard loggers beside the JSON one; analysis/ reads only
-    # result.json, and on 2 cores the driver's time writing the others (TensorBoard's writer
-    # thread and queue) is taken from the trials. Set to 0 to have them back.
+    # The engine attaches its logger callbacks itself (the JSON one that keeps a restarted
+    # trial's results, TensorBoard's, W&B's and MLflow's when asked for); Ray's automatic ones
+    # would add a second JSON logger and a CSV one nobody reads.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if ray.is_initialized():
         return False

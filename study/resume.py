@@ -76,7 +76,10 @@ def resume_options(given: dict[str, Any]) -> RunOptions:
     values: dict[str, Any] = {}
     for f in fields(RunOptions):
         value = given.get(f.name)
-        if f.name in FIXED_ON_RESUME or f.name in INHERITED_ON_RESUME:
+        if (f.name == "num_samples" and value is not None
+                and isinstance(stored.get("num_samples"), int) and value > stored["num_samples"]):
+            check_extendable(stored)  # more trials for a study whose search can go on
+        elif f.name in FIXED_ON_RESUME or f.name in INHERITED_ON_RESUME:
             if value is None and f.name in stored:
                 value = stored[f.name]
             elif (f.name in FIXED_ON_RESUME and f.name not in ("space", "data")
@@ -89,6 +92,21 @@ def resume_options(given: dict[str, Any]) -> RunOptions:
         values[f.name] = getattr(defaults, f.name) if value is None else value
     values["resume"] = True
     return RunOptions(**values)
+
+
+def check_extendable(stored: dict[str, Any]) -> None:
+    """Refuse `--resume --num-samples N` (N larger) where the search cannot take more trials.
+
+    An Optuna search continues from its live optuna.db, every earlier trial seen by TPE; a
+    random or grid search would draw the same configurations again, and PBT's population is
+    fixed when it starts.
+    """
+    if stored.get("search") != "optuna":
+        raise StudyError(
+            f"--resume: --num-samples can grow only a study searched by optuna (its "
+            f"optuna.db holds what the search learned); this one was searched by "
+            f"{stored.get('search')}, so it keeps its {stored.get('num_samples')} samples"
+        )
 
 
 def check_resumable(exp_dir: Path, space: Any, data_spec: str) -> None:

@@ -53,6 +53,19 @@ class StudyOptunaSearch(OptunaSearch):
             config = {k: v for k, v in config.items() if k in PARAM_NAMES or k.startswith("__")}
         return config
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # A trial resumed from its checkpoint reports again the epochs after it, which Optuna
+        # already holds; it keeps the first value and warns about each: expected, so not shown.
+        # After a killed driver, the live storage may hold a trial as finished that the
+        # restored searcher state (saved earlier) still has running: its results are known.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The reported value is ignored",
+                                    category=UserWarning)
+            try:
+                super().on_trial_result(trial_id, result)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         result = result or {}

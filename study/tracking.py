@@ -29,6 +29,25 @@ def check_tracking(wandb: str | None, mlflow: str | None) -> None:
                 f"{flag} {value}: the {package} package is not installed; install it with "
                 f"pip install 'xray-study[{package}]' (or pip install {package})"
             )
+    if wandb is not None and not wandb_credentials():
+        raise StudyError(
+            f"--wandb {wandb}: no W&B API key found; set WANDB_API_KEY, run `wandb login`, or "
+            "set WANDB_MODE=offline to keep the runs local (`wandb sync` uploads them later)"
+        )
+
+
+def wandb_credentials() -> bool:
+    """True if W&B can log: offline or disabled mode, an API key in the environment, or a
+    `wandb login` (W&B keeps its key in ~/.netrc), as Ray's W&B callback looks for them."""
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", "~/.netrc")).expanduser()
+    try:
+        return "api.wandb.ai" in netrc.read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def mlflow_uri(value: str) -> str:
@@ -57,6 +76,16 @@ def tracking_callbacks(name: str, exp_dir: Path | None = None, wandb: str | None
     if wandb is not None:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
+        class QuietWandbLoggerCallback(WandbLoggerCallback):
+            """Ray's callback, whose __del__ fails at interpreter exit (Ray's module is gone
+            by then) with a traceback after the study's summary."""
+
+            def __del__(self) -> None:
+                try:
+                    super().__del__()
+                except Exception:  # only at exit: its actors are gone with Ray already
+                    pass
+
         kwargs: dict[str, Any] = {}
         # Ray forwards only the API key to its logging actors; the driver's WANDB_MODE
         # (offline, disabled) must reach them too, whichever node they run on.
@@ -67,7 +96,7 @@ def tracking_callbacks(name: str, exp_dir: Path | None = None, wandb: str | None
             # copy that Ray may sync before W&B has flushed its run file.
             exp_dir.mkdir(parents=True, exist_ok=True)
             kwargs["dir"] = str(exp_dir)
-        callbacks.append(WandbLoggerCallback(project=wandb, group=name, **kwargs))
+        callbacks.append(QuietWandbLoggerCallback(project=wandb, group=name, **kwargs))
     if mlflow is not None:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 

@@ -120,6 +120,12 @@ def train_trial(
     def report(metrics: dict[str, float], state: TrainState) -> None:
         nonlocal started
         result = {**metrics, **extra, "epoch_seconds": time.perf_counter() - started}
+        # The trial's own log line: in the worker's log, and on the driver's console with
+        # `study run -v` (Ray forwards workers' output only then).
+        print(f"epoch {state.epoch}/{cfg.epochs}: train loss {metrics.get('train_loss', 0):.4f}"
+              f", val loss {metrics.get('val_loss', 0):.4f}, val accuracy "
+              f"{metrics.get('val_accuracy', 0):.2f} ({result['epoch_seconds']:.2f} s)",
+              flush=True)
         last = state.epoch >= cfg.epochs or "diverged" in metrics
         if not (last or (checkpoint_every > 0 and state.epoch % checkpoint_every == 0)):
             tune.report(result)

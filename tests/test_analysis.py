@@ -269,8 +269,6 @@ def test_report_html_embeds_every_figure_of_a_real_study(experiment: Path) -> No
         assert image.format == "PNG" and min(image.size) > 50
 
 
-@pytest.mark.xfail(reason="the summary's atomic writers create files with mkstemp's 0600 until "
-                   "they take the mode a plain write gives", strict=False)
 def test_summary_files_are_readable_by_others_under_umask_022(experiment: Path,
                                                               tmp_path: Path) -> None:
     """A plain write under umask 022 gives 0644: a teaching assistant can read the summary."""

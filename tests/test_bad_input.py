@@ -320,7 +320,8 @@ def test_resume_with_different_data(copy: Path, capsys: pytest.CaptureFixture[st
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flags, needle", [
-    (["--num-samples", "5"], "--num-samples 5 differs from the study's 2"),
+    (["--num-samples", "1"], "--num-samples 1 differs from the study's 2"),
+    (["--num-samples", "5"], "--num-samples can grow only a study searched by optuna"),
     (["--scheduler", "asha"], "--scheduler asha differs from the study's fifo"),
     (["--search", "optuna"], "--search optuna differs from the study's random"),
     (["--max-failures", "3"], "--max-failures 3 differs from the study's 0"),

@@ -266,3 +266,14 @@ def test_train_repeats_stacks_seeds(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert TEST_LINE.search(capsys.readouterr().out).group(1) == seeds["1"]  # type: ignore
     saved = torch.load(out / "model_seed1.pt", weights_only=True)
     assert saved["config"]["seed"] == 1 and saved["config"]["repeats"] == 1
+
+
+def test_train_without_out_says_nothing_was_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", DATA, "--epochs", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == (
+        "Nothing was saved (no --out): pass --out DIR to keep the model and its record "
+        f"({', '.join(RUN_FILES)}).")
+    assert list(tmp_path.iterdir()) == []  # and indeed nothing was written

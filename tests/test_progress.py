@@ -49,6 +49,7 @@ def run_with(progress: StudyProgress, tmp_path, name: str) -> None:
     tuner.fit()
 
 
+@pytest.mark.slow
 def test_plain_lines_count_trials_epochs_and_best(ray_cluster: None, tmp_path) -> None:
     out = io.StringIO()
     progress = StudyProgress(3, EPOCHS, "val_accuracy", "max", stream=out, live=False)
@@ -68,6 +69,7 @@ def test_plain_lines_count_trials_epochs_and_best(ray_cluster: None, tmp_path) -
     assert sum("new best" in line for line in lines) >= 2
 
 
+@pytest.mark.slow
 def test_live_display_draws_bars_and_best(ray_cluster: None, tmp_path) -> None:
     out = io.StringIO()
     progress = StudyProgress(3, EPOCHS, "val_accuracy", "max", stream=out, live=True)
@@ -114,3 +116,60 @@ def test_numbers_are_rounded_for_people() -> None:
     assert format_value("val_loss", 0.123456789) == "0.1235"
     assert format_value("batch_size", 32) == "32"
     assert format_value("loss", "ce") == "ce"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["", "--quiet", "-v"])
+def test_study_run_output_by_verbosity(tmp_path, flag: str) -> None:
+    """A real `study run` with stdout not a terminal: plain progress lines by default, only
+    the summary with --quiet, Ray's table and the trials' own lines with -v; never Optuna's
+    ExperimentalWarning."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "study", "run", "--data", "synthetic:size=16,n=120,n_test=40",
+           "--num-samples", "2", "--max-epochs", "2", "--storage-path", str(tmp_path),
+           "--name", "out", "--num-cpus", "2", *([flag] if flag else [])]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    out, both = done.stdout, done.stdout + done.stderr
+    assert "ExperimentalWarning" not in both
+    assert "Best configuration (val_accuracy max, validation only):" in out
+    progress = re.findall(r"^\[\d+:\d\d:\d\d\] .*$", out, re.MULTILINE)
+    trial_lines = re.findall(r"\(train_trial pid=\d+\).*epoch 1/2: train loss", both)
+    if flag == "":
+        assert sum(" started (" in line for line in progress) == 2
+        assert re.match(r"\[\d+:\d\d:\d\d\] trials ended: 2/2 done, 0 running, 0 pending; "
+                        r"epochs \d/\d; best val_accuracy \d+\.\d\d \(trial \w+, epoch \d\)$",
+                        progress[-1]), progress[-1]
+        assert "writing summary: figures" in out
+        assert not trial_lines and "Current time:" not in both
+    elif flag == "--quiet":
+        assert not progress and "writing summary" not in out and not trial_lines
+        assert "Current time:" not in both
+    else:
+        assert not progress
+        assert "Current time:" in both  # Ray's status table
+        assert trial_lines  # the trials' own lines (Ray folds repeats of the same line)
+
+
+def test_restored_with_a_resumed_tuner_it_counts_what_ended_before() -> None:
+    import pickle
+    from types import SimpleNamespace
+
+    before = StudyProgress(3, 4, "val_accuracy", "max", live=False, stream=io.StringIO())
+    before.start -= 10_000  # another process's clock
+    progress = pickle.loads(pickle.dumps(before))
+    assert time_since(progress) < 60
+    trials = [SimpleNamespace(trial_id="a", status="TERMINATED", last_result={"epoch": 4}),
+              SimpleNamespace(trial_id="b", status="TERMINATED", last_result={"epoch": 2}),
+              SimpleNamespace(trial_id="c", status="RUNNING", last_result={"epoch": 1})]
+    progress.on_step_end(0, trials)
+    assert progress.counts() == (2, 1, 0)
+    assert progress.planned_epochs() == 4 + 2 + 4
+
+
+def time_since(progress: StudyProgress) -> float:
+    import time
+
+    return time.monotonic() - progress.start

@@ -42,13 +42,19 @@ def test_resume_takes_a_changed_inherited_option(tmp_path: Path) -> None:
     assert resume_options(_given(tmp_path, cpus_per_trial=1.0)).cpus_per_trial == 1.0
 
 
-@pytest.mark.parametrize(("flag", "value"), [("seed", 4), ("search", "random"),
-                                             ("num_samples", 5)])
+@pytest.mark.parametrize(("flag", "value"), [("seed", 4), ("search", "random")])
 def test_resume_refuses_a_different_fixed_option(tmp_path: Path, flag: str,
                                                  value: object) -> None:
     _study(tmp_path)
     with pytest.raises(StudyError, match=f"--{flag.replace('_', '-')} {value} differs"):
         resume_options(_given(tmp_path, **{flag: value}))
+
+
+def test_more_samples_only_for_an_optuna_search(tmp_path: Path) -> None:
+    _study(tmp_path)  # a grid
+    with pytest.raises(StudyError, match="--num-samples can grow only a study searched by "
+                                         "optuna .* searched by grid, so it keeps its 1"):
+        resume_options(_given(tmp_path, num_samples=5))
 
 
 def test_resume_accepts_the_same_fixed_option_given_again(tmp_path: Path) -> None:

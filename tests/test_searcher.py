@@ -118,6 +118,7 @@ class PollDashboard(tune.Callback):
                                              if t.status == "RUNNING"], **detail})
 
 
+@pytest.mark.slow
 def test_dashboard_shows_the_study_while_it_runs(ray_cluster: None, dashboard, tmp_path):
     base, db = dashboard
     poll = PollDashboard(base)

@@ -71,6 +71,7 @@ def experiment(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> d
             "trials": {r.config["lr"]: Path(r.path) for r in results}}
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_hold_every_epoch(experiment: dict) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -115,6 +116,7 @@ def wandb_records(path: Path) -> Iterator[Any]:
             yield record
 
 
+@pytest.mark.slow
 def test_wandb_offline_has_one_run_per_trial_with_config_and_metrics(experiment: dict) -> None:
     runs = sorted(experiment["exp_dir"].glob("wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == len(LRS)
@@ -146,6 +148,7 @@ def test_wandb_offline_has_one_run_per_trial_with_config_and_metrics(experiment:
             [50.0 + 100 * lr + e for e in (1, 2, 3)])
 
 
+@pytest.mark.slow
 def test_mlflow_file_store_has_one_run_per_trial_with_params_and_metrics(
         experiment: dict) -> None:
     from mlflow.tracking import MlflowClient
@@ -172,6 +175,7 @@ def test_missing_package_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(StudyError, match=r"--mlflow file:/x: the mlflow package is not "
                                          r"installed.*xray-study\[mlflow\]"):
         check_tracking(None, "file:/x")
+    monkeypatch.setenv("WANDB_MODE", "offline")
     check_tracking("proj", None)  # wandb is installed here
 
 
@@ -180,3 +184,16 @@ def test_mlflow_uri_makes_folders_absolute_file_uris(tmp_path: Path) -> None:
     assert mlflow_uri("file:///tmp/x") == "file:///tmp/x"
     assert mlflow_uri(str(tmp_path / "runs")) == (tmp_path / "runs").resolve().as_uri()
     assert mlflow_uri(str(tmp_path / "m.db")) == f"sqlite:///{(tmp_path / 'm.db').resolve()}"
+
+
+def test_wandb_without_credentials_is_one_clear_line(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    for key in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no `wandb login` here
+    with pytest.raises(StudyError, match=r"--wandb xray: no W&B API key found; set "
+                                         r"WANDB_API_KEY, run `wandb login`, or set "
+                                         r"WANDB_MODE=offline"):
+        check_tracking("xray", None)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    check_tracking("xray", None)
