@@ -604,7 +604,7 @@ def test_data_a_fifo_is_refused_without_hanging(where: str, tmp_path: Path) -> N
     os.mkfifo(fifo)
     argv = _run_on(str(data), tmp_path)
     try:
-        proc = subprocess.run(study_command(*argv), capture_output=True, text=True, timeout=60,
+        proc = subprocess.run(study_command(*argv), capture_output=True, text=True, timeout=120,
                               start_new_session=True)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"study run hung on a FIFO as {where}") from None

@@ -710,3 +710,30 @@ def test_copies_of_one_run_count_once_and_give_no_verdict(tmp_path: Path) -> Non
     assert [a["n"] for a in loss["arms"]] == [1, 1]
     report = (exp / "summary" / "report.md").read_text()
     assert "(0, 0, 0)" not in report and "3 seed" not in report
+
+
+def test_sigterm_before_the_study_started_exits_143_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM while Ray starts is the same as Ctrl-C then: nothing saved, exit 143; the
+    process's own SIGTERM handler is back afterwards."""
+    from study import cli, engine
+
+    def terminated(opts: engine.RunOptions, command: str | None = None) -> engine.StudyRun:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises KeyboardInterrupt here
+        raise AssertionError("SIGTERM was not turned into an interrupt")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(engine, "run_study", terminated)
+    space = write_space(tmp_path / "space.yaml", LR, {**FAST_NET, "epochs": 2})
+    assert cli.main(run_args(space, tmp_path / "results", "early")) == 143
+    err = capsys.readouterr().err
+    assert "before the study started; nothing was saved" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    def interrupted(opts: engine.RunOptions, command: str | None = None) -> engine.StudyRun:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "run_study", interrupted)  # a later Ctrl-C is 130 again
+    assert cli.main(run_args(space, tmp_path / "results", "again")) == 130
