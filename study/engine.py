@@ -197,7 +197,7 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
     from study.atomic_fs import atomic_local_filesystem
     from study.cluster import check_storage_path, check_trial_resources, reachable_resources
     from study.io import write_json_atomic
-    from study.progress import StudyProgress
+    from study.progress import StudyProgress, earlier_sessions
     from study.ray_compat import fresh_json_logger
     from study.ray_session import trial_slots
     from study.tracking import tracking_callbacks
@@ -250,8 +250,9 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
             callbacks=[fresh_json_logger(),
                        *tracking_callbacks(opts.name, exp_dir if local else None, opts.wandb,
                                            opts.mlflow),
-                       *([StudyProgress(expected_trials(this_run, space), epochs,
-                                        space.metric, space.mode)]
+                       *([StudyProgress(expected_trials(opts, space), epochs,
+                                        space.metric, space.mode,
+                                        earlier=earlier_sessions(exp_dir) if extra else (0, 0))]
                          if opts.verbose == 1 else [])],
         ),
     )

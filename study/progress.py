@@ -70,8 +70,11 @@ class StudyProgress(Callback):
     """
 
     def __init__(self, total_trials: int, epochs: int, metric: str, mode: str, *,
-                 stream: IO[str] | None = None, live: bool | None = None) -> None:
+                 stream: IO[str] | None = None, live: bool | None = None,
+                 earlier: tuple[int, int] = (0, 0)) -> None:
         self.total = total_trials
+        # (trials, epochs) that ended in earlier sessions of a study this run adds trials to.
+        self.earlier = earlier
         self.epochs = epochs
         self.metric = metric
         self.mode = mode
@@ -91,25 +94,25 @@ class StudyProgress(Callback):
 
     def planned_epochs(self) -> int:
         """Epochs the study will train in all: ended trials count what they trained."""
-        ended = sum(self.epochs_done.get(t, 0) for t in self.ended)
-        return ended + (self.total - len(self.ended)) * self.epochs
+        ended = sum(self.epochs_done.get(t, 0) for t in self.ended) + self.earlier[1]
+        return ended + (self.total - len(self.ended) - self.earlier[0]) * self.epochs
 
     def trained_epochs(self) -> int:
-        return sum(self.epochs_done.values())
+        return sum(self.epochs_done.values()) + self.earlier[1]
 
     def counts(self) -> tuple[int, int, int]:
         """(finished, running, pending) trials of the total."""
-        finished = len(self.ended)
+        finished = len(self.ended) + self.earlier[0]
         running = len(self.running)
         return finished, running, max(0, self.total - finished - running)
 
     def eta(self) -> float | None:
         """Seconds left at the rate epochs have been trained so far (None before the first)."""
-        done = self.trained_epochs()
+        done = self.trained_epochs() - self.earlier[1]  # this session's epochs, its own time
         if not done:
             return None
         rate = done / max(time.monotonic() - self.start, 1e-9)
-        return max(0, self.planned_epochs() - done) / rate
+        return max(0, self.planned_epochs() - self.trained_epochs()) / rate
 
     def best_text(self) -> str:
         if self.best is None:
@@ -140,6 +143,7 @@ class StudyProgress(Callback):
             console=self.console, transient=False, auto_refresh=True, refresh_per_second=4,
         )
         self._trials_task = self._display.add_task("trials", total=self.total, info="")
+        # (completed is set on every refresh: earlier sessions' trials count as done)
         self._epochs_task = self._display.add_task("epochs", total=self.planned_epochs(),
                                                    info="")
         self._display.start()
@@ -157,7 +161,7 @@ class StudyProgress(Callback):
         eta = self.eta()
         timing = (f"{_clock(now - self.start)} elapsed, "
                   + (f"~{_clock(eta)} left" if eta is not None else "time left unknown yet"))
-        self._display.update(self._trials_task, completed=len(self.ended),
+        self._display.update(self._trials_task, completed=self.counts()[0],
                              info=self.trials_text())
         self._display.update(self._epochs_task, completed=self.trained_epochs(),
                              total=max(self.planned_epochs(), 1), info=timing)
@@ -251,6 +255,22 @@ class StudyProgress(Callback):
         self.start = time.monotonic()
         self.epochs_done, self.ended, self.started, self.running = {}, {}, set(), set()
         self.best = None
+
+
+def earlier_sessions(exp_dir: Any) -> tuple[int, int]:
+    """(trials, epochs) an experiment folder holds already: its trials' last reported epochs."""
+    import json
+    from pathlib import Path
+
+    trials = epochs = 0
+    for result in Path(exp_dir).glob("*/result.json"):
+        lines = [line for line in result.read_text(errors="replace").splitlines() if line.strip()]
+        trials += 1
+        try:
+            epochs += int(json.loads(lines[-1]).get("epoch", 0)) if lines else 0
+        except (ValueError, AttributeError):
+            continue
+    return trials, epochs
 
 
 class SummaryProgress:

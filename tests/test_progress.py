@@ -173,3 +173,24 @@ def time_since(progress: StudyProgress) -> float:
     import time
 
     return time.monotonic() - progress.start
+
+
+def test_adding_trials_counts_the_earlier_ones(tmp_path) -> None:
+    import json
+
+    from study.progress import earlier_sessions
+
+    for name, epochs in (("a", 4), ("b", 2), ("c", 4)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(
+            "".join(json.dumps({"epoch": e}) + "\n" for e in range(1, epochs + 1)))
+    assert earlier_sessions(tmp_path) == (3, 10)
+    progress = StudyProgress(5, 4, "val_accuracy", "max", live=False, stream=io.StringIO(),
+                             earlier=(3, 10))
+    assert progress.counts() == (3, 0, 2)
+    assert (progress.trained_epochs(), progress.planned_epochs()) == (10, 18)
+    assert progress.eta() is None  # nothing trained in this session yet
+    progress.epochs_done = {"d": 4}
+    progress.ended = {"d": "TERMINATED"}
+    assert progress.counts() == (4, 0, 1)
+    assert (progress.trained_epochs(), progress.planned_epochs()) == (14, 18)
