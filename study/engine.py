@@ -284,7 +284,7 @@ def _fit(tuner: Any) -> Any:
     try:
         # On Ctrl-C, Ray stops the trials, saves the experiment state and returns. SIGTERM
         # is taken back from the handler ray.init installed, and handled the same way.
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(during_fit=True):
             return tuner.fit()
     finally:
         logging.getLogger("ray.tune.tune").removeFilter(hint)
@@ -307,9 +307,12 @@ _STOP = Stop()  # signals are per process, so is what they did
 
 
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[Stop]:
+def sigterm_as_interrupt(during_fit: bool = False) -> Iterator[Stop]:
     """While inside, SIGTERM does what Ctrl-C does at that moment: Ray Tune's handler during
     `fit` (stop the trials, save the state, return), KeyboardInterrupt elsewhere.
+
+    Only a block opened with `during_fit=True` hands SIGTERM to the SIGINT handler: Ray Tune
+    leaves its own installed after a `fit` returns, and outside `fit` that handler only logs.
 
     Without it, SIGTERM (what `kill`, `timeout`, Slurm and Kubernetes send) meets the handler
     ray.init installed, which ends the driver with no state saved, summary or resume hint.
@@ -322,7 +325,7 @@ def sigterm_as_interrupt() -> Iterator[Stop]:
     def as_ctrl_c(signum: int, frame: Any) -> None:
         _STOP.signal = signal.SIGTERM
         handler = signal.getsignal(signal.SIGINT)
-        if callable(handler):
+        if during_fit and callable(handler):
             handler(signal.SIGINT, frame)
         else:
             raise KeyboardInterrupt
