@@ -23,6 +23,18 @@ def _images(rng: np.random.Generator, n: int, size: int, label: int) -> np.ndarr
 
 
 @pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray for a test module; studies run in the module use it and leave it running."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Run torch on one intra-op thread for a module, then restore the previous count.
 

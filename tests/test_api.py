@@ -4,13 +4,11 @@ leaves for the tools users watch it with (TensorBoard event files, the live optu
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
-import ray
 
 import study
 from analysis.results import trial_dirs
@@ -22,14 +20,6 @@ pytestmark = pytest.mark.slow  # real studies on Ray
 OPTIONS = {"data": DATA, "num_samples": 3, "max_epochs": 2, "max_concurrent": 1,
            "quiet": True}
 
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
 
 import pytest
-import ray
 from ray import tune
 
 from study.progress import StudyProgress, SummaryProgress, format_value
@@ -28,14 +26,6 @@ def make_trainable(epochs: int):
 
     return trainable
 
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def run_with(progress: StudyProgress, tmp_path, name: str) -> None:

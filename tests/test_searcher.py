@@ -17,7 +17,6 @@ from typing import Any
 
 import optuna
 import pytest
-import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
@@ -50,14 +49,6 @@ def searcher(db: Path, seed: int = 0) -> StudyOptunaSearch:
                              study_name="live",
                              points_to_evaluate=[{"lr": 0.01}, {"lr": 0.5}])
 
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def free_port() -> int:

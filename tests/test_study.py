@@ -15,14 +15,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
 import pytest
-import ray
 
 from study import cli
 from study.config import TrialConfig
@@ -33,15 +31,6 @@ DATA = "synthetic:size=16,n=200,n_test=40"
 LEADERBOARD_COLUMNS = ["trial_id", "status", "epochs", "seed", "node_id", "val_accuracy",
                        "val_loss", "val_auroc"]
 
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """One local Ray for the module; `study run` uses it and leaves it running."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def write_space(path: Path, params: dict[str, Any], fixed: dict[str, Any],
