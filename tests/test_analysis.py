@@ -78,7 +78,7 @@ def test_every_figure_written_and_linked(experiment: Path) -> None:
 
 
 def test_leaderboard_has_one_row_per_run(experiment: Path) -> None:
-    board = pd.read_csv(experiment / "summary" / "leaderboard.csv")
+    board = pd.read_csv(experiment / "summary" / "leaderboard.csv", dtype={"trial_id": str})
     assert len(trial_dirs(experiment)) == TRIALS and len(board) == RUNS
     assert sorted(board["seed"]) == [0] * TRIALS + [1] * TRIALS and not board["duplicate"].any()
     # every trial's two runs: its seeds' own values, whose mean the trial reported
@@ -196,7 +196,7 @@ def test_report_on_an_experiment_with_an_errored_trial(partial: Path,
     assert len(states) == TRIALS
     assert states.count(optuna.trial.TrialState.FAIL) == 1
     assert states.count(optuna.trial.TrialState.PRUNED) == 1
-    board = pd.read_csv(summary / "leaderboard.csv")
+    board = pd.read_csv(summary / "leaderboard.csv", dtype={"trial_id": str})
     assert len(board) == RUNS
     trials = collect_trials(partial)
     best_finished = trials.loc[trials["status"] == "completed", "val_accuracy"].max()

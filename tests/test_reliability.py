@@ -57,7 +57,7 @@ def resume_args(storage: Path, name: str) -> list[str]:
 
 
 def leaderboard(exp: Path) -> pd.DataFrame:
-    df = pd.read_csv(exp / "summary" / "leaderboard.csv")
+    df = pd.read_csv(exp / "summary" / "leaderboard.csv", dtype={"trial_id": str})
     # one row per run: a trial and one of the seeds it stacks
     assert not df.duplicated(["trial_id", "seed"]).any(), df[["trial_id", "seed"]]
     return df

@@ -55,7 +55,7 @@ def study(tmp_path: Path, name: str, space: Path | str, *args: str) -> Path:
 def board(exp: Path) -> pd.DataFrame:
     """summary/leaderboard.csv, after checking its documented columns and one row per run
     (a trial and one of its seeds)."""
-    df = pd.read_csv(exp / "summary" / "leaderboard.csv")
+    df = pd.read_csv(exp / "summary" / "leaderboard.csv", dtype={"trial_id": str})
     assert list(df.columns[:5]) == LEADERBOARD_COLUMNS[:5]
     assert set(LEADERBOARD_COLUMNS) <= set(df.columns)
     assert not df.duplicated(["trial_id", "seed"]).any()
