@@ -211,13 +211,29 @@ def _print_best(summary: dict) -> None:
             extra = (f" ± {format_value(key, spread)} (95% CI, n={best['n_seeds']})"
                      if spread else "")
             print(f"  {key:>16}: {format_value(key, value)}{extra}")
-    note = _best_note(summary)
+    note = _best_note(summary, _epochs_of(summary))
     if note:
         print(note)
 
 
-def _best_note(summary: dict) -> str | None:
-    """Why the best configuration is not the single best score seen, when it is not."""
+def _epochs_of(summary: dict) -> Any:
+    """Every reported epoch of the experiment summarised (None if it cannot be read)."""
+    from analysis.results import collect_epochs
+
+    if not summary.get("experiment"):
+        return None
+    try:
+        return collect_epochs(Path(summary["experiment"]))
+    except (OSError, StudyError):
+        return None
+
+
+def _best_note(summary: dict, epochs: Any = None) -> str | None:
+    """Why the best configuration is not the single best score seen, when it is not.
+
+    `epochs` (one row per reported epoch) lets it explain a best epoch of the progress display
+    that is higher than any trial's final score.
+    """
     from study.progress import format_value
 
     board, best, metric = summary.get("leaderboard"), summary["best"], summary["metric"]
@@ -228,7 +244,7 @@ def _best_note(summary: dict) -> str | None:
         return None
     top = scored.iloc[0]  # the leaderboard is sorted best first
     if top["trial_id"] in best.get("trial_ids", []):
-        return None
+        return _best_epoch_note(summary, epochs)
     why = {"stopped": "was stopped early by the scheduler, so its score is not a final one",
            "unfinished": "did not finish", "diverged": "diverged", "error": "errored",
            }.get(str(top.get("status")), f"is {top.get('status')}")
@@ -236,6 +252,28 @@ def _best_note(summary: dict) -> str | None:
             f"{format_value(metric, float(top[metric]))}, but it {why}; the best configuration "
             "is chosen among completed trials by its final score, averaged over its seeds. "
             "The progress display's best was the best epoch seen so far of any trial.)")
+
+
+def _best_epoch_note(summary: dict, epochs: Any) -> str | None:
+    """Say so when the progress display's best (an epoch of some trial during training) beats
+    the best configuration's final score."""
+    from study.progress import format_value
+
+    metric, best = summary["metric"], summary["best"]
+    final = best.get("metrics", {}).get(metric)
+    if epochs is None or final is None or metric not in epochs or "trial_id" not in epochs:
+        return None
+    scored = epochs[epochs[metric].notna()]
+    if scored.empty:
+        return None
+    maximise = summary["mode"] == "max"
+    peak = scored.loc[scored[metric].idxmax() if maximise else scored[metric].idxmin()]
+    if (peak[metric] <= final) if maximise else (peak[metric] >= final):
+        return None
+    return (f"  (The progress display's best, {format_value(metric, float(peak[metric]))} at "
+            f"epoch {int(peak['epoch'])} of trial {peak['trial_id']}, was one epoch's score "
+            "during training; the best configuration is chosen by its final score, averaged "
+            "over its seeds.)")
 
 
 def _resume_command(name: str, storage: str | Path) -> str:

@@ -41,3 +41,20 @@ def test_no_note_when_the_best_trial_is_the_best_configuration() -> None:
     s = summary("completed")
     s["best"]["trial_ids"] = ["a1"]
     assert _best_note(s) is None
+
+
+def test_a_higher_epoch_seen_during_training_is_explained() -> None:
+    s = summary("completed")
+    s["best"]["trial_ids"] = ["a1"]
+    s["best"]["metrics"]["val_accuracy"] = 91.234
+    epochs = pd.DataFrame({"trial_id": ["a1", "a1", "b2"], "epoch": [1, 2, 1],
+                           "val_accuracy": [93.5, 91.234, 80.0]})
+    note = _best_note(s, epochs)
+    assert note is not None
+    assert "The progress display's best, 93.50 at epoch 1 of trial a1, was one epoch's " \
+           "score during training" in note
+    epochs.loc[0, "val_accuracy"] = 90.0  # no epoch beat the final score: nothing to explain
+    assert _best_note(s, epochs) is None
+    s["mode"] = "min"  # for a metric minimised, the lowest epoch is the display's best
+    s["metric"] = "val_accuracy"
+    assert "80.00 at epoch 1 of trial b2" in _best_note(s, epochs)
