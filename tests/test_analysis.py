@@ -168,15 +168,20 @@ def partial(experiment: Path, tmp_path: Path) -> Path:
     _truncate(dirs[0])
     _truncate(dirs[1])
     # Ray's own record of the trial: ERROR (an error.txt alone may be a retried trial's)
-    errored = json.loads((dirs[0] / "result.json").read_text().splitlines()[0])["trial_id"]
-    for state_file in copy.glob("experiment_state-*.json"):
+    _set_status(copy, dirs[0], "ERROR")
+    return copy
+
+
+def _set_status(exp: Path, trial_dir: Path, status: str) -> None:
+    """Give the trial of `trial_dir` this status in every Ray experiment state of `exp`."""
+    trial_id = json.loads((trial_dir / "result.json").read_text().splitlines()[0])["trial_id"]
+    for state_file in exp.glob("experiment_state-*.json"):
         state = json.loads(state_file.read_text())
         for entry in state["trial_data"]:
             trial = json.loads(entry[0])
-            if trial["trial_id"] == errored:
-                entry[0] = json.dumps({**trial, "status": "ERROR"})
+            if trial["trial_id"] == trial_id:
+                entry[0] = json.dumps({**trial, "status": status})
         state_file.write_text(json.dumps(state))
-    return copy
 
 
 def test_report_on_an_experiment_with_an_errored_trial(partial: Path,
@@ -231,14 +236,7 @@ def interrupted(experiment: Path, tmp_path: Path) -> Path:
     shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("summary"))
     trial_dir = trial_dirs(copy)[0]
     _truncate(trial_dir, keep=1)
-    running = json.loads((trial_dir / "result.json").read_text().splitlines()[0])["trial_id"]
-    for state_file in copy.glob("experiment_state-*.json"):
-        state = json.loads(state_file.read_text())
-        for entry in state["trial_data"]:
-            trial = json.loads(entry[0])
-            if trial["trial_id"] == running:
-                entry[0] = json.dumps({**trial, "status": "RUNNING"})
-        state_file.write_text(json.dumps(state))
+    _set_status(copy, trial_dir, "RUNNING")
     return copy
 
 
