@@ -14,6 +14,9 @@ from study.ray_compat import loopback_only, refused_token
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+# Each worker of the study imports PyTorch and warms it up as it starts (a module path, so a
+# remote node imports its own installed `study`).
+WORKER_SETUP = "study.trainable.warm_up"
 
 
 def init_ray(opts: RunOptions) -> bool:
@@ -31,7 +34,8 @@ def init_ray(opts: RunOptions) -> bool:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     check_address(opts.address)
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                              "log_to_driver": opts.verbose > 1}
+                              "log_to_driver": opts.verbose > 1,
+                              "runtime_env": {"worker_process_setup_hook": WORKER_SETUP}}
     if opts.address is None:
         with loopback_only():
             ray.init(num_cpus=opts.num_cpus, _node_ip_address=LOOPBACK, **kwargs)

@@ -24,10 +24,14 @@ def _images(rng: np.random.Generator, n: int, size: int, label: int) -> np.ndarr
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    """One local Ray for a test module; studies run in the module use it and leave it running."""
+    """One local Ray for a test module, started as a study starts its own; studies run in the
+    module use it and leave it running."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from study.options import RunOptions
+    from study.ray_session import init_ray
+
+    init_ray(RunOptions(num_cpus=2))
     try:
         yield
     finally:

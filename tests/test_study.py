@@ -167,6 +167,23 @@ def test_searcher_state_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_study_worker_has_warmed_up_pytorch_before_its_first_trial(ray_cluster: None) -> None:
+    # First on this Ray: an actor gets a worker of its own that has run nothing yet. Only the
+    # worker set-up hook imports PyTorch there, and trains a step (which loads torch._dynamo).
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def loaded(self) -> list[str]:
+            return sorted({"torch", "torch._dynamo", "study.train"} & set(sys.modules))
+
+    probe = Probe.remote()
+    assert ray.get(probe.loaded.remote(), timeout=120) == ["study.train", "torch",
+                                                           "torch._dynamo"]
+    ray.kill(probe)
+
+
+@pytest.mark.slow
 def test_optuna_asha_stops_poor_trials_early(ray_cluster: None, tmp_path: Path) -> None:
     # Half the learning rates cannot learn in 6 epochs: ASHA (grace 1 epoch, rungs at 1 and 3)
     # stops such trials at a rung. Per-layer widths also exercise Optuna's define-by-run space.
