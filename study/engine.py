@@ -8,6 +8,7 @@ folder and its study.json); Ray's private names stay in `study.ray_compat`.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import threading
@@ -41,6 +42,15 @@ from study.io import read_trial_states
 from study.options import RunOptions, check_options, command_line, resolved
 from study.resume import check_resumable
 from study.space import SearchSpace, fit_image_size
+
+# What the driver imports once Ray is up, imported while it starts (the driver mostly waits
+# then; on 2 cores these are about 3 s of a study's start): Ray Tune; tensorboardX, for Ray's
+# TensorBoard logger (it imports PyTorch when installed); Optuna's SQLite storage; and the
+# integrations that Ray Tune's fit() imports to count callbacks for its usage statistics
+# (MLflow's and W&B's import their whole SDKs when installed).
+DRIVER_IMPORTS = ("ray.tune", "tensorboardX", "optuna.storages", "ray.air.integrations.comet",
+                  "ray.air.integrations.mlflow", "ray.air.integrations.wandb",
+                  "ray.tune.logger.aim")
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,7 @@ def _run_claimed(opts: RunOptions, space: SearchSpace, epochs: int, root: str, l
     """`run_study` once the experiment folder is this run's (created, or checked to resume);
     `extra` trials are added to a finished study."""
     check_local_gpus(opts)
+    importing = _import_in_background(DRIVER_IMPORTS)
     data = load_data(data_spec)
     space = fit_image_size(space, data.image_size)
 
@@ -100,6 +111,7 @@ def _run_claimed(opts: RunOptions, space: SearchSpace, epochs: int, root: str, l
     from study.ray_session import init_ray
 
     started = init_ray(opts)
+    importing.join()
     try:
         tuner = _tuner(opts, space, epochs, data, root, exp_dir, local, command, extra)
         with safe_checkpoint_deletion():
@@ -112,6 +124,23 @@ def _run_claimed(opts: RunOptions, space: SearchSpace, epochs: int, root: str, l
     finally:
         if started:
             ray.shutdown()
+
+
+def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:
+    """Start importing `modules` in a thread, while the driver loads data and waits for Ray to
+    start. Written by hand: no library warms a process's imports. A module that fails here is
+    imported again where it is used, and fails there as it would have."""
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001, S110 - raised again at its real import
+                pass
+
+    thread = threading.Thread(target=run, name="study-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def _resume_plan(opts: RunOptions, exp_dir: Path) -> tuple[int, StudyRun | None]:

@@ -163,6 +163,18 @@ def test_searcher_state_round_trip(tmp_path: Path) -> None:
     assert set(again) == {"depth", "width", "epochs"} and again["epochs"] == 2
 
 
+def test_driver_imports_run_in_background_and_skip_what_fails() -> None:
+    import importlib.util
+
+    from study.engine import DRIVER_IMPORTS, _import_in_background
+
+    assert all(importlib.util.find_spec(name) for name in DRIVER_IMPORTS), DRIVER_IMPORTS
+    assert "tabnanny" not in sys.modules
+    thread = _import_in_background(("study_no_such_module", "tabnanny"))
+    thread.join(timeout=60)
+    assert not thread.is_alive() and "tabnanny" in sys.modules
+
+
 # --- studies on one Ray ------------------------------------------------------------------
 
 
