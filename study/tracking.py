@@ -60,6 +60,20 @@ def mlflow_uri(value: str) -> str:
     return f"sqlite:///{path}" if path.suffix == ".db" else path.as_uri()
 
 
+def tensorboard_result(result: dict[str, Any]) -> dict[str, Any]:
+    """A trial's result as TensorBoard should get it: each seed's value of each metric as a
+    scalar of its own (`seed_3/val_accuracy`) when the trial trains several seeds, and no
+    per-seed lists, which Ray's logger would draw as a histogram per metric and epoch
+    (unreadable, and most of the driver's time spent logging)."""
+    out = {k: v for k, v in result.items() if k not in ("seeds", "seed_metrics")}
+    seeds = result.get("seeds") or []
+    if len(seeds) > 1:
+        for name, values in (result.get("seed_metrics") or {}).items():
+            for seed, value in zip(seeds, values, strict=True):
+                out[f"seed_{seed}/{name}"] = value
+    return out
+
+
 def tracking_callbacks(name: str, exp_dir: Path | None = None, wandb: str | None = None,
                        mlflow: str | None = None) -> list[Any]:
     """Ray Tune's TensorBoard logger, plus its W&B and MLflow loggers when asked for.
@@ -72,7 +86,13 @@ def tracking_callbacks(name: str, exp_dir: Path | None = None, wandb: str | None
     """
     from ray.tune.logger import TBXLoggerCallback
 
-    callbacks: list[Any] = [TBXLoggerCallback()]
+    class StudyTBXLoggerCallback(TBXLoggerCallback):
+        """Ray's TensorBoard logger, given `tensorboard_result`'s per-seed scalars."""
+
+        def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+            super().log_trial_result(iteration, trial, tensorboard_result(result))
+
+    callbacks: list[Any] = [StudyTBXLoggerCallback()]
     if wandb is not None:
         from ray.air.integrations.wandb import WandbLoggerCallback
 

@@ -27,8 +27,11 @@ def make_trainable(epochs: int):
 
     def tiny_trainable(config: dict) -> None:
         for epoch in range(1, epochs + 1):
-            tune.report({"epoch": epoch, "val_accuracy": 50.0 + 100 * config["lr"] + epoch,
-                         "val_loss": 1.0 / epoch})
+            accuracy = 50.0 + 100 * config["lr"] + epoch
+            # Two seeds, reported as a study's trials report them: the mean, and each seed's.
+            tune.report({"epoch": epoch, "val_accuracy": accuracy, "val_loss": 1.0 / epoch,
+                         "seeds": [4, 5],
+                         "seed_metrics": {"val_accuracy": [accuracy - 1, accuracy + 1]}})
 
     return tiny_trainable
 
@@ -75,6 +78,11 @@ def test_tensorboard_event_files_hold_every_epoch(experiment: dict) -> None:
         assert [s.step for s in scalars] == [1, 2, 3]
         assert [s.value for s in scalars] == pytest.approx(
             [50.0 + 100 * lr + e for e in (1, 2, 3)])
+        # Each seed is a curve of its own; no histograms of the per-seed lists.
+        for seed, offset in ((4, -1), (5, 1)):
+            values = [s.value for s in acc.Scalars(f"ray/tune/seed_{seed}/val_accuracy")]
+            assert values == pytest.approx([50.0 + 100 * lr + e + offset for e in (1, 2, 3)])
+        assert acc.Tags()["histograms"] == []
 
 
 def wandb_records(path: Path) -> Iterator[Any]:
