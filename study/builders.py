@@ -125,12 +125,12 @@ def optuna_searcher(space: SearchSpace, opts: RunOptions,
                     storage_file: Path | None = None) -> Any:
     """Return the Optuna TPE searcher of a study (its sampler settings are the study's).
 
-    With `storage_file`, the Optuna study is kept in that SQLite file as it runs (study name:
-    the experiment's name), where optuna-dashboard can watch it.
+    With `storage_file`, the Optuna study is kept in that file as it runs (study name: the
+    experiment's name), where optuna-dashboard can watch it.
     """
     import optuna
 
-    from study.searcher import StudyOptunaSearch, storage_url, tpe_sampler
+    from study.searcher import StudyOptunaSearch, live_storage, tpe_sampler
 
     startup = max(4, min(10, opts.num_samples // 3))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -139,7 +139,7 @@ def optuna_searcher(space: SearchSpace, opts: RunOptions,
         # Continuing a study kept in the file: TPE learns from its trials, and draws a random
         # stream of its own rather than the first session's again.
         seed += len(optuna.load_study(study_name=opts.name,
-                                      storage=storage_url(storage_file)).trials)
+                                      storage=live_storage(storage_file)).trials)
     # Ray never hands TuneConfig's metric/mode to a searcher built with a define-by-run space
     # (it has no param_space to pass), so OptunaSearch takes them from the same SearchSpace.
     return StudyOptunaSearch(space=optuna_space(space), sampler=tpe_sampler(seed, startup),

@@ -32,8 +32,9 @@ from study.data import Dataset, load_data, resolve_spec
 from study.errors import StudyError
 from study.experiment import (
     META_FILE,
-    OPTUNA_DB,
+    OPTUNA_JOURNAL,
     check_writable,
+    live_optuna_file,
     remove_unstarted,
     storage_root,
     study_record,
@@ -163,10 +164,10 @@ def _resume_plan(opts: RunOptions, exp_dir: Path) -> tuple[int, StudyRun | None]
             f"--resume --num-samples {opts.num_samples}: {exp_dir} has unfinished trials; "
             "resume it without --num-samples first, then add trials"
         )
-    if extra > 0 and not (exp_dir / OPTUNA_DB).is_file():
+    if extra > 0 and not live_optuna_file(exp_dir).is_file():
         raise StudyError(
-            f"--resume --num-samples {opts.num_samples}: {exp_dir} has no {OPTUNA_DB} (its "
-            "search was not kept as it ran), so its search cannot continue"
+            f"--resume --num-samples {opts.num_samples}: {exp_dir} has no {OPTUNA_JOURNAL} "
+            "(its search was not kept as it ran), so its search cannot continue"
         )
     if extra <= 0 and finished:
         errors = sum(1 for s in statuses.values() if s["status"] == "ERROR")
@@ -218,7 +219,7 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
     """Check the connected cluster, then return the Tuner: restored, or new with study.json.
 
     With `extra` > 0, a new Tuner in the same experiment folder runs `extra` more trials,
-    its Optuna searcher continuing the study kept in optuna.db.
+    its Optuna searcher continuing the study kept in its live Optuna file.
     """
     import ray
     from ray import tune
@@ -255,10 +256,10 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
     slots = trial_slots(opts.cpus_per_trial, opts.gpus_per_trial)
     # Under --search optuna the Optuna study lives in the experiment folder as it runs, so
     # optuna-dashboard shows it live (a remote storage path keeps it in memory).
-    live_db = exp_dir / OPTUNA_DB if local else None
+    live_file = live_optuna_file(exp_dir) if local else None
     if local:
         exp_dir.mkdir(parents=True, exist_ok=True)
-    search_alg, param_space, num_samples = build_search(this_run, space, slots, live_db)
+    search_alg, param_space, num_samples = build_search(this_run, space, slots, live_file)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,

@@ -17,7 +17,18 @@ META_FILE = "study.json"  # the study's own record beside Ray's files; read by a
 STATE_PREFIX = "experiment_state-"  # Ray's experiment state, one file per driver session
 STATE_GLOB = f"{STATE_PREFIX}*.json"
 TUNER_FILE = "tuner.pkl"  # Ray's pickled Tuner, which `Tuner.restore` loads
-OPTUNA_DB = "optuna.db"  # --search optuna: the live Optuna study (optuna-dashboard reads it)
+# --search optuna: the live Optuna study, an Optuna journal file (optuna-dashboard reads it).
+# Journal rather than SQLite: each epoch's report is an appended line, not an SQL transaction
+# (a seventh of the driver's time per Optuna call, which the trials wait on every epoch).
+OPTUNA_JOURNAL = "optuna_journal.log"
+OPTUNA_DB = "optuna.db"  # where experiments made before kept it (SQLite); they continue there
+
+
+def live_optuna_file(exp_dir: Path) -> Path:
+    """The file of an experiment's live Optuna study: its optuna.db if it has one (made
+    before the journal), else its journal."""
+    older = exp_dir / OPTUNA_DB
+    return older if older.is_file() else exp_dir / OPTUNA_JOURNAL
 
 
 def storage_root(storage_path: str) -> str:
@@ -87,7 +98,7 @@ def remove_unstarted(exp_dir: Path) -> None:
     """
     if not exp_dir.is_dir() or any(exp_dir.glob(STATE_GLOB)):
         return
-    expected = (META_FILE, TUNER_FILE, OPTUNA_DB, ".validate_storage_marker", "search_gen_state-*",
-                "searcher-state-*")
+    expected = (META_FILE, TUNER_FILE, OPTUNA_JOURNAL, f"{OPTUNA_JOURNAL}.lock", OPTUNA_DB,
+                ".validate_storage_marker", "search_gen_state-*", "searcher-state-*")
     if all(any(p.match(pattern) for pattern in expected) for p in exp_dir.iterdir()):
         shutil.rmtree(exp_dir, ignore_errors=True)

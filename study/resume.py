@@ -97,14 +97,14 @@ def resume_options(given: dict[str, Any]) -> RunOptions:
 def check_extendable(stored: dict[str, Any]) -> None:
     """Refuse `--resume --num-samples N` (N larger) where the search cannot take more trials.
 
-    An Optuna search continues from its live optuna.db, every earlier trial seen by TPE; a
+    An Optuna search continues from its live Optuna study, every earlier trial seen by TPE; a
     random or grid search would draw the same configurations again, and PBT's population is
     fixed when it starts.
     """
     if stored.get("search") != "optuna":
         raise StudyError(
             f"--resume: --num-samples can grow only a study searched by optuna (its "
-            f"optuna.db holds what the search learned); this one was searched by "
+            f"live Optuna study holds what the search learned); this one was searched by "
             f"{stored.get('search')}, so it keeps its {stored.get('num_samples')} samples"
         )
 

@@ -25,16 +25,17 @@ class StudyOptunaSearch(OptunaSearch):
     A trial stacking several seeds (`repeats`) reports their mean, so Optuna judges a
     configuration by its mean over seeds; a diverged seed makes that mean NaN (FAIL).
 
-    With `storage_file`, the Optuna study lives in that SQLite file as the search goes
-    (`optuna-dashboard sqlite:///<file>` shows it live) under `study_name`; a searcher built on
-    a file that already holds the study continues it, every earlier trial seen by TPE.
+    With `storage_file`, the Optuna study lives in that file as the search goes (`live_storage`:
+    an Optuna journal, or SQLite for a `.db`; `optuna-dashboard <file>` shows it live) under
+    `study_name`; a searcher built on a file that already holds the study continues it, every
+    earlier trial seen by TPE.
     Each Optuna trial carries the Ray trial id as its user attribute `trial_id`.
     """
 
     def __init__(self, *args: Any, storage_file: str | Path | None = None,
                  study_name: str | None = None, **kwargs: Any) -> None:
         if storage_file is not None:
-            kwargs["storage"] = optuna.storages.RDBStorage(storage_url(storage_file))
+            kwargs["storage"] = live_storage(storage_file)
             kwargs["study_name"] = study_name or Path(storage_file).resolve().parent.name
         super().__init__(*args, **kwargs)
 
@@ -83,6 +84,16 @@ class StudyOptunaSearch(OptunaSearch):
             tell_optuna(self, trial_id, states.PRUNED if stopped_early else states.FAIL)
             return
         super().on_trial_complete(trial_id, result=result or None, error=error)
+
+
+def live_storage(path: str | Path) -> optuna.storages.BaseStorage:
+    """The Optuna storage in `path`: SQLite for a `.db` file, else an Optuna journal file (each
+    call an appended line: cheap enough to write every epoch of every trial)."""
+    if Path(path).suffix == ".db":
+        return optuna.storages.RDBStorage(storage_url(path))
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(Path(path).resolve())))
 
 
 def storage_url(path: str | Path) -> str:

@@ -1,5 +1,5 @@
 """`import study`: study.run(...) and study.load(path) on a real tiny study, and what that study
-leaves for the tools users watch it with (TensorBoard event files, the live optuna.db)."""
+leaves for the tools users watch it with (TensorBoard event files, the live Optuna journal)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 import study
 from analysis.results import trial_dirs
 from study.errors import StudyError
+from study.experiment import OPTUNA_JOURNAL
+from study.searcher import live_storage
 
 DATA = "synthetic:size=16,n=200,n_test=40"
 pytestmark = pytest.mark.slow  # real studies on Ray
@@ -71,8 +73,9 @@ def test_every_trial_logs_its_epochs_for_tensorboard(result: study.StudyResult) 
         assert [s.value for s in logged] == pytest.approx([r["val_accuracy"] for r in reported])
 
 
-def test_the_live_optuna_db_numbers_trials_as_created(result: study.StudyResult) -> None:
-    live = optuna.load_study(study_name="nb", storage=f"sqlite:///{result.path / 'optuna.db'}")
+def test_the_live_optuna_study_numbers_trials_as_created(result: study.StudyResult) -> None:
+    assert not (result.path / "optuna.db").exists()  # the live study is a journal
+    live = optuna.load_study(study_name="nb", storage=live_storage(result.path / OPTUNA_JOURNAL))
     assert len(live.trials) == 3
     # Ray's creation index is in each trial folder's name: train_trial_<id>_<index>_...
     index = {}
@@ -115,7 +118,7 @@ def test_more_trials_continue_the_search(extended: dict) -> None:
     assert len(dirs) == 5 and set(before) < set(dirs)
     for name, mtime in before.items():  # earlier trials were not run again
         assert (dirs[name] / "result.json").stat().st_mtime_ns == mtime
-    live = optuna.load_study(study_name="nb", storage=f"sqlite:///{more.path / 'optuna.db'}")
+    live = optuna.load_study(study_name="nb", storage=live_storage(more.path / OPTUNA_JOURNAL))
     # One Optuna study: the new trials were asked after the 3 earlier ones, which TPE saw.
     assert [t.number for t in live.trials] == [0, 1, 2, 3, 4]
     assert {t.user_attrs["trial_id"] for t in live.trials[3:]} == {

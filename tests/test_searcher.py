@@ -20,7 +20,8 @@ import pytest
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
-from study.searcher import StudyOptunaSearch, storage_url, tpe_sampler
+from study.experiment import OPTUNA_DB, OPTUNA_JOURNAL, live_optuna_file
+from study.searcher import StudyOptunaSearch, live_storage, tpe_sampler
 from study.space import optuna_space, parse_space
 
 EPOCHS = 4
@@ -64,14 +65,15 @@ def get(url: str) -> Any:
 
 @pytest.fixture
 def dashboard(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """The real optuna-dashboard on a loopback port, serving an empty optuna.db."""
+    """The real optuna-dashboard on a loopback port, serving the study's live journal file,
+    empty, as a user starts it beside a study (`optuna-dashboard <experiment>/<journal>`)."""
     pytest.importorskip("optuna_dashboard")
-    db = tmp_path / "optuna.db"
-    optuna.storages.RDBStorage(storage_url(db))  # the schema, before the server opens it
+    db = tmp_path / OPTUNA_JOURNAL
+    live_storage(db)  # the file, before the server opens it
     port = free_port()
     command = Path(sys.executable).with_name("optuna-dashboard")  # the [dashboard] extra's
     server = subprocess.Popen(
-        [str(command), storage_url(db), "--host", "127.0.0.1",
+        [str(command), str(db), "--host", "127.0.0.1",
          "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -132,14 +134,15 @@ def test_dashboard_shows_the_study_while_it_runs(ray_cluster: None, dashboard, t
     ray_ids = {a["key"]: a["value"] for a in by_number[1]["user_attrs"]}
     assert ray_ids["trial_id"] in seen["running_in_ray"]
     # After the study, the file holds all three, numbered in creation order.
-    study = optuna.load_study(study_name="live", storage=storage_url(db))
+    study = optuna.load_study(study_name="live", storage=live_storage(db))
     states = [t.state.name for t in study.trials]
     assert states[:2] == ["PRUNED", "COMPLETE"] and len(states) == 3
     assert study.trials[1].params["lr"] == pytest.approx(0.5)
 
 
-def test_a_new_searcher_on_the_file_continues_the_study(tmp_path: Path) -> None:
-    db = tmp_path / "optuna.db"
+@pytest.mark.parametrize("name", [OPTUNA_JOURNAL, OPTUNA_DB])  # OPTUNA_DB: made before
+def test_a_new_searcher_on_the_file_continues_the_study(tmp_path: Path, name: str) -> None:
+    db = tmp_path / name
     first = searcher(db)
     first.set_search_properties(None, None, {})
     for i in range(3):
@@ -155,8 +158,14 @@ def test_a_new_searcher_on_the_file_continues_the_study(tmp_path: Path) -> None:
                                   study_name="live")
     again.set_search_properties(None, None, {})
     again.suggest("t3")
-    study = optuna.load_study(study_name="live", storage=storage_url(db))
+    study = optuna.load_study(study_name="live", storage=live_storage(db))
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3 + ["RUNNING"]
     assert [t.value for t in study.trials[:3]] == [60.0, 61.0, 62.0]
     assert study.trials[3].user_attrs["trial_id"] == "t3"
+
+
+def test_an_experiment_made_with_sqlite_keeps_its_live_study_there(tmp_path: Path) -> None:
+    assert live_optuna_file(tmp_path) == tmp_path / OPTUNA_JOURNAL
+    optuna.create_study(study_name="old", storage=live_storage(tmp_path / OPTUNA_DB))
+    assert live_optuna_file(tmp_path) == tmp_path / OPTUNA_DB
