@@ -95,8 +95,8 @@ def run(**options: Any) -> StudyResult:
     """
     from analysis.report import write_report
     from study import engine
+    from study.display import SummaryProgress
     from study.options import RunOptions, resolved
-    from study.progress import SummaryProgress
 
     known = {f.name for f in fields(RunOptions)}
     given = dict(options)

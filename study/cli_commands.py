@@ -196,7 +196,7 @@ def _print_best(summary: dict) -> None:
     if not best:
         print("No trial finished with a validation score; nothing to recommend yet.")
         return
-    from study.progress import format_value
+    from study.display import format_value
 
     metric = summary["metric"]
     print(f"\nBest configuration ({metric} {summary['mode']}, validation only):")
@@ -234,7 +234,7 @@ def _best_note(summary: dict, epochs: Any = None) -> str | None:
     `epochs` (one row per reported epoch) lets it explain a best epoch of the progress display
     that is higher than any trial's final score.
     """
-    from study.progress import format_value
+    from study.display import format_value
 
     board, best, metric = summary.get("leaderboard"), summary["best"], summary["metric"]
     if board is None or board.empty or metric not in board or "trial_id" not in board:
@@ -257,7 +257,7 @@ def _best_note(summary: dict, epochs: Any = None) -> str | None:
 def _best_epoch_note(summary: dict, epochs: Any) -> str | None:
     """Say so when the progress display's best (an epoch of some trial during training) beats
     the best configuration's final score."""
-    from study.progress import format_value
+    from study.display import format_value
 
     metric, best = summary["metric"], summary["best"]
     final = best.get("metrics", {}).get(metric)
@@ -322,7 +322,7 @@ def _run(args: argparse.Namespace, opts: RunOptions, stop: Any) -> int:
         return 0
     wall = time.monotonic() - start
     from analysis.report import write_report  # here: bad input fails without loading it
-    from study.progress import SummaryProgress
+    from study.display import SummaryProgress
 
     show = SummaryProgress() if opts.verbose else None
     try:
@@ -352,7 +352,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.results_dir)
     if not path.is_dir():
         raise StudyError(f"RESULTS_DIR {path}: no such folder")
-    from study.progress import SummaryProgress
+    from study.display import SummaryProgress
 
     show = SummaryProgress()
     try:

@@ -5,7 +5,8 @@ on_step_end) that drives a `rich` progress display on a terminal: trials finishe
 pending of the total, epochs trained of the planned total, the best validation score so far with
 its trial, elapsed time and the estimated time left. Where stdout is not a terminal (CI, `ray job
 logs`, a file) it prints one plain line per event instead. `SummaryProgress` shows the phases of
-writing the summary ("writing summary: figures 5/13") the same two ways.
+writing the summary ("writing summary: figures 5/13") the same two ways (`study.display`,
+which `study report` uses without importing Ray).
 """
 
 from __future__ import annotations
@@ -23,27 +24,12 @@ from rich.progress import (
     Progress,
     TaskProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.text import Text
 
+from study.display import format_value
+
 FINISHED = ("TERMINATED", "ERROR")
-
-
-def format_value(name: str, value: Any) -> str:
-    """A metric or parameter for people: accuracies 2 decimals, losses 4, others 4 significant."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if not math.isfinite(value):
-        return str(value)
-    if name.endswith("accuracy"):
-        return f"{value:.2f}"
-    if name.endswith(("loss", "auroc", "sensitivity", "specificity")):
-        return f"{value:.4f}"
-    return f"{value:.4g}"
 
 
 def _clock(seconds: float) -> str:
@@ -271,43 +257,3 @@ def earlier_sessions(exp_dir: Any) -> tuple[int, int]:
         except (ValueError, AttributeError):
             continue
     return trials, epochs
-
-
-class SummaryProgress:
-    """Shows what writing the summary is doing: `progress("figures", 5, 13)`.
-
-    Passed to the summary writer as its progress hook; call `close()` when it is done.
-    """
-
-    def __init__(self, stream: IO[str] | None = None, live: bool | None = None) -> None:
-        self.console = Console(file=stream or sys.stdout, highlight=False)
-        self.live = self.console.is_terminal if live is None else live
-        self.start = time.monotonic()
-        self._display: Progress | None = None
-        self._task = None
-        self._phase: str | None = None
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        if not self.live:
-            if phase != self._phase or done == total:
-                count = f" {done}/{total}" if total else ""
-                self.console.print(f"writing summary: {phase}{count}", markup=False,
-                                   soft_wrap=True)
-            self._phase = phase
-            return
-        if self._display is None:
-            self._display = Progress(TextColumn("writing summary: {task.description}"),
-                                     BarColumn(bar_width=30), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), TimeRemainingColumn(),
-                                     console=self.console, transient=True,
-                                     auto_refresh=False)  # no thread: the writer forks
-            self._task = self._display.add_task(phase, total=total or None)
-            self._display.start()
-        self._display.update(self._task, description=phase, completed=done,
-                             total=total or None, refresh=True)
-        self._phase = phase
-
-    def close(self) -> None:
-        if self._display is not None:
-            self._display.stop()
-            self._display = None

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from ray import tune
 
-from study.progress import StudyProgress, SummaryProgress, format_value
+from study.display import SummaryProgress, format_value
+from study.progress import StudyProgress
 
 EPOCHS = 3
 
@@ -184,3 +188,21 @@ def test_adding_trials_counts_the_earlier_ones(tmp_path) -> None:
     progress.ended = {"d": "TERMINATED"}
     assert progress.counts() == (4, 0, 1)
     assert (progress.trained_epochs(), progress.planned_epochs()) == (14, 18)
+
+
+def test_study_report_shows_its_progress_without_importing_ray(tmp_path: Path) -> None:
+    # `study report` on a folder that is no experiment: it gets as far as showing progress,
+    # then stops with its one line; Ray (Tune) would have added half a second to every report.
+    code = ("import argparse, sys\n"
+            "from study.cli_commands import cmd_report\n"
+            "from study.errors import StudyError\n"
+            "try:\n"
+            f"    cmd_report(argparse.Namespace(results_dir={str(tmp_path)!r}, out=None))\n"
+            "except StudyError:\n"
+            "    pass\n"
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
+            "print('study.display' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[]", "True"], done.stdout
