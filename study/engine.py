@@ -106,9 +106,8 @@ def _run_claimed(opts: RunOptions, space: SearchSpace, epochs: int, root: str, l
     data = load_data(data_spec)
     space = fit_image_size(space, data.image_size)
 
-    import ray
 
-    from study.ray_compat import safe_checkpoint_deletion
+    from study.ray_compat import safe_checkpoint_deletion, shutdown_ray
     from study.ray_session import init_ray
 
     started = init_ray(opts)
@@ -124,7 +123,7 @@ def _run_claimed(opts: RunOptions, space: SearchSpace, epochs: int, root: str, l
             unfinished > 0 or len(statuses) < expected_trials(opts, space)))
     finally:
         if started:
-            ray.shutdown()
+            shutdown_ray()
 
 
 def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:

@@ -29,6 +29,10 @@ CHECKED_RAY = "2.60"  # the minor version every hook below was checked against
 HOOKS = {
     "ray._private.ray_constants.ENABLE_RAY_CLUSTER":
         "a local Ray that listens on 127.0.0.1 only (loopback_only)",
+    "ray._private.worker._global_node":
+        "the processes of the Ray this driver started, its monitor stopped first (shutdown_ray)",
+    "ray._private.node.Node.kill_monitor":
+        "the processes of the Ray this driver started, its monitor stopped first (shutdown_ray)",
     "ray._private.state.state.get_max_resources_from_cluster_config":
         "the autoscaler's bound on the cluster's resources (cluster_config_max_resources)",
     "ray.train._internal.checkpoint_manager._delete_fs_path":
@@ -117,6 +121,22 @@ def loopback_only() -> Iterator[None]:
             os.environ.pop(LOCAL_ONLY_ENV, None)
         else:
             os.environ[LOCAL_ONLY_ENV] = saved_env
+
+
+def shutdown_ray() -> None:
+    """`ray.shutdown()`, the autoscaler monitor of a Ray this process started stopped first.
+
+    ray.shutdown stops the GCS before the monitor, whose SIGTERM handler then waits on the
+    gone GCS until Ray kills it a second later: a second at the end of every study. The
+    monitor of a local Ray has nothing to save; stopped first, nothing waits. (A driver
+    connected to a cluster started no monitor, and stops none.)
+    """
+    import ray
+
+    node = hook("ray._private.worker._global_node")
+    if node is not None:
+        hook("ray._private.node.Node.kill_monitor")(node, check_alive=False)
+    ray.shutdown()
 
 
 def refused_token(exc: BaseException) -> bool:

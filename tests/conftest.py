@@ -26,16 +26,15 @@ def _images(rng: np.random.Generator, n: int, size: int, label: int) -> np.ndarr
 def ray_cluster() -> Iterator[None]:
     """One local Ray for a test module, started as a study starts its own; studies run in the
     module use it and leave it running."""
-    import ray
-
     from study.options import RunOptions
+    from study.ray_compat import shutdown_ray
     from study.ray_session import init_ray
 
     init_ray(RunOptions(num_cpus=2))
     try:
         yield
     finally:
-        ray.shutdown()
+        shutdown_ray()
 
 
 @pytest.fixture(scope="module")

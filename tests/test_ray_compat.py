@@ -29,7 +29,8 @@ def test_every_hook_exists_in_the_installed_ray(name: str) -> None:
         attr = name.rsplit(".", 1)[1]
         assert hasattr(_optuna_search(), attr), name
     else:
-        assert hook(name) is not None
+        hook(name)  # RayCompatError if the module or attribute is missing (None is a value:
+        #             ray._private.worker._global_node while no Ray is started)
 
 
 def test_ray_is_pinned_to_the_minor_version_the_hooks_were_checked_against() -> None:
@@ -161,3 +162,26 @@ def test_restore_pickle_globs_come_from_the_installed_ray() -> None:
     for pattern in ("tuner.pkl", "experiment_state-*.json", "basic-variant-state-*.json",
                     "searcher-state-*.pkl", "search_gen_state-*.json", "*/error.pkl"):
         assert pattern in globs, globs
+
+
+@pytest.mark.slow
+def test_shutdown_stops_the_monitor_before_ray_stops_the_gcs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # ray.shutdown stops the GCS first; a monitor still running then waits a second on it.
+    from study.options import RunOptions
+    from study.ray_session import init_ray
+
+    init_ray(RunOptions(num_cpus=1))
+    node = hook("ray._private.worker._global_node")
+    (monitor,) = [info.process for info in node.all_processes["monitor"]]
+    seen: list[bool] = []
+    kill_all = type(node).kill_all_processes
+
+    def spy(self, *args, **kwargs):  # ray.shutdown's stopping of every process it started
+        seen.append(monitor.poll() is None)
+        return kill_all(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(node), "kill_all_processes", spy)
+    ray_compat.shutdown_ray()
+    assert seen == [False]  # the monitor had exited before Ray stopped the rest
+    assert not ray.is_initialized()
