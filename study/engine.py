@@ -46,7 +46,7 @@ from study.space import SearchSpace, fit_image_size
 
 # What the driver imports once Ray is up, imported while it starts (the driver mostly waits
 # then; on 2 cores these are about 3 s of a study's start): Ray Tune; tensorboardX, for Ray's
-# TensorBoard logger (it imports PyTorch when installed); Optuna's SQLite storage; and the
+# TensorBoard logger (it imports PyTorch when installed); Optuna's storages; and the
 # integrations that Ray Tune's fit() imports to count callbacks for its usage statistics
 # (MLflow's and W&B's import their whole SDKs when installed).
 DRIVER_IMPORTS = ("ray.tune", "tensorboardX", "optuna.storages", "ray.air.integrations.comet",
@@ -105,7 +105,6 @@ def _run_claimed(opts: RunOptions, space: SearchSpace, epochs: int, root: str, l
     importing = _import_in_background(DRIVER_IMPORTS)
     data = load_data(data_spec)
     space = fit_image_size(space, data.image_size)
-
 
     from study.ray_compat import safe_checkpoint_deletion, shutdown_ray
     from study.ray_session import init_ray
