@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
 START_TIMEOUT_S = 120
 
+# Batch 2 on 2,000 images: a trial takes about 2 s. Ray Tune gives a trial still waiting for
+# its worker to a worker that has just finished one (actor reuse), and a new worker starts
+# Python, Ray and PyTorch (2-3 s): trials of milliseconds could all run on the first node up.
 SPACE = """\
 metric: val_accuracy
 mode: max
@@ -43,11 +46,11 @@ params:
   lr: {loguniform: [1.0e-4, 1.0e-2]}
 fixed:
   loss: ce
-  batch_size: 64
+  batch_size: 2
   depth: 1
   width: 16
   image_size: 16
-  epochs: 3
+  epochs: 4
 """
 
 # A driver that uses the token: waits for both nodes, then runs the trainable's device choice in
@@ -218,7 +221,7 @@ def test_study_runs_trials_on_both_nodes(two_nodes: TwoNodes) -> None:
     results = two_nodes.root / "results"
     # One CPU per trial on 1-CPU nodes: two trials run at once, one on each node.
     run = _study(two_nodes.env, "--address", two_nodes.address, "--space", str(space),
-                 "--data", "synthetic:size=16,n=100", "--search", "random",
+                 "--data", "synthetic:size=16,n=1000", "--search", "random",
                  "--scheduler", "fifo", "--num-samples", "4", "--cpus-per-trial", "1",
                  "--storage-path", str(results), "--name", "two-nodes", "--quiet",
                  cwd=two_nodes.root)
