@@ -298,7 +298,6 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
             "num_samples": opts.num_samples, "command": command or command_line(opts)})
         write_json_atomic(exp_dir / META_FILE, record)
     elif local:
-        exp_dir.mkdir(parents=True, exist_ok=True)
         record = study_record(opts, space, data, epochs, expected_trials(opts, space),
                               command or command_line(opts), ray.__version__)
         write_json_atomic(exp_dir / META_FILE, record)
