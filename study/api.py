@@ -13,6 +13,7 @@ command in study.json and report.md.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,12 +119,8 @@ def run(**options: Any) -> StudyResult:
         print(f"Study {result.path.name} has finished all its {result.num_trials} trials; "
               f"nothing to resume (pass num_samples above {opts.num_samples} to add trials).")
         return load(result.path)
-    show = SummaryProgress() if opts.verbose else None
-    try:
+    with SummaryProgress() if opts.verbose else nullcontext() as show:
         write_report(result.path, progress=show)
-    finally:
-        if show is not None:
-            show.close()
     loaded = load(result.path)
     loaded.interrupted = result.interrupted
     return loaded

@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -324,16 +325,13 @@ def _run(args: argparse.Namespace, opts: RunOptions, stop: Any) -> int:
     from analysis.report import write_report  # here: bad input fails without loading it
     from study.display import SummaryProgress
 
-    show = SummaryProgress() if opts.verbose else None
     try:
-        summary = write_report(run.path, progress=show)
+        with SummaryProgress() if opts.verbose else nullcontext() as show:
+            summary = write_report(run.path, progress=show)
     except KeyboardInterrupt:  # summary/ is whole: the old one or the new one
         print(f"\nInterrupted while writing the summary; the results are saved. Write it "
               f"with: {shlex.join(['study', 'report', str(run.path)])}", file=sys.stderr)
         return stop.status
-    finally:
-        if show is not None:
-            show.close()
     _print_best(summary)
     print(f"\n{run.num_trials} trials ({run.num_errors} errored) in {wall:.1f} s.")
     print(f"Results: {run.path}\nSummary: {run.path / 'summary'} (open "
@@ -354,11 +352,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise StudyError(f"RESULTS_DIR {path}: no such folder")
     from study.display import SummaryProgress
 
-    show = SummaryProgress()
-    try:
+    with SummaryProgress() as show:
         summary = write_report(path, out=Path(args.out) if args.out else None, progress=show)
-    finally:
-        show.close()
     _print_best(summary)
     for line in summary.get("missing", []):
         print(f"Missing: {line}")

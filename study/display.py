@@ -38,7 +38,8 @@ def format_value(name: str, value: Any) -> str:
 class SummaryProgress:
     """Shows what writing the summary is doing: `progress("figures", 5, 13)`.
 
-    Passed to the summary writer as its progress hook; call `close()` when it is done.
+    Passed to the summary writer as its progress hook; `close()` it when the writer is done,
+    or use it as a context manager (`with SummaryProgress() as show: ...`).
     """
 
     def __init__(self, stream: IO[str] | None = None, live: bool | None = None) -> None:
@@ -68,6 +69,12 @@ class SummaryProgress:
         self._display.update(self._task, description=phase, completed=done,
                              total=total or None, refresh=True)
         self._phase = phase
+
+    def __enter__(self) -> SummaryProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._display is not None:

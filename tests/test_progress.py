@@ -103,6 +103,15 @@ def test_summary_phases_plain() -> None:
                                            "writing summary: optuna.db 1/1"]
 
 
+def test_live_summary_display_is_closed_by_its_with_block() -> None:
+    out = io.StringIO()
+    with SummaryProgress(stream=out, live=True) as show:
+        show("figures", 1, 3)
+        assert show._display is not None and show._display.live.is_started
+        display = show._display
+    assert show._display is None and not display.live.is_started
+
+
 def test_numbers_are_rounded_for_people() -> None:
     assert format_value("dropout", 0.6918616866414583) == "0.6919"
     assert format_value("lr", 0.000123456) == "0.0001235"
