@@ -35,8 +35,8 @@ def warm_up() -> None:
     """Ray's `worker_process_setup_hook` for a study's workers: import PyTorch and train a tiny
     model for one step on the CPU, so that the first trial of each worker does not pay for them
     (on 2 cores about 1 s of imports, and 0.8 s of modules PyTorch loads on the first optimizer
-    step). Runs as each worker process starts, while the driver is still setting up; the CPU
-    only, so no worker initialises CUDA before Ray has given it a GPU."""
+    step). Runs as each worker process starts, before it takes its first trial; the CPU only,
+    so no worker initialises CUDA before Ray has given it a GPU."""
     import torch
 
     from study.train import DeviceData, DeviceSplit, fit
