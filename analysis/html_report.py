@@ -14,7 +14,7 @@ from pathlib import Path
 
 from markdown_it import MarkdownIt
 
-from study.io import write_text_atomic
+from study.core.files import write_text_atomic
 
 HTML_REPORT = "report.html"
 STYLE = """

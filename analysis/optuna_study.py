@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from analysis.results import column_name
 from study.errors import StudyError
-from study.space import Param, parse_space
+from study.search.space import Param, parse_space
 
 log = logging.getLogger(__name__)
 

@@ -47,9 +47,9 @@ from analysis.summary import (  # noqa: E402
     summarise,
     validation_source,
 )
+from study.core.files import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 from study.errors import StudyError  # noqa: E402
-from study.io import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
-from study.seed_rule import SEEDS_ON_DEMAND  # noqa: E402
+from study.search.seed_rule import SEEDS_ON_DEMAND  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ FIGURES = "figures"
 OPTUNA_DB = "optuna.db"
 HOMEWORK_CSV = "homework.csv"
 DPI = 110
-MODEL_FILE = "model.pt"  # study.checkpoint.MODEL_FILE, named here so the report imports no torch
+MODEL_FILE = "model.pt"  # training.checkpoint.MODEL_FILE; named here: the report imports no torch
 MAX_WORKERS = 4  # drawing processes at most: a report has about a dozen figures
 # progress(phase, done, total): "figures" 5 of 13, "optuna.db" 1 of 1, ...
 Progress = Callable[[str, int, int], None]
@@ -69,8 +69,8 @@ def export_best_model(exp_dir: Path, best: dict[str, Any], out: Path) -> Path | 
     representative seed's slice of a stacked trial's checkpoint."""
     import torch
 
-    from study.checkpoint import MODEL_FILE, save_model
-    from study.config import TrialConfig
+    from study.training.checkpoint import MODEL_FILE, save_model
+    from study.training.config import TrialConfig
 
     trial_dir = exp_dir / best["trial_dir"]
     checkpoints = sorted(trial_dir.glob("checkpoint_*/state.pt"))
@@ -374,7 +374,7 @@ def _best_section(best: dict[str, Any] | None, metric: str, mode: str) -> list[s
 def _seeds_section(runs: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     """Where each configuration of a `--repeats auto` study stopped adding seeds, and why
     (`runs`: one row per trial and seed; a duplicate of another run counts once)."""
-    from study.seed_rule import Rule
+    from study.search.seed_rule import Rule
 
     rule = meta.get(SEEDS_ON_DEMAND)
     if not rule:

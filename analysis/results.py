@@ -15,10 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from study.config import TrialConfig
+from study.core.files import read_trial_states
+from study.engine.experiment import META_FILE, STATE_GLOB
 from study.errors import StudyError
-from study.experiment import META_FILE, STATE_GLOB
-from study.io import read_trial_states
+from study.training.config import TrialConfig
 
 RUN_METRICS = ("val_accuracy", "val_loss", "val_auroc", "train_accuracy", "train_loss",
                "test_accuracy", "test_auroc", "test_sensitivity", "test_specificity")

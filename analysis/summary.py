@@ -20,7 +20,7 @@ from analysis.results import (
 )
 from analysis.stats import mean_ci
 from study.errors import StudyError
-from study.space import METRICS, MODES
+from study.search.space import METRICS, MODES
 
 LEADERBOARD_FIRST = ("trial_id", "status", "epochs", "seed", "node_id")
 # The metrics a configuration is summarised by (best_config.json, report.md, `study run`).
@@ -123,8 +123,8 @@ def seed_standings(trials: pd.DataFrame, rule: dict[str, Any],
                    searched: list[str] | None = None) -> pd.DataFrame:
     """Return one row per configuration of a `--repeats auto` study: its label, seeds with a
     value, seeds tried, the 95 % CI half-width of the rule's metric, and where it stopped and
-    why, by the same rule the searcher applied (`study.seed_rule.Rule`), read from disk."""
-    from study.seed_rule import CI_METRIC, Rule
+    why, by the same rule the searcher applied (`study.search.seed_rule.Rule`), read from disk."""
+    from study.search.seed_rule import CI_METRIC, Rule
 
     check = Rule(float(rule["target_ci"]), int(rule["max_repeats"]), int(rule["first_seeds"]))
     metric = rule.get("metric", CI_METRIC)
@@ -154,7 +154,7 @@ def validation_source(data_spec: str | None) -> tuple[str, bool]:
     """Return where a study's validation images came from, in words, and whether that is a
     split of its own (a file's `val_*` arrays) rather than a hold-out of the training images.
 
-    Mirrors `study.data.load_data`: synthetic data and the homework layout hold out a seeded,
+    Mirrors `training.data.load_data`: synthetic data and the homework layout hold out a seeded,
     stratified 20 % of train; a `.npz` with `val_images` brings its own validation split.
     """
     if not data_spec:

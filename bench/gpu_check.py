@@ -5,7 +5,7 @@ Run it on a machine with one GPU:
     python bench/gpu_check.py                     # 16 trials, 0.125 GPU and 0.5 CPU each
     python bench/gpu_check.py --json gpu.json     # also write the numbers as JSON
 
-It runs the study through `study.engine.run_study` (the code path of `study run`) with FIFO
+It runs the study through `study.engine.run.run_study` (the code path of `study run`) with FIFO
 scheduling, so no trial is stopped early, and prints for each trial whether it trained on CUDA
 and its training seconds, then the most trials that ran at once, the wall time and the sum of
 training seconds. On one GPU, 0.125 GPU per trial should show 8 trials at once, all on CUDA.
@@ -91,7 +91,7 @@ def read_results(trial_dir: Path) -> list[dict[str, Any]]:
 
 def last_result_times(exp_dir: Path) -> dict[str, float]:
     """trial_id -> Tune's `last_result_time` (driver wall clock) from the experiment state."""
-    from study.experiment import STATE_GLOB
+    from study.engine.experiment import STATE_GLOB
 
     states = sorted(exp_dir.glob(STATE_GLOB))
     if not states:
@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from study.engine import run_study
+    from study.engine.options import RunOptions
+    from study.engine.run import run_study
     from study.errors import StudyError
-    from study.options import RunOptions
 
     gpu = torch.cuda.is_available() and not args.cpu
     gpus_per_trial = args.gpus_per_trial if gpu else 0.0

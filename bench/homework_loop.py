@@ -4,7 +4,7 @@ The lab kept the images as a float32 `TensorDataset` (4 bytes a pixel, 0..255), 
 a shuffling `DataLoader`, divided each batch by 255, and pulled the loss and the number of
 correct predictions to the host with `.item()` after every step. Kept here only as the yardstick
 for `epoch_speedup_cpu`/`_gpu_*` and as the loop of the "naive" Ray Tune trainable; the project
-trains with `study.train.train_one_epoch`.
+trains with `study.training.loop.train_one_epoch`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Keys (numbers; null where not measured, e.g. the GPU keys without a GPU):
   search in plain Optuna in one process (TPE with the same settings, the same data, model and
   loop, PyTorch's default threads), also a child process timed from start to exit.
 - epoch_speedup_cpu: seconds per training epoch of the homework's loop (bench/homework_loop.py)
-  / ours (`study.train.train_one_epoch`), 256x256, 1,600 images, batch 32, the lab's model.
+  / ours (`study.training.loop.train_one_epoch`), 256x256, 1,600 images, batch 32, the lab's model.
 - asha_tpe_epoch_fraction: mean over search seeds of the epochs TPE + ASHA trains (one trial
   at a time) until a reported val_accuracy first comes within 1 point of the best of the full
   homework.yaml grid, / the grid's total epochs. Random + ASHA and TPE + FIFO alongside.
@@ -41,7 +41,7 @@ Keys (numbers; null where not measured, e.g. the GPU keys without a GPU):
   (with its figure workers) as report_cpu_seconds.
 GPU keys (`--gpu`, one GPU; each phase has a time limit and leaves its key null past it):
 - epoch_speedup_gpu_bs2, _bs16, _bs32, _bs128: seconds per epoch of the lab's loop / ours (the
-  training step captured as a CUDA graph, `study.cuda_graph`) at 256x256, 1,600 images, the
+  training step captured as a CUDA graph, `training.cuda_graph`) at 256x256, 1,600 images, the
   lab's model; interleaved epochs after a warm-up, medians.
 - gpu_study_wall_s: `bench/gpu_check.py --epochs 10 --batch-size 32 --n 1000
   --cpus-per-trial 1` (16 trials at 0.125 GPU, 64x64): its run_study wall time.
@@ -258,7 +258,7 @@ def _data_256(out_dir: Path) -> Path:
     path = RESULTS / "data" / "synthetic256.npz"
     if path.exists():
         return path
-    from study.data import load_data
+    from study.training.data import load_data
 
     data = load_data("synthetic:size=256,n=1000,n_test=200,seed=0")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -296,10 +296,10 @@ def phase_epoch(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(BENCH))
     import homework_loop as hw
 
-    from study.config import TrialConfig
-    from study.data import load_data
-    from study.losses import get_loss
-    from study.train import new_state, to_device, train_one_epoch
+    from study.training.config import TrialConfig
+    from study.training.data import load_data
+    from study.training.loop import new_state, to_device, train_one_epoch
+    from study.training.losses import get_loss
 
     # One thread, as a trial runs (--cpus-per-trial 1); --threads 0 keeps PyTorch's default.
     if args.threads:
@@ -349,8 +349,8 @@ def _lab_model(cfg: Any, image_size: int, device: Any) -> Any:
     """The lab's plain MLP with the initial weights of `cfg`'s (first) seed."""
     import torch
 
-    from study.losses import get_loss
-    from study.model import build_mlp
+    from study.training.losses import get_loss
+    from study.training.model import build_mlp
 
     torch.manual_seed(cfg.seed)
     return build_mlp(image_size**2, get_loss(cfg.loss).out_features, cfg.depth, cfg.width,
@@ -366,11 +366,11 @@ def _naive_trainable(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from study.config import TrialConfig
-    from study.data import at_size, load_data
-    from study.losses import get_loss
-    from study.model import build_mlp
-    from study.train import lr_at, make_optimizer
+    from study.training.config import TrialConfig
+    from study.training.data import at_size, load_data
+    from study.training.loop import lr_at, make_optimizer
+    from study.training.losses import get_loss
+    from study.training.model import build_mlp
 
     cfg = TrialConfig.from_dict(config)
     data = at_size(load_data(NAIVE_DATA), cfg.image_size)  # data built per trial
@@ -402,9 +402,9 @@ def _pure_training_seconds(configs: list[dict[str, Any]], spec: str) -> list[flo
     """Re-train each config with `fit` in this process (1 thread, no Ray): its pure seconds."""
     import torch
 
-    from study.config import TrialConfig
-    from study.data import load_data
-    from study.train import fit, to_device
+    from study.training.config import TrialConfig
+    from study.training.data import load_data
+    from study.training.loop import fit, to_device
 
     torch.set_num_threads(1)
     data = load_data(spec)
@@ -421,9 +421,9 @@ def _pure_training_seconds(configs: list[dict[str, Any]], spec: str) -> list[flo
 
 
 def phase_overhead_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from study.engine import run_study
-    from study.options import RunOptions
-    from study.ray_session import init_ray
+    from study.engine.options import RunOptions
+    from study.engine.ray_session import init_ray
+    from study.engine.run import run_study
 
     storage = Path(tempfile.mkdtemp(prefix="overhead-", dir=args.out))
     opts = RunOptions(space="default", data="synthetic:size=32", search="optuna",
@@ -463,9 +463,9 @@ def phase_overhead_naive(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(BENCH))
     import homework_loop as hw  # shipped to the workers by value, with the trainable
 
-    from study.builders import prepared_space
-    from study.options import RunOptions
-    from study.space import tune_space
+    from study.engine.builders import prepared_space
+    from study.engine.options import RunOptions
+    from study.search.space import tune_space
 
     ray.cloudpickle.register_pickle_by_value(hw)
     configs = json.loads(Path(args.configs).read_text())
@@ -508,7 +508,7 @@ OPTUNA_DATA = "synthetic:size=64"
 
 
 def _optuna_opts(storage: str) -> Any:
-    from study.options import RunOptions
+    from study.engine.options import RunOptions
 
     return RunOptions(space="default", data=OPTUNA_DATA, search="optuna", scheduler="fifo",
                       num_samples=TRIALS, max_epochs=EPOCHS, image_size=64, storage_path=storage,
@@ -516,7 +516,7 @@ def _optuna_opts(storage: str) -> Any:
 
 
 def phase_optuna_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from study.engine import run_study
+    from study.engine.run import run_study
 
     storage = Path(tempfile.mkdtemp(prefix="optuna-ours-", dir=args.out))
     start = _now()
@@ -535,18 +535,18 @@ def phase_optuna_plain(args: argparse.Namespace) -> dict[str, Any]:
     import optuna
     import torch
 
-    from study.builders import prepared_space
-    from study.config import TrialConfig
-    from study.data import load_data
-    from study.space import optuna_space
-    from study.train import fit, to_device
+    from study.engine.builders import prepared_space
+    from study.search.space import optuna_space
+    from study.training.config import TrialConfig
+    from study.training.data import load_data
+    from study.training.loop import fit, to_device
 
     opts = _optuna_opts("")
     space = prepared_space(opts)
     data = to_device(load_data(OPTUNA_DATA), torch.device("cpu"), 64)
     define = optuna_space(space)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # The sampler settings of study.builders.optuna_searcher.
+    # The sampler settings of study.engine.builders.optuna_searcher.
     sampler = optuna.samplers.TPESampler(seed=opts.seed,
                                          n_startup_trials=max(4, min(10, TRIALS // 3)),
                                          multivariate=True, group=True, constant_liar=True)
@@ -575,9 +575,9 @@ FRACTION_METHODS = (("optuna", "asha"), ("random", "asha"), ("optuna", "fifo"))
 def phase_fraction(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    from study.engine import run_study
-    from study.options import RunOptions
-    from study.ray_session import init_ray
+    from study.engine.options import RunOptions
+    from study.engine.ray_session import init_ray
+    from study.engine.run import run_study
 
     epochs = 10
     spec = "synthetic:size=16,n=500,n_test=100"
@@ -645,8 +645,8 @@ def _fraction_summary(out: dict[str, Any]) -> dict[str, Any]:
 def phase_memory_study(args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
-    from study.engine import run_study
-    from study.options import RunOptions
+    from study.engine.options import RunOptions
+    from study.engine.run import run_study
 
     k = args.trials
     storage = Path(tempfile.mkdtemp(prefix=f"memory-{k}-", dir=args.out))
@@ -677,9 +677,9 @@ def phase_repeats(args: argparse.Namespace) -> dict[str, Any]:
     Leaves both experiments on disk (the report phase times `study report` on the first)."""
     import ray
 
-    from study.engine import run_study
-    from study.options import RunOptions
-    from study.ray_session import init_ray
+    from study.engine.options import RunOptions
+    from study.engine.ray_session import init_ray
+    from study.engine.run import run_study
 
     storage = Path(tempfile.mkdtemp(prefix="repeats-", dir=args.out))
     seeds = list(range(3))
@@ -752,8 +752,8 @@ def phase_gpu_epoch(args: argparse.Namespace) -> dict[str, Any]:
     256x256 on the GPU, for each batch size of the homework; interleaved, medians."""
     import torch
 
-    from study.data import load_data
-    from study.train import to_device
+    from study.training.data import load_data
+    from study.training.loop import to_device
 
     device = torch.device("cuda")
     data = load_data(str(_data_256(Path(args.out))))
@@ -773,9 +773,9 @@ def _gpu_epochs(data: Any, dev: Any, batch: int, reps: int) -> dict[str, Any]:
     sys.path.insert(0, str(BENCH))
     import homework_loop as hw
 
-    from study.config import TrialConfig
-    from study.losses import get_loss
-    from study.train import epoch_steps, new_state, train_one_epoch
+    from study.training.config import TrialConfig
+    from study.training.loop import epoch_steps, new_state, train_one_epoch
+    from study.training.losses import get_loss
 
     device = dev.train.images.device
     cfg = TrialConfig(batch_size=batch)  # the lab's model, loss and optimizer settings
@@ -817,8 +817,8 @@ def phase_gpu_grid(args: argparse.Namespace) -> dict[str, Any]:
     """`study run --space homework --search grid --repeats 3 --gpus-per-trial 0.125
     --cpus-per-trial 1` on 1000 + 1000 synthetic 256x256 training images, timed as a user
     waits for it (Ray's start and stop included)."""
-    from study.engine import run_study
-    from study.options import RunOptions
+    from study.engine.options import RunOptions
+    from study.engine.run import run_study
 
     storage = Path(tempfile.mkdtemp(prefix="gpu-grid-", dir=args.out))
     start = _now()

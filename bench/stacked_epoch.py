@@ -1,6 +1,6 @@
 """Seconds per epoch of K seeds stacked in one model vs the same K seeds trained one by one.
 
-Both sides run `study.train` as a trial does (`train_one_epoch` then `evaluate` on validation,
+Both sides run `training.loop` as a trial does (`train_one_epoch` then `evaluate` on validation,
 one host sync), the lab's model (CE, batch 32, 3 x 64, dropout 0.5, BatchNorm, Adam), on
 synthetic images at 32x32 (1,600 training, 400 validation), one torch thread like a trial with
 `--cpus-per-trial 1`. The two sides alternate epoch by epoch, so machine load hits both alike;
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from study.config import TrialConfig
-from study.data import load_data
-from study.losses import get_loss
-from study.train import evaluate, new_state, to_device, train_one_epoch
+from study.training.config import TrialConfig
+from study.training.data import load_data
+from study.training.loop import evaluate, new_state, to_device, train_one_epoch
+from study.training.losses import get_loss
 
 
 def _epoch(state, loss, data, batch_size: int) -> float:  # noqa: ANN001 - a TrainState

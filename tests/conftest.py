@@ -26,9 +26,9 @@ def _images(rng: np.random.Generator, n: int, size: int, label: int) -> np.ndarr
 def ray_cluster() -> Iterator[None]:
     """One local Ray for a test module, started as a study starts its own; studies run in the
     module use it and leave it running."""
-    from study.options import RunOptions
-    from study.ray_compat import shutdown_ray
-    from study.ray_session import init_ray
+    from study.core.ray_compat import shutdown_ray
+    from study.engine.options import RunOptions
+    from study.engine.ray_session import init_ray
 
     init_ray(RunOptions(num_cpus=2))
     try:

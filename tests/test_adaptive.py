@@ -17,9 +17,9 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from analysis.stats import mean_ci
-from study.adaptive import SeedsUntilNarrow, grid_configs
 from study.errors import StudyError
-from study.seed_rule import Rule, half_width
+from study.search.adaptive import SeedsUntilNarrow, grid_configs
+from study.search.seed_rule import Rule, half_width
 
 # Per arm, the score of seed s: "steady" barely moves, "noisy" moves a lot, "flat" not at all.
 SCORES = {"steady": [80.0, 80.4, 79.8, 80.2, 80.1, 79.9, 80.3, 80.0, 79.7, 80.2],
@@ -196,7 +196,7 @@ def test_searcher_in_a_ray_tune_run_stops_by_its_rule(ray_cluster: None, tmp_pat
 
 
 def test_parse_repeats_and_the_rule_record() -> None:
-    from study.seed_rule import parse_repeats, record
+    from study.search.seed_rule import parse_repeats, record
 
     assert parse_repeats("3") == 3 and parse_repeats("auto") == "auto"
     assert parse_repeats(" AUTO ") == "auto"

@@ -12,9 +12,9 @@ import pytest
 
 import study
 from analysis.results import trial_dirs
+from study.engine.experiment import OPTUNA_JOURNAL
 from study.errors import StudyError
-from study.experiment import OPTUNA_JOURNAL
-from study.searcher import live_storage
+from study.search.searcher import live_storage
 
 DATA = "synthetic:size=16,n=200,n_test=40"
 pytestmark = pytest.mark.slow  # real studies on Ray
@@ -136,7 +136,7 @@ def test_more_trials_continue_the_search(extended: dict) -> None:
 
 def test_a_finished_study_asked_for_nothing_new_says_so(extended: dict,
                                                         capsys: pytest.CaptureFixture) -> None:
-    from study.cli import main
+    from study.cli.parser import main
 
     root = extended["root"]
     assert main(["run", "--resume", "--name", "nb", "--storage-path", str(root)]) == 0

@@ -1,7 +1,7 @@
 """Bad input at the study level: one line naming the problem and the value, exit status 2,
 no traceback, within seconds, nothing overwritten; and nothing loaded is ever executed.
 
-Most cases run `study.cli.main` in this process: they fail before Ray or any data is loaded.
+Most cases run `study.cli.parser.main` in this process: they fail before Ray or any data is loaded.
 Those where a real process matters (the GPU count, the network, pickles) run `python -m study`.
 The `--resume` cases work on copies of one real experiment made once for the module.
 """
@@ -24,7 +24,7 @@ import pytest
 import torch
 from _proc import TINY_DATA, run_study_process, study_command, write_space
 
-from study import cli
+from study.cli import parser as cli
 from study.errors import StudyError
 
 FAST_S = 20  # in-process refusals; generous, the machine is shared
@@ -431,12 +431,12 @@ def _loader_calls(source: Path) -> list[tuple[str, ast.Call]]:
 
 def test_every_loader_in_the_package_refuses_pickles() -> None:
     """np.load(allow_pickle=False), torch.load(weights_only=True), yaml safe loaders only."""
-    root = Path(cli.__file__).resolve().parents[1]
-    sources = sorted([*root.glob("study/*.py"), *root.glob("analysis/*.py")])
+    root = Path(cli.__file__).resolve().parents[2]
+    sources = sorted([*root.glob("study/**/*.py"), *root.glob("analysis/**/*.py")])
     seen = set()
     for source in sources:
         for name, call in _loader_calls(source):
-            where = f"{source.name}:{call.lineno}"
+            where = f"{source.relative_to(root)}:{call.lineno}"
             keywords = {k.arg: k.value for k in call.keywords}
             seen.add(name)
             assert not name.startswith(("pickle.", "cloudpickle.")), where
@@ -499,7 +499,7 @@ def test_yaml_key_repeated_in_a_mapping_is_refused(
 
 def test_yaml_merge_keys_may_still_be_overridden() -> None:
     """A key written once beside `<<: *base` overrides the merged one: not a repetition."""
-    from study.io import load_yaml
+    from study.core.files import load_yaml
 
     assert load_yaml("b: &b {x: 1, y: 2}\nc: {<<: *b, x: 5}\nlr: 1e-3\n") == {
         "b": {"x": 1, "y": 2}, "c": {"x": 5, "y": 2}, "lr": 0.001}
@@ -557,7 +557,7 @@ def test_float_images_in_0_1_are_refused_not_rounded(
     refused(capsys, _run_on(str(path), tmp_path), "train_images", "[0, 1]", "[0, 255]",
             "multiply them by 255")
     scaled = _npz(tmp_path / "scaled.npz", images * 255)  # as the message says: accepted
-    from study.data import load_data
+    from study.training.data import load_data
 
     assert load_data(str(scaled)).train.images.max() > 1
 
@@ -615,9 +615,9 @@ def test_data_a_fifo_is_refused_without_hanging(where: str, tmp_path: Path) -> N
 
 
 def _checkpoint(path: Path, **override: object) -> Path:
-    from study.checkpoint import save_model
-    from study.config import TrialConfig
-    from study.model import build_mlp
+    from study.training.checkpoint import save_model
+    from study.training.config import TrialConfig
+    from study.training.model import build_mlp
 
     config = TrialConfig(depth=1, width=4, epochs=1)
     save_model(path, build_mlp(16 * 16, 2, 1, 4, 0.5).state_dict(), config, 16)
@@ -663,8 +663,8 @@ def fake_experiment(exp: Path, study: dict[str, object] | None = None) -> Path:
 
     Trial b has the better validation accuracy, trial a the better test accuracy.
     """
-    from study.config import TrialConfig
-    from study.model import build_mlp
+    from study.training.config import TrialConfig
+    from study.training.model import build_mlp
 
     for i, (trial_id, val, test) in enumerate((("aaaa0001", 60.0, 90.0),
                                                ("aaaa0002", 70.0, 50.0))):
@@ -803,7 +803,7 @@ def test_report_keeps_files_it_did_not_write_in_its_own_folder(
 def test_every_pickle_ray_restores_is_checked(copy: Path) -> None:
     """The files checked are found from Ray's own names, and they include every pickle in a
     real experiment (a pickle stream starts with the PROTO opcode, 0x80)."""
-    from study.resume import restore_pickles
+    from study.engine.resume import restore_pickles
 
     checked = set(restore_pickles(copy))
     pickles = {p for p in copy.rglob("*") if p.is_file() and p.read_bytes()[:1] == b"\x80"}
@@ -838,8 +838,8 @@ def test_resume_never_unpickles_a_file_others_could_write(
 def test_a_folder_is_claimed_by_one_run_only(tmp_path: Path) -> None:
     """Of two runs with one --name, the second is refused even if the first has not yet
     written anything into the folder (the existence check and the creation are one step)."""
-    from study import engine
-    from study.options import RunOptions, resolved
+    from study.engine import run as engine
+    from study.engine.options import RunOptions, resolved
 
     opts = resolved(RunOptions(name="same", storage_path=str(tmp_path)))
     exp_dir = tmp_path / "same"
@@ -892,7 +892,7 @@ def test_resume_hint_is_shell_quoted(tmp_path: Path, monkeypatch: pytest.MonkeyP
     shell, is one `study run` with exactly these arguments (and runs nothing else)."""
     import shlex
 
-    from study import engine
+    from study.engine import run as engine
 
     storage, name = tmp_path / "my results", "a;touch PWNED"
 

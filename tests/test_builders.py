@@ -1,4 +1,4 @@
-"""`study.builders`: the space, searcher and scheduler a study hands Ray (no Ray started)."""
+"""`study.engine.builders`: the space, searcher and scheduler a study hands Ray (no Ray)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ray.tune.schedulers import (
 )
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-from study.builders import (
+from study.engine.builders import (
     ClipToBounds,
     budget_epochs,
     build_search,
@@ -22,9 +22,9 @@ from study.builders import (
     pbt_interval,
     prepared_space,
 )
+from study.engine.options import RunOptions, resolved
 from study.errors import StudyError
-from study.options import RunOptions, resolved
-from study.space import grid_size
+from study.search.space import grid_size
 
 SPACE = """\
 metric: val_accuracy

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from study.cli_commands import _best_note, _print_best
+from study.cli.commands import _best_note, _print_best
 
 
 def summary(top_status: str) -> dict:

@@ -1,4 +1,4 @@
-"""Tests for study.cluster: storage, address and resource checks on constructed cluster data."""
+"""`study.engine.cluster`: storage, address and resource checks on constructed cluster data."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from study.cluster import (
+from study.engine.cluster import (
     autoscaler_max_resources,
     check_address,
     check_storage_path,
@@ -149,7 +149,7 @@ def test_reachable_address_passes() -> None:
 
 def test_module_does_not_import_ray() -> None:
     # Importing the helpers must stay cheap: the CLI checks input before Ray starts.
-    code = "import sys, study.cluster; sys.exit('ray' in sys.modules)"
+    code = "import sys, study.engine.cluster; sys.exit('ray' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=CLUSTER_YAML.parent, check=False)
     assert result.returncode == 0
 

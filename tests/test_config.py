@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from study.config import TrialConfig, read_config_file
 from study.errors import StudyError
+from study.training.config import TrialConfig, read_config_file
 
 
 def test_defaults_are_the_homework_labs() -> None:

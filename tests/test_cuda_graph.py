@@ -9,11 +9,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from study.config import TrialConfig
-from study.cuda_graph import CapturedSteps, set_lr
-from study.data import load_data
-from study.losses import get_loss
-from study.train import epoch_steps, fit, new_state, to_device, train_one_epoch, train_step
+from study.training.config import TrialConfig
+from study.training.cuda_graph import CapturedSteps, set_lr
+from study.training.data import load_data
+from study.training.loop import epoch_steps, fit, new_state, to_device, train_one_epoch, train_step
+from study.training.losses import get_loss
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -33,7 +33,7 @@ def test_cpu_trains_eagerly_and_says_why(caplog: pytest.LogCaptureFixture) -> No
     data = to_device(load_data("synthetic:size=8,n=20,n_test=10"), torch.device("cpu"))
     config = TrialConfig(batch_size=8, epochs=1)
     state = new_state(config, data)
-    with caplog.at_level(logging.INFO, logger="study.cuda_graph"):
+    with caplog.at_level(logging.INFO, logger="study.training.cuda_graph"):
         assert epoch_steps(state, get_loss(config.loss), data.train, 8) is None
     assert [r.getMessage() for r in caplog.records] == [
         "training eagerly: CUDA graphs need a CUDA device, this trial has cpu"]

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study.data import (
+from study.errors import StudyError
+from study.training.data import (
     VAL_FRACTION,
     Split,
     at_size,
@@ -18,8 +19,7 @@ from study.data import (
     parse_synthetic,
     resolve_spec,
 )
-from study.errors import StudyError
-from study.synthetic import make_synthetic
+from study.training.synthetic import make_synthetic
 
 SMALL = "synthetic:size=16,n=100,n_test=40"
 

@@ -1,4 +1,4 @@
-"""`study.io`: the one atomic writer (whole or nothing, the mode of a plain write) and YAML."""
+"""`study.core.files`: the atomic writer (whole or nothing, a plain write's mode) and YAML."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from study.io import AtomicWriter, load_yaml, write_json_atomic, write_text_atomic
+from study.core.files import AtomicWriter, load_yaml, write_json_atomic, write_text_atomic
 
 
 @pytest.fixture(params=[0o022, 0o077, 0o002])
@@ -38,9 +38,9 @@ def test_storage_files_and_models_get_the_mode_of_a_plain_write(tmp_path: Path,
                                                                 umask: int) -> None:
     from torch import nn
 
-    from study.atomic_fs import atomic_local_filesystem
-    from study.checkpoint import save_model
-    from study.config import TrialConfig
+    from study.core.atomic_fs import atomic_local_filesystem
+    from study.training.checkpoint import save_model
+    from study.training.config import TrialConfig
 
     with atomic_local_filesystem().open_output_stream(str(tmp_path / "result.json")) as out:
         out.write(b"{}\n")

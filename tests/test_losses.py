@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from study.errors import StudyError
-from study.losses import LOSSES, get_loss
+from study.training.losses import LOSSES, get_loss
 
 
 @pytest.mark.parametrize(("name", "width"), [("bce", 1), ("ce", 2)])

@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from study.losses import get_loss
-from study.metrics import THRESHOLD, auroc, classification_metrics
+from study.training.losses import get_loss
+from study.training.metrics import THRESHOLD, auroc, classification_metrics
 
 
 def _pairwise_auroc(prob: list[float], labels: list[int]) -> float:

@@ -6,8 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from study.losses import get_loss
-from study.model import build_mlp, build_stacked_mlp, is_stacked_state, layer_widths, unstack_state
+from study.training.losses import get_loss
+from study.training.model import (
+    build_mlp,
+    build_stacked_mlp,
+    is_stacked_state,
+    layer_widths,
+    unstack_state,
+)
 
 
 def _count(model: nn.Module, kind: type) -> int:

@@ -68,7 +68,7 @@ while True:
 @ray.remote
 def probe():
     import os
-    from study.trainable import trial_device
+    from study.engine.trainable import trial_device
     ids = [str(i) for i in ray.get_gpu_ids()]
     return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu_ids": ids,
             "device": str(trial_device(ids)), "node": ray.get_runtime_context().get_node_id()}
@@ -288,8 +288,8 @@ def test_unreachable_address_fails_fast(scheme: str, tmp_path: Path,
     import ray
 
     import analysis.report  # noqa: F401
-    import study.engine  # noqa: F401
-    from study.cli import main
+    import study.engine.run  # noqa: F401
+    from study.cli.parser import main
 
     address = f"{scheme}127.0.0.1:{_free_port()}"
     start = time.monotonic()

@@ -1,4 +1,4 @@
-"""`study.options`: defaults decided once, and the checks (no Ray, no torch)."""
+"""`study.engine.options`: defaults decided once, and the checks (no Ray, no torch)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from study.engine.options import DEFAULT_SAMPLES, RunOptions, check_options, command_line, resolved
 from study.errors import StudyError
-from study.options import DEFAULT_SAMPLES, RunOptions, check_options, command_line, resolved
 
 
 @pytest.mark.parametrize(("search", "scheduler", "expected"), [
@@ -60,7 +60,7 @@ def test_command_line_names_only_what_differs_from_the_defaults() -> None:
 def test_options_load_neither_torch_nor_ray() -> None:
     import subprocess
 
-    code = ("import sys, study.options, study.cli; "
+    code = ("import sys, study.engine.options, study.cli.parser; "
             "print('torch' in sys.modules, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from study.display import SummaryProgress, format_value
-from study.progress import StudyProgress
+from study.core.display import SummaryProgress, format_value
+from study.engine.progress import StudyProgress
 
 EPOCHS = 3
 
@@ -181,7 +181,7 @@ def time_since(progress: StudyProgress) -> float:
 def test_adding_trials_counts_the_earlier_ones(tmp_path) -> None:
     import json
 
-    from study.progress import earlier_sessions
+    from study.engine.progress import earlier_sessions
 
     for name, epochs in (("a", 4), ("b", 2), ("c", 4)):
         (tmp_path / name).mkdir()
@@ -203,14 +203,14 @@ def test_study_report_shows_its_progress_without_importing_ray(tmp_path: Path) -
     # `study report` on a folder that is no experiment: it gets as far as showing progress,
     # then stops with its one line; Ray (Tune) would have added half a second to every report.
     code = ("import argparse, sys\n"
-            "from study.cli_commands import cmd_report\n"
+            "from study.cli.commands import cmd_report\n"
             "from study.errors import StudyError\n"
             "try:\n"
             f"    cmd_report(argparse.Namespace(results_dir={str(tmp_path)!r}, out=None))\n"
             "except StudyError:\n"
             "    pass\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
-            "print('study.display' in sys.modules)")
+            "print('study.core.display' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""`study.ray_compat`: every private Ray name it uses exists in the installed Ray, each patch is
+"""`study.core.ray_compat`: every private Ray name it uses exists in the installed Ray, each patch
 undone, and a missing one fails with a message naming the Ray version and the name."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from study import ray_compat
-from study.ray_compat import CHECKED_RAY, HOOKS, RayCompatError, hook
+from study.core import ray_compat
+from study.core.ray_compat import CHECKED_RAY, HOOKS, RayCompatError, hook
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_checkpoint_deletion_patch_is_undone_when_the_study_ends() -> None:
 
 
 def test_held_back_deletions_run_at_the_end_only_after_a_normal_exit(tmp_path: Path) -> None:
-    from study.atomic_fs import atomic_local_filesystem
+    from study.core.atomic_fs import atomic_local_filesystem
 
     fs = atomic_local_filesystem()
     for name, fails in (("kept", True), ("deleted", False)):
@@ -101,7 +101,7 @@ def test_held_back_deletions_run_at_the_end_only_after_a_normal_exit(tmp_path: P
 
 
 def test_the_gate_waits_for_two_later_state_writes(tmp_path: Path) -> None:
-    from study.atomic_fs import atomic_local_filesystem, observe_writes
+    from study.core.atomic_fs import atomic_local_filesystem, observe_writes
 
     gate = ray_compat.StateSavedGate()
     fs = atomic_local_filesystem()
@@ -168,8 +168,8 @@ def test_restore_pickle_globs_come_from_the_installed_ray() -> None:
 def test_shutdown_stops_the_monitor_before_ray_stops_the_gcs(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # ray.shutdown stops the GCS first; a monitor still running then waits a second on it.
-    from study.options import RunOptions
-    from study.ray_session import init_ray
+    from study.engine.options import RunOptions
+    from study.engine.ray_session import init_ray
 
     init_ray(RunOptions(num_cpus=1))
     node = hook("ray._private.worker._global_node")

@@ -36,7 +36,7 @@ from _proc import (
     write_space,
 )
 
-from study.io import write_json_atomic, write_text_atomic
+from study.core.files import write_json_atomic, write_text_atomic
 
 SLOW_NET = {"loss": "ce", "batch_size": 2, "depth": 1, "width": 16}  # ~0.5-2 s an epoch here
 FAST_NET = {"loss": "ce", "batch_size": 32, "depth": 1, "width": 16}
@@ -215,8 +215,8 @@ def test_optuna_is_told_a_diverged_trial_failed() -> None:
     """A diverged trial's NaN outputs still score ~50 % accuracy; TPE must not learn from it."""
     import optuna
 
-    from study.searcher import StudyOptunaSearch
-    from study.space import optuna_space, parse_space
+    from study.search.searcher import StudyOptunaSearch
+    from study.search.space import optuna_space, parse_space
 
     space = parse_space({"metric": "val_accuracy", "mode": "max",
                          "params": {"lr": {"loguniform": [1.0e-4, 1.0e-1]}},
@@ -482,7 +482,7 @@ def test_atomic_write_keeps_the_old_file_when_the_rename_fails(
     def fail(*_: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("study.io.os.replace", fail)
+    monkeypatch.setattr("study.core.files.os.replace", fail)
     with pytest.raises(OSError):
         write_json_atomic(target, {"lr": 0.1, "more": "x" * 10_000})
     assert json.loads(target.read_text()) == {"lr": 0.001}
@@ -515,7 +515,8 @@ def test_atomic_write_keeps_the_old_file_when_writing_stops_midway(
         def __exit__(self, *exc: object) -> None:
             self.handle.close()
 
-    monkeypatch.setattr("study.io.os.fdopen", lambda *a, **k: HalfWriter(real_fdopen(*a, **k)))
+    monkeypatch.setattr("study.core.files.os.fdopen",
+                        lambda *a, **k: HalfWriter(real_fdopen(*a, **k)))
     with pytest.raises(OSError):
         write_text_atomic(target, "trial_id,status\n" + "b,completed\n" * 1000)
     assert target.read_text() == "trial_id,status\na,completed\n"
@@ -524,7 +525,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_stops_midway(
 
 CRASH_WRITER = """
 import os, signal, sys
-from study import io
+from study.core import files as io
 os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # die between write and rename
 io.write_json_atomic(sys.argv[1], {"config": {"lr": 0.1}, "pad": "x" * 100000})
 """
@@ -578,7 +579,7 @@ def test_report_after_a_failed_write_keeps_the_previous_best_config(
             raise KeyboardInterrupt
         real_replace(src, dst)
 
-    monkeypatch.setattr("study.io.os.replace", interrupted)
+    monkeypatch.setattr("study.core.files.os.replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_report(exp)
     assert best.read_bytes() == old
@@ -592,7 +593,8 @@ def test_ctrl_c_before_the_study_started_leaves_nothing_to_resume(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """Interrupted while Ray starts: exit 130, and the same command can simply be run again."""
-    from study import cli, engine
+    from study.cli import parser as cli
+    from study.engine import run as engine
 
     def interrupted(opts: engine.RunOptions, command: str | None = None) -> engine.StudyRun:
         raise KeyboardInterrupt
@@ -605,7 +607,7 @@ def test_ctrl_c_before_the_study_started_leaves_nothing_to_resume(
 
 
 def test_an_unstarted_experiment_folder_is_removed_but_nothing_else(tmp_path: Path) -> None:
-    from study.experiment import remove_unstarted
+    from study.engine.experiment import remove_unstarted
 
     unstarted = tmp_path / "unstarted"
     unstarted.mkdir()
@@ -633,7 +635,7 @@ def test_storage_files_are_replaced_whole(tmp_path: Path) -> None:
     """A copy into the storage path that fails midway leaves the previous file intact."""
     import pyarrow.fs as pafs
 
-    from study import atomic_fs
+    from study.core import atomic_fs
 
     fs = atomic_fs.atomic_local_filesystem()
     target = tmp_path / "result.json"
@@ -660,7 +662,7 @@ def test_random_search_draws_an_int_ranges_own_step_grid() -> None:
     import numpy as np
     from ray.tune.search.variant_generator import generate_variants
 
-    from study.space import parse_space, tune_space
+    from study.search.space import parse_space, tune_space
 
     table = {1: 8, 3: [16, 12, 8], 5: 32}
     space = parse_space({"params": {"depth": {"int": [1, 5], "step": 2},
@@ -717,7 +719,8 @@ def test_sigterm_before_the_study_started_exits_143_and_leaves_nothing(
         capsys: pytest.CaptureFixture[str]) -> None:
     """SIGTERM while Ray starts is the same as Ctrl-C then: nothing saved, exit 143; the
     process's own SIGTERM handler is back afterwards."""
-    from study import cli, engine
+    from study.cli import parser as cli
+    from study.engine import run as engine
 
     def terminated(opts: engine.RunOptions, command: str | None = None) -> engine.StudyRun:
         os.kill(os.getpid(), signal.SIGTERM)

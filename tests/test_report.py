@@ -65,7 +65,7 @@ def test_no_workers_on_one_core_or_for_one_figure(monkeypatch: pytest.MonkeyPatc
 
 
 def test_model_file_name_is_the_checkpoint_modules() -> None:
-    from study.checkpoint import MODEL_FILE
+    from study.training.checkpoint import MODEL_FILE
 
     assert report.MODEL_FILE == MODEL_FILE
 

@@ -1,4 +1,4 @@
-"""`study.resume`: the options a resumed study runs with and the checks before Ray restores
+"""`study.engine.resume`: the options a resumed study runs with and the checks before Ray restores
 (plain files: no Ray)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from study.engine.resume import check_trusted, read_study_meta, resume_options
 from study.errors import StudyError
-from study.resume import check_trusted, read_study_meta, resume_options
 
 
 def _study(tmp_path: Path, **options: Any) -> Path:

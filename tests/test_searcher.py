@@ -20,9 +20,9 @@ import pytest
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
-from study.experiment import OPTUNA_DB, OPTUNA_JOURNAL, live_optuna_file
-from study.searcher import StudyOptunaSearch, live_storage, tpe_sampler
-from study.space import optuna_space, parse_space
+from study.engine.experiment import OPTUNA_DB, OPTUNA_JOURNAL, live_optuna_file
+from study.search.searcher import StudyOptunaSearch, live_storage, tpe_sampler
+from study.search.space import optuna_space, parse_space
 
 EPOCHS = 4
 SPACE = {"metric": "val_accuracy", "mode": "max",

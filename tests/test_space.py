@@ -14,9 +14,8 @@ import pytest
 import yaml
 from ray.tune.search.variant_generator import generate_variants
 
-from study.config import TrialConfig
 from study.errors import StudyError
-from study.space import (
+from study.search.space import (
     SPACES_DIR,
     SearchSpace,
     grid_size,
@@ -26,6 +25,7 @@ from study.space import (
     parse_space,
     tune_space,
 )
+from study.training.config import TrialConfig
 
 DEFAULT = SPACES_DIR / "default.yaml"
 HOMEWORK = SPACES_DIR / "homework.yaml"

@@ -22,10 +22,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from study import cli
-from study.config import TrialConfig
-from study.searcher import StudyOptunaSearch
-from study.space import optuna_space, parse_space
+from study.cli import parser as cli
+from study.search.searcher import StudyOptunaSearch
+from study.search.space import optuna_space, parse_space
+from study.training.config import TrialConfig
 
 DATA = "synthetic:size=16,n=200,n_test=40"
 LEADERBOARD_COLUMNS = ["trial_id", "status", "epochs", "seed", "node_id", "val_accuracy",
@@ -166,7 +166,7 @@ def test_searcher_state_round_trip(tmp_path: Path) -> None:
 def test_driver_imports_run_in_background_and_skip_what_fails() -> None:
     import importlib.util
 
-    from study.engine import DRIVER_IMPORTS, _import_in_background
+    from study.engine.run import DRIVER_IMPORTS, _import_in_background
 
     assert all(importlib.util.find_spec(name) for name in DRIVER_IMPORTS), DRIVER_IMPORTS
     assert "tabnanny" not in sys.modules
@@ -187,10 +187,10 @@ def test_a_study_worker_has_warmed_up_pytorch_before_its_first_trial(ray_cluster
     @ray.remote(num_cpus=0)
     class Probe:
         def loaded(self) -> list[str]:
-            return sorted({"torch", "torch._dynamo", "study.train"} & set(sys.modules))
+            return sorted({"torch", "torch._dynamo", "study.training.loop"} & set(sys.modules))
 
     probe = Probe.remote()
-    assert ray.get(probe.loaded.remote(), timeout=120) == ["study.train", "torch",
+    assert ray.get(probe.loaded.remote(), timeout=120) == ["study.training.loop", "torch",
                                                            "torch._dynamo"]
     ray.kill(probe)
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from ray import tune
 
+from study.engine.tracking import check_tracking, mlflow_uri, tracking_callbacks
 from study.errors import StudyError
-from study.tracking import check_tracking, mlflow_uri, tracking_callbacks
 
 LRS = (0.1, 0.2)
 EPOCHS = 3

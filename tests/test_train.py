@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 import torch
 
-from study.config import TrialConfig
-from study.data import load_data
 from study.errors import StudyError
-from study.losses import get_loss
-from study.train import (
+from study.training.config import TrialConfig
+from study.training.data import load_data
+from study.training.loop import (
     EPOCH_METRICS,
     TEST_METRICS,
     DeviceData,
@@ -28,6 +27,7 @@ from study.train import (
     seed_rows,
     to_device,
 )
+from study.training.losses import get_loss
 
 SMALL = "synthetic:size=16,n=100,n_test=40"  # 160 train, 40 validation, 80 test
 LEARNABLE = "synthetic:size=32,n=800,n_test=200"

@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_driver_hands_over_the_trainable_without_importing_torch() -> None:
-    code = ("import sys; import study.engine, study.trainable; "
-            "from study.trainable import train_trial; print(sorted({'torch'} & set(sys.modules)))")
+    code = ("import sys; import study.engine.run, study.engine.trainable; "
+            "from study.engine.trainable import train_trial; "
+            "print(sorted({'torch'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

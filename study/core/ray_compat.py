@@ -206,8 +206,8 @@ class StateSavedGate:
             self._deferred.append((now, action))
 
     def file_written(self, path: str, began: float) -> None:
-        """An observer for `study.atomic_fs.observe_writes`."""
-        from study.experiment import STATE_PREFIX
+        """An observer for `study.core.atomic_fs.observe_writes`."""
+        from study.engine.experiment import STATE_PREFIX
 
         if not os.path.basename(path).startswith(STATE_PREFIX):
             return
@@ -233,14 +233,14 @@ def safe_checkpoint_deletion() -> Iterator[StateSavedGate]:
     Ray deletes an old checkpoint as soon as a new one is registered, while the experiment
     state naming it reaches the disk only later. A driver killed in between left a state whose
     latest checkpoint was gone, and `--resume` failed that trial. Inside this block, a deletion
-    on the local storage (`study.atomic_fs`) waits until a saved state no longer names the
+    on the local storage (`study.core.atomic_fs`) waits until a saved state no longer names the
     checkpoint, and a checkpoint already gone (one a crashed driver deleted) counts as deleted,
     where Ray logged a traceback. Leaving the block normally (after `fit`, which saved the
     final state) runs the deletions still held back; Ray's function is restored either way.
     """
     import time
 
-    from study.atomic_fs import AtomicLocalHandler, observe_writes
+    from study.core.atomic_fs import AtomicLocalHandler, observe_writes
 
     hook("ray.train._internal.checkpoint_manager._delete_fs_path")
     from ray.train._internal import checkpoint_manager

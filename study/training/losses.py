@@ -2,7 +2,7 @@
 
 The homework scored a two-logit CE head with the BCE rule `sigmoid(out) > 0.5` broadcast against
 (B, 1) labels and printed "100 %". Here each loss turns logits into one positive-class
-probability per example, shape (B,), and every metric is computed from that (`study.metrics`),
+probability per example, shape (B,), and every metric is computed from that (`training.metrics`),
 so both losses are scored by the same rule.
 """
 
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.config import LOSSES
 from study.errors import StudyError
+from study.training.config import LOSSES
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from typing import Any
 
 import yaml
 
+from study.core.files import load_yaml
 from study.errors import StudyError
-from study.io import load_yaml
 
-# The losses study.losses implements; named here so that reading a config (the analysis, the
+# The losses training.losses implements; named here so that reading a config (the analysis, the
 # driver) does not import torch.
 LOSSES = ("bce", "ce")
 OPTIMIZERS = ("adam", "sgd")

@@ -1,9 +1,9 @@
 """Runs (or resumes) a Ray Tune study: `run_study` and the pieces it puts together.
 
-Only this module (called from the CLI) starts Ray, through `study.ray_session`. What the study
-runs with comes from `study.options` (defaults), `study.builders` (space, searcher,
-scheduler), `study.resume` (the checks before Ray restores) and `study.experiment` (the
-folder and its study.json); Ray's private names stay in `study.ray_compat`.
+Only this module (called from the CLI) starts Ray, through `ray_session`. What the study
+runs with comes from `options` (defaults), `builders` (space, searcher,
+scheduler), `resume` (the checks before Ray restores) and `experiment` (the
+folder and its study.json); Ray's private names stay in `study.core.ray_compat`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from study.builders import (
+from study.core.files import read_trial_states
+from study.engine.builders import (
     budget_epochs,
     build_search,
     expected_trials,
@@ -27,10 +28,8 @@ from study.builders import (
     pbt_interval,
     prepared_space,
 )
-from study.cluster import check_address, is_local_path
-from study.data import Dataset, load_data, resolve_spec
-from study.errors import StudyError
-from study.experiment import (
+from study.engine.cluster import check_address, is_local_path
+from study.engine.experiment import (
     META_FILE,
     OPTUNA_JOURNAL,
     check_writable,
@@ -39,10 +38,11 @@ from study.experiment import (
     storage_root,
     study_record,
 )
-from study.io import read_trial_states
-from study.options import RunOptions, check_options, command_line, resolved
-from study.resume import check_resumable
-from study.space import SearchSpace, fit_image_size
+from study.engine.options import RunOptions, check_options, command_line, resolved
+from study.engine.resume import check_resumable
+from study.errors import StudyError
+from study.search.space import SearchSpace, fit_image_size
+from study.training.data import Dataset, load_data, resolve_spec
 
 # What the driver imports once Ray is up, imported while it starts (the driver mostly waits
 # then; on 2 cores these are about 3 s of a study's start): Ray Tune; tensorboardX, for Ray's
@@ -106,8 +106,8 @@ def _run_claimed(opts: RunOptions, space: SearchSpace, epochs: int, root: str, l
     data = load_data(data_spec)
     space = fit_image_size(space, data.image_size)
 
-    from study.ray_compat import safe_checkpoint_deletion, shutdown_ray
-    from study.ray_session import init_ray
+    from study.core.ray_compat import safe_checkpoint_deletion, shutdown_ray
+    from study.engine.ray_session import init_ray
 
     started = init_ray(opts)
     importing.join()
@@ -149,7 +149,7 @@ def _resume_plan(opts: RunOptions, exp_dir: Path) -> tuple[int, StudyRun | None]
     `Tuner.restore` cannot add trials: a restored search keeps its sample count); a study
     still unfinished resumes as it is first.
     """
-    from study.resume import read_study_meta
+    from study.engine.resume import read_study_meta
 
     meta = read_study_meta(exp_dir)
     before = meta["options"].get("num_samples")
@@ -222,14 +222,14 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
     import ray
     from ray import tune
 
-    from study.atomic_fs import atomic_local_filesystem
-    from study.cluster import check_storage_path, check_trial_resources, reachable_resources
-    from study.io import write_json_atomic
-    from study.progress import StudyProgress, earlier_sessions
-    from study.ray_compat import fresh_json_logger
-    from study.ray_session import trial_slots
-    from study.tracking import tracking_callbacks
-    from study.trainable import train_trial
+    from study.core.atomic_fs import atomic_local_filesystem
+    from study.core.files import write_json_atomic
+    from study.core.ray_compat import fresh_json_logger
+    from study.engine.cluster import check_storage_path, check_trial_resources, reachable_resources
+    from study.engine.progress import StudyProgress, earlier_sessions
+    from study.engine.ray_session import trial_slots
+    from study.engine.tracking import tracking_callbacks
+    from study.engine.trainable import train_trial
 
     check_trial_resources(opts.cpus_per_trial, opts.gpus_per_trial, reachable_resources())
     check_storage_path(root, ray.nodes(), opts.shared_storage)
@@ -287,7 +287,7 @@ def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, roo
     if local and extra:
         from datetime import datetime, timezone
 
-        from study.resume import read_study_meta
+        from study.engine.resume import read_study_meta
 
         # study.json keeps how the study began, and now counts the trials added.
         record = read_study_meta(exp_dir)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
 from study.errors import StudyError
-from study.seed_rule import AUTO, DEFAULT_MAX_REPEATS, Rule
+from study.search.seed_rule import AUTO, DEFAULT_MAX_REPEATS, Rule
 
 SEARCHES = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
@@ -30,7 +30,7 @@ class RunOptions:
     """
 
     space: str = "default"  # a YAML file, or the name of a shipped space
-    data: str = "synthetic"  # a data spec (study.data)
+    data: str = "synthetic"  # a data spec (study.training.data)
     search: str | None = None  # optuna; random under PBT (PBT takes no searcher)
     scheduler: str | None = None  # asha; fifo for grid (its arms must all train to the end)
     num_samples: int | None = None  # 20 for optuna/random, 1 pass for grid
@@ -126,7 +126,7 @@ def check_options(opts: RunOptions) -> None:
                          f"got {len(os.fsencode(opts.name))} bytes ({opts.name[:40]!r}...)")
     if opts.resume and not opts.name:
         raise StudyError("--resume needs --name: the experiment to continue")
-    from study.tracking import check_tracking
+    from study.engine.tracking import check_tracking
 
     check_tracking(opts.wandb, opts.mlflow)
 

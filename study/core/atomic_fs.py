@@ -5,10 +5,10 @@ result.json and params.json) to a staging folder first and copies them to the st
 and over; pyarrow's local copy truncates each target and then writes it. A driver killed during
 such a copy leaves an empty experiment state (the study can no longer be resumed) or cuts the
 result.json of a trial that had long finished. Given to Ray as `RunConfig.storage_filesystem`,
-this filesystem writes each file with `study.io.AtomicWriter`, so a crash leaves the previous
+this filesystem writes each file with `core.files.AtomicWriter`, so a crash leaves the previous
 version intact.
 
-Whoever needs to know when a file has landed (`study.ray_compat` holds back checkpoint
+Whoever needs to know when a file has landed (`study.core.ray_compat` holds back checkpoint
 deletions until a saved experiment state no longer names them) registers with `observe_writes`
 for the length of a study.
 """
@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from study.io import AtomicWriter
+from study.core.files import AtomicWriter
 
 # (path, when its write began) -> None, called once the file is in place. Ray calls the
 # filesystem from its own threads, and the filesystem is rebuilt from its pickle, so the

@@ -95,9 +95,9 @@ def run(**options: Any) -> StudyResult:
     StudyError with the same one-line message the command line prints.
     """
     from analysis.report import write_report
-    from study import engine
-    from study.display import SummaryProgress
-    from study.options import RunOptions, resolved
+    from study.core.display import SummaryProgress
+    from study.engine import run as engine
+    from study.engine.options import RunOptions, resolved
 
     known = {f.name for f in fields(RunOptions)}
     given = dict(options)
@@ -109,7 +109,7 @@ def run(**options: Any) -> StudyResult:
     if quiet:
         given["verbose"] = 0
     if given.get("resume"):
-        from study.resume import resume_options
+        from study.engine.resume import resume_options
 
         opts = resolved(resume_options({k: given.get(k) for k in known}))
     else:

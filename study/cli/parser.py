@@ -1,7 +1,7 @@
 """Command line: `study train | evaluate | run | report`, its parser and its entry point.
 
-With `study.cli_commands` (what each command does and prints), the only place that reads
-argv, imports `analysis/` or prints for people; `run` starts Ray through `study.engine`. Bad
+With `study.cli.commands` (what each command does and prints), the only place that reads
+argv, imports `analysis/` or prints for people; `run` starts Ray through `study.engine.run`. Bad
 input raises StudyError anywhere below; it is printed here as one line and the exit status
 is 2. Importing this module loads neither torch nor Ray, so `study --help` is quick.
 """
@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 
+from study.engine.options import SCHEDULERS, SEARCHES, RunOptions
 from study.errors import StudyError
-from study.options import SCHEDULERS, SEARCHES, RunOptions
-from study.seed_rule import parse_repeats
+from study.search.seed_rule import parse_repeats
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -71,7 +71,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         "synthetic data by default, on a local Ray. Writes summary/ into the experiment folder.",
     )
     # The defaults shown are RunOptions' (set below); those that are None are decided by
-    # study.options.resolved from the other flags, as the help says.
+    # study.engine.options.resolved from the other flags, as the help says.
     p.add_argument("--space", help="search space YAML, or a shipped one: default, homework")
     p.add_argument("--data", help="data spec")
     p.add_argument("--search", choices=SEARCHES,
@@ -145,7 +145,7 @@ def _add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from study.config import TrialConfig
+    from study.training.config import TrialConfig
 
     p = _subparser(
         sub, "train",
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from study import cli_commands
+    from study.cli import commands as cli_commands
 
     args.command_line = "study " + " ".join(sys.argv[1:] if argv is None else argv)
     commands = {"train": cli_commands.cmd_train, "evaluate": cli_commands.cmd_evaluate,

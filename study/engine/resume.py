@@ -13,9 +13,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from study.engine.experiment import META_FILE, STATE_GLOB, TUNER_FILE, experiment_dir
+from study.engine.options import RunOptions, check_options
 from study.errors import StudyError
-from study.experiment import META_FILE, STATE_GLOB, TUNER_FILE, experiment_dir
-from study.options import RunOptions, check_options
 
 # Options fixed when a study starts: `--resume` takes them from study.json; a different value
 # given with it is refused.
@@ -148,7 +148,7 @@ def check_resumable(exp_dir: Path, space: Any, data_spec: str) -> None:
 def restore_pickles(exp_dir: Path) -> list[Path]:
     """The files in `exp_dir` that Ray would unpickle to restore it (see
     `ray_compat.restore_pickle_globs`), sorted."""
-    from study.ray_compat import restore_pickle_globs
+    from study.core.ray_compat import restore_pickle_globs
 
     return sorted({p for pattern in restore_pickle_globs() for p in exp_dir.glob(pattern)})
 

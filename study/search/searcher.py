@@ -10,8 +10,8 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from study.ray_compat import optuna_trial, optuna_trial_open, tell_optuna
-from study.space import PARAM_NAMES
+from study.core.ray_compat import optuna_trial, optuna_trial_open, tell_optuna
+from study.search.space import PARAM_NAMES
 
 
 class StudyOptunaSearch(OptunaSearch):

@@ -1,5 +1,5 @@
 """The stopping rule of `study run --repeats auto`: when an arm (one configuration) of a grid
-has seeds enough. Pure: the searcher (study.adaptive) applies it while the study runs, and the
+has seeds enough. Pure: the searcher (search.adaptive) applies it while the study runs, and the
 report applies it again to the results on disk to say where each arm stopped and why.
 """
 

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from study.cluster import is_local_path
+from study.engine.cluster import is_local_path
+from study.engine.options import RunOptions
 from study.errors import StudyError
-from study.options import RunOptions
-from study.seed_rule import AUTO, SEEDS_ON_DEMAND, Rule, record
+from study.search.seed_rule import AUTO, SEEDS_ON_DEMAND, Rule, record
 
 META_FILE = "study.json"  # the study's own record beside Ray's files; read by analysis/
 STATE_PREFIX = "experiment_state-"  # Ray's experiment state, one file per driver session

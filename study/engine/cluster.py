@@ -222,7 +222,7 @@ def reachable_resources(
     """
     import ray
 
-    from study.ray_compat import cluster_config_max_resources
+    from study.core.ray_compat import cluster_config_max_resources
 
     bounds: list[Mapping[str, float] | None] = [cluster_config_max_resources()]
     path = Path(bootstrap_config_path).expanduser()

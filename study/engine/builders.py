@@ -1,6 +1,6 @@
 """What Ray Tune is handed for a study: the prepared space, the searcher and the scheduler.
 
-metric and mode are set in one place, the `TuneConfig` built by `study.engine`; schedulers
+metric and mode are set in one place, the `TuneConfig` built by `study.engine.run`; schedulers
 inherit them from there. Ray and Optuna are imported when a builder is called.
 """
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from study.engine.options import RunOptions
 from study.errors import StudyError
-from study.options import RunOptions
-from study.seed_rule import AUTO, Rule
-from study.space import (
+from study.search.seed_rule import AUTO, Rule
+from study.search.space import (
     SearchSpace,
     grid_size,
     grid_space,
@@ -52,7 +52,7 @@ def budget_epochs(space: SearchSpace) -> int:
     """The epochs every trial trains at most (schedulers need a fixed budget)."""
     p = space.fixed.get("epochs") or space.params.get("epochs")
     if p is None:
-        from study.config import TrialConfig
+        from study.training.config import TrialConfig
 
         return TrialConfig().epochs
     if p.kind != "fixed":
@@ -130,7 +130,7 @@ def optuna_searcher(space: SearchSpace, opts: RunOptions,
     """
     import optuna
 
-    from study.searcher import StudyOptunaSearch, live_storage, tpe_sampler
+    from study.search.searcher import StudyOptunaSearch, live_storage, tpe_sampler
 
     startup = max(4, min(10, opts.num_samples // 3))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -174,7 +174,7 @@ def build_search(opts: RunOptions, space: SearchSpace, slots: int,
 def seeds_on_demand(opts: RunOptions, space: SearchSpace) -> Any:
     """The searcher of `--repeats auto`: every configuration of the grid, with seeds added
     until its CI half-width is at most `--target-ci` or it has `--max-repeats` seeds."""
-    from study.adaptive import SeedsUntilNarrow, grid_configs
+    from study.search.adaptive import SeedsUntilNarrow, grid_configs
 
     assert opts.target_ci is not None  # check_options refuses auto without it
     return SeedsUntilNarrow(grid_configs(grid_space(space)),

@@ -6,17 +6,17 @@ import logging
 import os
 from typing import Any
 
-from study.cluster import check_address
+from study.core.ray_compat import loopback_only, refused_token
+from study.engine.cluster import check_address
+from study.engine.options import RunOptions
 from study.errors import StudyError
-from study.options import RunOptions
-from study.ray_compat import loopback_only, refused_token
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 # Each worker of the study imports PyTorch and warms it up as it starts (a module path, so a
 # remote node imports its own installed `study`).
-WORKER_SETUP = "study.trainable.warm_up"
+WORKER_SETUP = "study.engine.trainable.warm_up"
 
 
 def init_ray(opts: RunOptions) -> bool:

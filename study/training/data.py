@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 
 from study.errors import StudyError
-from study.synthetic import make_synthetic
+from study.training.synthetic import make_synthetic
 
 VAL_FRACTION = 0.2  # the homework kept 800 of 1,000 per class for training, 200 for validation
 SPLIT_SEED = 0  # fixed so every trial of a study sees the same validation set
@@ -331,7 +331,7 @@ def downsample(images: np.ndarray, size: int) -> np.ndarray:
     """Area-downsample uint8 images to size x size; never upsample."""
     if size >= images.shape[1]:
         return images
-    import torch  # local: keeps `import study.data` light for the CLI's error paths
+    import torch  # local: keeps `import study.training.data` light for the CLI's error paths
 
     out = []
     for start in range(0, len(images), 512):

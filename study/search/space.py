@@ -1,6 +1,6 @@
 """YAML search spaces -> Optuna define-by-run functions, Ray Tune domains or grids.
 
-Schema (read by `study.io.load_yaml`, a safe loader that reads `1e-5` as a number):
+Schema (read by `study.core.files.load_yaml`, a safe loader that reads `1e-5` as a number):
 
     metric: val_accuracy          # what selection maximises or minimises (validation only)
     mode: max
@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from study.config import TrialConfig
+from study.core.files import load_yaml
 from study.errors import StudyError
-from study.io import load_yaml
+from study.training.config import TrialConfig
 
 METRICS = ("val_accuracy", "val_loss", "val_auroc")
 MODES = ("max", "min")

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from study.config import TrialConfig
+from study.core.files import AtomicWriter
 from study.errors import StudyError
-from study.io import AtomicWriter
-from study.losses import get_loss
-from study.model import build_mlp, is_stacked_state, unstack_state
+from study.training.config import TrialConfig
+from study.training.losses import get_loss
+from study.training.model import build_mlp, is_stacked_state, unstack_state
 
 MODEL_FILE = "model.pt"
 

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from study.config import TrialConfig
-from study.data import Dataset
+from study.training.config import TrialConfig
+from study.training.data import Dataset
 
 if TYPE_CHECKING:
     import torch
 
-    from study.train import DeviceData, TrainState
+    from study.training.loop import DeviceData, TrainState
 
 STATE_FILE = "state.pt"
 
@@ -39,7 +39,7 @@ def warm_up() -> None:
     so no worker initialises CUDA before Ray has given it a GPU."""
     import torch
 
-    from study.train import DeviceData, DeviceSplit, fit
+    from study.training.loop import DeviceData, DeviceSplit, fit
 
     split = DeviceSplit(torch.zeros(4, 4, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))
     fit(TrialConfig(epochs=1, batch_size=2, depth=1, width=2), DeviceData(split, split, split, 2),
@@ -49,7 +49,7 @@ def warm_up() -> None:
 def resident_data(data: Dataset, data_key: str, image_size: int | None,
                   device: torch.device) -> DeviceData:
     """Return the data on `device` at `image_size`, copying it there once per process."""
-    from study.train import to_device
+    from study.training.loop import to_device
 
     key = (data_key, image_size, str(device))
     if key not in _RESIDENT:
@@ -111,7 +111,7 @@ def train_trial(
     import torch
     from ray import tune
 
-    from study.train import fit, new_state
+    from study.training.loop import fit, new_state
 
     torch.set_num_threads(max(1, threads))
     cfg = trial_config(config)

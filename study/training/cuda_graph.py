@@ -26,7 +26,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 # step(idx) -> (losses (K,), probabilities (K, B), labels (K, B)): one optimizer step of every
-# seed on its batch `idx` (K, B), with no host sync (study.train.train_step, bound to a model).
+# seed on its batch `idx` (K, B), with no host sync (loop.train_step, bound to a model).
 Step = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 WARMUP_STEPS = 2  # eager steps before capture: allocate optimizer state, pick kernels
 

@@ -11,15 +11,15 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from study.engine.options import RunOptions, resolved
 from study.errors import StudyError
-from study.options import RunOptions, resolved
 
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "model.pt")
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    from study.cli import given_flags
-    from study.config import TrialConfig, read_config_file
+    from study.cli.parser import given_flags
+    from study.training.config import TrialConfig, read_config_file
 
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
     given = given_flags(args)
@@ -65,10 +65,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """`study train`: one configuration, no Ray."""
     import pandas as pd
 
-    from study.checkpoint import MODEL_FILE, save_model
-    from study.data import load_data, resolve_spec
-    from study.io import write_json_atomic, write_text_atomic
-    from study.train import fit, resolve_device, seed_rows, to_device
+    from study.core.files import write_json_atomic, write_text_atomic
+    from study.training.checkpoint import MODEL_FILE, save_model
+    from study.training.data import load_data, resolve_spec
+    from study.training.loop import fit, resolve_device, seed_rows, to_device
 
     config = _train_config(args)
     out = Path(args.out) if args.out else None
@@ -151,10 +151,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """`study evaluate`: the homework's Task B, scored correctly for both losses."""
     import torch
 
-    from study.checkpoint import load_model
-    from study.data import load_data, resolve_spec
-    from study.losses import get_loss
-    from study.train import evaluate, resolve_device, to_device
+    from study.training.checkpoint import load_model
+    from study.training.data import load_data, resolve_spec
+    from study.training.loop import evaluate, resolve_device, to_device
+    from study.training.losses import get_loss
 
     config, model, image_size = load_model(args.checkpoint)
     device = resolve_device(args.device)
@@ -175,8 +175,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _options(args: argparse.Namespace) -> RunOptions:
     """RunOptions from the flags: defaults for those left out, or with --resume the study's."""
-    from study.cli import given_flags
-    from study.resume import resume_options
+    from study.cli.parser import given_flags
+    from study.engine.resume import resume_options
 
     flags = given_flags(args)
     asked = bool(getattr(args, "verbose", False)) or bool(getattr(args, "run_verbose", False))
@@ -197,7 +197,7 @@ def _print_best(summary: dict) -> None:
     if not best:
         print("No trial finished with a validation score; nothing to recommend yet.")
         return
-    from study.display import format_value
+    from study.core.display import format_value
 
     metric = summary["metric"]
     print(f"\nBest configuration ({metric} {summary['mode']}, validation only):")
@@ -235,7 +235,7 @@ def _best_note(summary: dict, epochs: Any = None) -> str | None:
     `epochs` (one row per reported epoch) lets it explain a best epoch of the progress display
     that is higher than any trial's final score.
     """
-    from study.display import format_value
+    from study.core.display import format_value
 
     board, best, metric = summary.get("leaderboard"), summary["best"], summary["metric"]
     if board is None or board.empty or metric not in board or "trial_id" not in board:
@@ -258,7 +258,7 @@ def _best_note(summary: dict, epochs: Any = None) -> str | None:
 def _best_epoch_note(summary: dict, epochs: Any) -> str | None:
     """Say so when the progress display's best (an epoch of some trial during training) beats
     the best configuration's final score."""
-    from study.display import format_value
+    from study.core.display import format_value
 
     metric, best = summary["metric"], summary["best"]
     final = best.get("metrics", {}).get(metric)
@@ -291,7 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     (`kill`, `timeout`, Slurm, Kubernetes), handled like Ctrl-C: what finished is saved, the
     partial summary written and the message says how to resume.
     """
-    from study import engine
+    from study.engine import run as engine
 
     opts = _options(args)
     with engine.sigterm_as_interrupt() as stop:
@@ -300,8 +300,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, opts: RunOptions, stop: Any) -> int:
     """`cmd_run` with `stop` (an engine.Stop) telling which signal interrupted it."""
-    from study import engine
-    from study.experiment import experiment_dir, storage_root
+    from study.engine import run as engine
+    from study.engine.experiment import experiment_dir, storage_root
 
     start = time.monotonic()
     try:
@@ -323,7 +323,7 @@ def _run(args: argparse.Namespace, opts: RunOptions, stop: Any) -> int:
         return 0
     wall = time.monotonic() - start
     from analysis.report import write_report  # here: bad input fails without loading it
-    from study.display import SummaryProgress
+    from study.core.display import SummaryProgress
 
     try:
         with SummaryProgress() if opts.verbose else nullcontext() as show:
@@ -350,7 +350,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.results_dir)
     if not path.is_dir():
         raise StudyError(f"RESULTS_DIR {path}: no such folder")
-    from study.display import SummaryProgress
+    from study.core.display import SummaryProgress
 
     with SummaryProgress() as show:
         summary = write_report(path, out=Path(args.out) if args.out else None, progress=show)

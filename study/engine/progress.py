@@ -5,7 +5,7 @@ on_step_end) that drives a `rich` progress display on a terminal: trials finishe
 pending of the total, epochs trained of the planned total, the best validation score so far with
 its trial, elapsed time and the estimated time left. Where stdout is not a terminal (CI, `ray job
 logs`, a file) it prints one plain line per event instead. `SummaryProgress` shows the phases of
-writing the summary ("writing summary: figures 5/13") the same two ways (`study.display`,
+writing the summary ("writing summary: figures 5/13") the same two ways (`study.core.display`,
 which `study report` uses without importing Ray).
 """
 
@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from study.display import format_value
+from study.core.display import format_value
 
 FINISHED = ("TERMINATED", "ERROR")
 

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from study.config import TrialConfig
-from study.cuda_graph import CapturedSteps, capture_steps, set_lr
-from study.data import Dataset, Split, at_size
 from study.errors import StudyError
-from study.losses import Loss, get_loss
-from study.metrics import classification_metrics
-from study.model import (
+from study.training.config import TrialConfig
+from study.training.cuda_graph import CapturedSteps, capture_steps, set_lr
+from study.training.data import Dataset, Split, at_size
+from study.training.losses import Loss, get_loss
+from study.training.metrics import classification_metrics
+from study.training.model import (
     StackedBatchNorm1d,
     StackedMLP,
     build_mlp,

@@ -25,7 +25,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from study.errors import StudyError
-from study.seed_rule import CI_METRIC, Rule, half_width
+from study.search.seed_rule import CI_METRIC, Rule, half_width
 
 STATE_VERSION = 1
 
