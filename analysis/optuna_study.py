@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from analysis.results import column_name
 from study.errors import StudyError
+from study.search.optuna_space import index_name, layer_name
 from study.search.space import Param, parse_space
 
 log = logging.getLogger(__name__)
@@ -155,12 +156,12 @@ def trial_params(row: dict[str, Any], space: dict[str, Param],
         if p.kind == "choice" and any(isinstance(v, tuple) for v in p.values):
             value = tuple(value) if isinstance(value, list) else value
             if value in p.values:
-                put(f"{name}_index", p.values.index(value), _distribution(p))
+                put(index_name(name), p.values.index(value), _distribution(p))
         elif p.kind == "per_layer":
             assert p.inner is not None
             layers = value if isinstance(value, list) else [value]
             for i, layer in enumerate(layers):
-                put(f"{name}_{i}", layer, _distribution(p.inner))
+                put(layer_name(name, i), layer, _distribution(p.inner))
         elif p.kind in ("choice", "int", "uniform", "loguniform"):
             if p.kind in ("uniform", "loguniform") and isinstance(value, int):
                 value = float(value)

@@ -379,7 +379,7 @@ def _seeds_section(runs: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     rule = meta.get(SEEDS_ON_DEMAND)
     if not rule:
         return []
-    stated = Rule(float(rule["target_ci"]), int(rule["max_repeats"]), int(rule["first_seeds"]))
+    stated = Rule.from_dict(rule)
     if "duplicate" in runs:
         runs = runs[~runs["duplicate"].astype(bool)]
     table = seed_standings(runs, rule, meta.get("searched"))

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from study.core.files import read_trial_states
+from study.core.names import PARAMS_FILE, RESULT_FILE
 from study.engine.experiment import META_FILE, STATE_GLOB
 from study.errors import StudyError
 from study.training.config import TrialConfig
@@ -92,6 +93,17 @@ def _read_results(path: Path) -> list[dict[str, Any]]:
                              f"got {line[:80]!r}")
         rows.append(row)
     return rows
+
+
+def read_trial(trial_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Return one trial folder's configuration (its params.json; {} where a crash cut it short)
+    and its reported results (its result.json: one dict per report, in report order)."""
+    trial_dir = Path(trial_dir)
+    try:
+        params = json.loads(_read_text(trial_dir / PARAMS_FILE))
+    except json.JSONDecodeError:
+        params = {}
+    return params, _read_results(trial_dir / RESULT_FILE)
 
 
 def _hashable(value: Any) -> Any:

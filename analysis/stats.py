@@ -36,6 +36,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import optimize, special, stats
 
+from study.search.seed_rule import half_width
+
 ALPHA = 0.05
 POWER = 0.8  # the conventional power at which a "detectable difference" is quoted
 TARGET_DIFFERENCE = 2.0  # points of accuracy: the difference the seeds-needed column is for
@@ -117,9 +119,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> MeanCI:
         return MeanCI(math.nan, math.nan, math.nan, 0)
     if n == 1:
         return MeanCI(float(x[0]), math.nan, math.nan, 1)
-    std = float(x.std(ddof=1))
-    t = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1))
-    return MeanCI(float(x.mean()), std, t * std / math.sqrt(n), n)
+    return MeanCI(float(x.mean()), float(x.std(ddof=1)), half_width(x, confidence), n)
 
 
 # --- effect size, power -------------------------------------------------------------------

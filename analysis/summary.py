@@ -126,7 +126,7 @@ def seed_standings(trials: pd.DataFrame, rule: dict[str, Any],
     why, by the same rule the searcher applied (`study.search.seed_rule.Rule`), read from disk."""
     from study.search.seed_rule import CI_METRIC, Rule
 
-    check = Rule(float(rule["target_ci"]), int(rule["max_repeats"]), int(rule["first_seeds"]))
+    check = Rule.from_dict(rule)
     metric = rule.get("metric", CI_METRIC)
     columns = ["configuration", "n", "tries", "half_width", "done", "why"]
     keys = [c for c in config_columns(trials) if c != "repeats"]

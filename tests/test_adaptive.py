@@ -196,14 +196,17 @@ def test_searcher_in_a_ray_tune_run_stops_by_its_rule(ray_cluster: None, tmp_pat
 
 
 def test_parse_repeats_and_the_rule_record() -> None:
-    from study.search.seed_rule import parse_repeats, record
+    from study.search.seed_rule import parse_repeats
 
     assert parse_repeats("3") == 3 and parse_repeats("auto") == "auto"
     assert parse_repeats(" AUTO ") == "auto"
     with pytest.raises(StudyError, match="--repeats must be a whole number or 'auto', got 'x'"):
         parse_repeats("x")
-    assert record(Rule(1.5, 8)) == {"target_ci": 1.5, "max_repeats": 8, "first_seeds": 3,
-                                    "metric": "test_accuracy"}
+    assert Rule(1.5, 8).to_dict() == {"target_ci": 1.5, "max_repeats": 8, "first_seeds": 3,
+                                      "metric": "test_accuracy"}
+    # the rule reads back what it wrote, and an older record without first_seeds
+    assert Rule.from_dict(Rule(1.5, 8, 4).to_dict()) == Rule(1.5, 8, 4)
+    assert Rule.from_dict({"target_ci": 2, "max_repeats": 5}) == Rule(2.0, 5, 3)
 
 
 AUTO_SPACE = """\

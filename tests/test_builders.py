@@ -24,7 +24,7 @@ from study.engine.builders import (
 )
 from study.engine.options import RunOptions, resolved
 from study.errors import StudyError
-from study.search.space import grid_size
+from study.search.tune_space import grid_size
 
 SPACE = """\
 metric: val_accuracy

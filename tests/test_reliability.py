@@ -215,8 +215,9 @@ def test_optuna_is_told_a_diverged_trial_failed() -> None:
     """A diverged trial's NaN outputs still score ~50 % accuracy; TPE must not learn from it."""
     import optuna
 
+    from study.search.optuna_space import optuna_space
     from study.search.searcher import StudyOptunaSearch
-    from study.search.space import optuna_space, parse_space
+    from study.search.space import parse_space
 
     space = parse_space({"metric": "val_accuracy", "mode": "max",
                          "params": {"lr": {"loguniform": [1.0e-4, 1.0e-1]}},
@@ -662,7 +663,8 @@ def test_random_search_draws_an_int_ranges_own_step_grid() -> None:
     import numpy as np
     from ray.tune.search.variant_generator import generate_variants
 
-    from study.search.space import parse_space, tune_space
+    from study.search.space import parse_space
+    from study.search.tune_space import tune_space
 
     table = {1: 8, 3: [16, 12, 8], 5: 32}
     space = parse_space({"params": {"depth": {"int": [1, 5], "step": 2},

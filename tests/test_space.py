@@ -15,16 +15,9 @@ import yaml
 from ray.tune.search.variant_generator import generate_variants
 
 from study.errors import StudyError
-from study.search.space import (
-    SPACES_DIR,
-    SearchSpace,
-    grid_size,
-    grid_space,
-    load_space,
-    optuna_space,
-    parse_space,
-    tune_space,
-)
+from study.search.optuna_space import optuna_space
+from study.search.space import SPACES_DIR, SearchSpace, load_space, parse_space
+from study.search.tune_space import grid_size, grid_space, tune_space
 from study.training.config import TrialConfig
 
 DEFAULT = SPACES_DIR / "default.yaml"

@@ -23,8 +23,9 @@ import pandas as pd
 import pytest
 
 from study.cli import parser as cli
+from study.search.optuna_space import optuna_space
 from study.search.searcher import StudyOptunaSearch
-from study.search.space import optuna_space, parse_space
+from study.search.space import parse_space
 from study.training.config import TrialConfig
 
 DATA = "synthetic:size=16,n=200,n_test=40"

@@ -13,16 +13,10 @@ from typing import Any
 
 from study.engine.options import RunOptions
 from study.errors import StudyError
+from study.search.optuna_space import optuna_space
 from study.search.seed_rule import AUTO, Rule
-from study.search.space import (
-    SearchSpace,
-    grid_size,
-    grid_space,
-    load_space,
-    optuna_space,
-    space_path,
-    tune_space,
-)
+from study.search.space import SearchSpace, load_space, space_path
+from study.search.tune_space import grid_size, grid_space, tune_space
 
 PBT_MUTATIONS = {"lr": ("loguniform", 1e-5, 1e-1), "dropout": ("uniform", 0.0, 0.7),
                  "weight_decay": ("loguniform", 1e-6, 1e-2)}

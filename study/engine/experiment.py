@@ -11,7 +11,7 @@ from typing import Any
 from study.engine.cluster import is_local_path
 from study.engine.options import RunOptions
 from study.errors import StudyError
-from study.search.seed_rule import AUTO, SEEDS_ON_DEMAND, Rule, record
+from study.search.seed_rule import AUTO, SEEDS_ON_DEMAND, Rule
 
 META_FILE = "study.json"  # the study's own record beside Ray's files; read by analysis/
 STATE_PREFIX = "experiment_state-"  # Ray's experiment state, one file per driver session
@@ -85,7 +85,7 @@ def study_record(opts: RunOptions, space: Any, data: Any, epochs: int, expected:
         "data_image_size": data.image_size,
         "data_sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "ray_version": ray_version,
-        **({SEEDS_ON_DEMAND: record(Rule(opts.target_ci, opts.max_repeats))}
+        **({SEEDS_ON_DEMAND: Rule(opts.target_ci, opts.max_repeats).to_dict()}
            if opts.repeats == AUTO and opts.target_ci is not None else {}),
     }
 

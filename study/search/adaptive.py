@@ -132,8 +132,7 @@ class SeedsUntilNarrow(Searcher):
     def get_state(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
-            "rule": {"target_ci": self.rule.target_ci, "max_repeats": self.rule.max_repeats,
-                     "first_seeds": self.rule.first_seeds},
+            "rule": self.rule.to_dict(),
             "first_seed": self.first_seed,
             "ci_metric": self.ci_metric,
             "stacked": self.stacked,
@@ -146,8 +145,7 @@ class SeedsUntilNarrow(Searcher):
         try:
             if state["version"] != STATE_VERSION:
                 raise ValueError(f"version {state['version']!r}")
-            rule = Rule(float(state["rule"]["target_ci"]), int(state["rule"]["max_repeats"]),
-                        int(state["rule"]["first_seeds"]))
+            rule = Rule.from_dict(state["rule"])
             arms = [Arm(dict(a["config"]), {int(s): float(v) for s, v in a["values"].items()},
                         [int(s) for s in a["failed"]],
                         {str(t): [int(s) for s in seeds] for t, seeds in a["running"].items()})

@@ -42,6 +42,18 @@ class Rule:
             raise StudyError(f"--max-repeats must be >= 2 (a CI needs two seeds), got "
                              f"{self.max_repeats}")
 
+    def to_dict(self, metric: str = CI_METRIC) -> dict[str, object]:
+        """The rule as study.json and the searcher's saved state keep it, with the `metric`
+        whose CI it judges."""
+        return {"target_ci": self.target_ci, "max_repeats": self.max_repeats,
+                "first_seeds": self.first_seeds, "metric": metric}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> Rule:
+        """The rule `to_dict` wrote (a missing `first_seeds` is the default)."""
+        return cls(float(values["target_ci"]), int(values["max_repeats"]),  # type: ignore[arg-type]
+                   int(values.get("first_seeds", FIRST_SEEDS)))  # type: ignore[arg-type]
+
     @property
     def start(self) -> int:
         return min(self.first_seeds, self.max_repeats)
@@ -93,9 +105,3 @@ def parse_repeats(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise StudyError(f"--repeats must be a whole number or 'auto', got {text!r}") from None
-
-
-def record(rule: Rule, metric: str = CI_METRIC) -> dict[str, object]:
-    """The rule as study.json keeps it (key `seeds_on_demand`), for the report to restate."""
-    return {"target_ci": rule.target_ci, "max_repeats": rule.max_repeats,
-            "first_seeds": rule.first_seeds, "metric": metric}

@@ -1,4 +1,7 @@
-"""YAML search spaces -> Optuna define-by-run functions, Ray Tune domains or grids.
+"""YAML search spaces: their schema, read and checked into a `SearchSpace` (no Optuna, no Ray).
+
+`search.optuna_space` turns one into Optuna's define-by-run function, `search.tune_space` into
+Ray Tune domains or a grid.
 
 Schema (read by `study.core.files.load_yaml`, a safe loader that reads `1e-5` as a number):
 
@@ -21,7 +24,6 @@ Parameter names are `TrialConfig` fields; every value is checked against it when
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -270,177 +272,9 @@ def load_space(path: str | Path) -> SearchSpace:
     return parse_space(raw, source=str(path))
 
 
-# --- Optuna -----------------------------------------------------------------------------
-
-
-def _suggest(trial: Any, name: str, p: Param) -> Any:
-    if p.kind == "choice":
-        # Optuna's categorical values must be None/bool/int/float/str: suggest an index for lists.
-        if any(isinstance(v, tuple) for v in p.values):
-            index = trial.suggest_categorical(name + "_index", list(range(len(p.values))))
-            return list(p.values[index])
-        return trial.suggest_categorical(name, list(p.values))
-    if p.kind == "int":
-        return trial.suggest_int(name, int(p.low), int(p.high), step=p.step, log=p.log)
-    return trial.suggest_float(name, p.low, p.high, log=p.log)
-
-
-class OptunaSpace:
-    """A define-by-run function for `OptunaSearch(space=...)` (a class, so Ray can pickle it).
-
-    Plain parameters are suggested by name; per-layer widths are suggested after the depth
-    (`width_0`, `width_1`, ...); fixed and by-depth values are returned as constants. The
-    returned dict is the whole trial config: Ray merges it over Optuna's own parameter names,
-    and `StudyOptunaSearch` drops those that are not config keys (`width_0`, `width_index`).
-    """
-
-    def __init__(self, space: SearchSpace) -> None:
-        self.params = {**space.params, **space.fixed}
-
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        chosen: dict[str, Any] = {}
-        constants: dict[str, Any] = {}
-        for name, p in self.params.items():
-            if p.kind in ("choice", "int", "uniform", "loguniform"):
-                chosen[name] = _suggest(trial, name, p)
-            elif p.kind == "fixed":
-                constants[name] = list(p.value) if isinstance(p.value, tuple) else p.value
-        depth = chosen.get("depth", constants.get("depth", TrialConfig().depth))
-        for name, p in self.params.items():
-            if p.kind == "per_layer":
-                assert p.inner is not None
-                constants[name] = [_suggest(trial, f"{name}_{i}", p.inner) for i in range(depth)]
-            elif p.kind == "by_depth":
-                value = dict(p.table)[depth]
-                constants[name] = list(value) if isinstance(value, tuple) else value
-        return {**chosen, **constants}
-
-
-def optuna_space(space: SearchSpace) -> OptunaSpace:
-    """Return the define-by-run function of `space` for `OptunaSearch`."""
-    return OptunaSpace(space)
-
-
-# --- Ray Tune ---------------------------------------------------------------------------
-
-
-def _depth_lookup(p: Param) -> Callable[[Any], Any]:
-    table = {d: list(v) if isinstance(v, tuple) else v for d, v in p.table}
-    default_depth = TrialConfig().depth
-
-    def lookup(config: Any) -> Any:
-        depth = config.get("depth", default_depth)
-        if depth not in table:
-            # Not a KeyError: Ray would retry a KeyError with its old spec-dict form, whose
-            # missing "depth" falls back to the default depth's value without a word.
-            raise ValueError(f"{p.name}.by_depth has no value for depth {depth}")
-        return table[depth]
-
-    return lookup
-
-
 def int_values(p: Param) -> range:
     """The values an int range takes: low, low + step, ... up to high (inclusive)."""
     return range(int(p.low), int(p.high) + 1, p.step)
-
-
-def _stepped_int(p: Param) -> Any:
-    """A Ray domain drawing uniformly from low, low + step, ..., high.
-
-    Written here because Ray's `qrandint` rounds to multiples of the step (2 and 4 for
-    [1, 5] step 2), which leaves the range's own grid (1, 3, 5).
-    """
-    from ray.tune.search.sample import Integer, Sampler
-
-    class _OnGrid(Sampler):
-        def sample(self, domain: Any, config: Any = None, size: int = 1,
-                   random_state: Any = None) -> Any:
-            index = Integer(0, len(values)).sample(config, size, random_state)
-            if size > 1:
-                return [values[int(i)] for i in index]
-            return values[int(index)]
-
-    values = int_values(p)
-    domain = Integer(values[0], values[-1] + 1)
-    domain.set_sampler(_OnGrid())
-    return domain
-
-
-def tune_space(space: SearchSpace) -> dict[str, Any]:
-    """Return Ray Tune domains for random search (BasicVariantGenerator)."""
-    import random
-
-    from ray import tune
-
-    out: dict[str, Any] = {}
-    everything = {**space.params, **space.fixed}
-    for name, p in everything.items():
-        if p.kind == "choice":
-            out[name] = tune.choice([list(v) if isinstance(v, tuple) else v for v in p.values])
-        elif p.kind == "int":
-            high = int(p.high) + 1  # tune's randint excludes the upper bound
-            # With a step, draw from the grid low, low + step, ... (Ray's qrandint rounds to
-            # multiples of the step instead, which can leave the range's own grid).
-            out[name] = (tune.lograndint(int(p.low), high) if p.log
-                         else _stepped_int(p) if p.step > 1
-                         else tune.randint(int(p.low), high))
-        elif p.kind == "uniform":
-            out[name] = tune.uniform(p.low, p.high)
-        elif p.kind == "loguniform":
-            out[name] = tune.loguniform(p.low, p.high)
-        elif p.kind == "fixed":
-            out[name] = list(p.value) if isinstance(p.value, tuple) else p.value
-        elif p.kind == "by_depth":
-            out[name] = tune.sample_from(_depth_lookup(p))
-        elif p.kind == "per_layer":
-            inner = p.inner
-            assert inner is not None
-
-            def layers(config: Any, inner: Param = inner) -> list[int]:
-                depth = config.get("depth", TrialConfig().depth)
-                if inner.kind == "choice":
-                    return [random.choice(inner.values) for _ in range(depth)]
-                values = int_values(inner)
-                return [values[random.randrange(len(values))] for _ in range(depth)]
-
-            out[name] = tune.sample_from(layers)
-    return out
-
-
-def grid_space(space: SearchSpace) -> dict[str, Any]:
-    """Return a grid (`tune.grid_search` for every searched parameter) for `--search grid`."""
-    from ray import tune
-
-    out: dict[str, Any] = {}
-    everything = {**space.params, **space.fixed}
-    for name, p in everything.items():
-        if p.kind == "choice":
-            out[name] = tune.grid_search(
-                [list(v) if isinstance(v, tuple) else v for v in p.values]
-            )
-        elif p.kind == "int" and not p.log:
-            out[name] = tune.grid_search(list(int_values(p)))
-        elif p.kind == "fixed":
-            out[name] = list(p.value) if isinstance(p.value, tuple) else p.value
-        elif p.kind == "by_depth":
-            out[name] = tune.sample_from(_depth_lookup(p))
-        else:
-            raise StudyError(
-                f"{space.source}: params.{name}: grid search needs a choice or an int range, "
-                f"got {p.kind}"
-            )
-    return out
-
-
-def grid_size(space: SearchSpace) -> int:
-    """Number of grid points of `grid_space(space)`."""
-    size = 1
-    for p in space.params.values():
-        if p.kind == "choice":
-            size *= len(p.values)
-        elif p.kind == "int":
-            size *= len(int_values(p))
-    return size
 
 
 def fit_image_size(space: SearchSpace, data_size: int) -> SearchSpace:

@@ -12,8 +12,7 @@ from torch import nn
 from study.core.files import AtomicWriter
 from study.errors import StudyError
 from study.training.config import TrialConfig
-from study.training.losses import get_loss
-from study.training.model import build_mlp, is_stacked_state, unstack_state
+from study.training.model import build_model, is_stacked_state, unstack_state
 
 MODEL_FILE = "model.pt"
 
@@ -71,8 +70,7 @@ def load_model(path: str | Path) -> tuple[TrialConfig, nn.Module, int]:
         raise StudyError(f"--checkpoint {path}: state_dict must map names to tensors")
 
     def build() -> nn.Module:
-        return build_mlp(image_size**2, get_loss(config.loss).out_features, config.depth,
-                         config.width, config.dropout, config.batchnorm)
+        return build_model(config, image_size)
 
     # Shapes first, on the meta device (nothing allocated): a damaged image size or width
     # must not build a model of terabytes before the weights are found not to fit.

@@ -28,8 +28,9 @@ from study.training.metrics import classification_metrics
 from study.training.model import (
     StackedBatchNorm1d,
     StackedMLP,
-    build_mlp,
-    build_stacked_mlp,
+    build_model,
+    build_stacked_model,
+    image_size_of,
     unstack_state,
 )
 
@@ -334,26 +335,21 @@ class TrainState:
 def new_state(config: TrialConfig, data: DeviceData) -> TrainState:
     """Seed, then build the stacked model of the config's seeds and its optimizer on the
     data's device. Seed s's initial weights are those a run of seed s alone would get."""
-    loss = get_loss(config.loss)
     device = data.train.images.device
-    model = build_stacked_mlp(
-        config.seeds, data.image_size**2, loss.out_features, config.depth, config.width,
-        config.dropout, config.batchnorm,
-    ).to(device)
+    model = build_stacked_model(config, data.image_size).to(device)
     generators = [torch.Generator().manual_seed(seed) for seed in config.seeds]
     return TrainState(config, model, make_optimizer(config, model), generators)
 
 
 def seed_model(state: TrainState, index: int, best: bool = True) -> nn.Sequential:
-    """Return seed `index`'s model as the plain `build_mlp` model (for saving and evaluating),
+    """Return seed `index`'s model as the plain `build_model` model (for saving and evaluating),
     with its best-validation-loss weights when `best` and it has any."""
-    config = state.config
     weights = state.best_model if best and state.best_model else state.model.state_dict()
-    first = next(v for k, v in weights.items() if k.endswith("weight"))
-    model = build_mlp(first.shape[-1], get_loss(config.loss).out_features, config.depth,
-                      config.width, config.dropout, config.batchnorm)
+    image_size = image_size_of(weights)
+    assert image_size is not None  # a trained model has layer weights
+    model = build_model(state.config, image_size)
     model.load_state_dict(unstack_state(weights, index))
-    return model.to(first.device)
+    return model.to(next(iter(weights.values())).device)
 
 
 def evaluate_test(state: TrainState, data: DeviceData) -> list[dict[str, float]]:

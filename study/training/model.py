@@ -4,6 +4,8 @@ same MLP stacked over seeds, so K repeats of a configuration train as one model.
 The stacked model keeps the plain model's layer indices (`1.weight`, `2.running_mean`, ...) with
 a leading seed dimension on every parameter and buffer, so `unstack_state` turns seed k's slice
 back into the plain model's state dict (for `study evaluate` and exported models).
+`build_model` and `build_stacked_model` are the one place a model is built from a
+`TrialConfig`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from study.training.config import TrialConfig
+from study.training.losses import get_loss
 
 
 def layer_widths(depth: int, width: int | Sequence[int]) -> list[int]:
@@ -160,3 +165,23 @@ def is_stacked_state(state: dict[str, torch.Tensor]) -> bool:
 def unstack_state(state: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
     """Return seed `index`'s slice of a stacked state dict as the plain model's state dict."""
     return {k: v[index] for k, v in state.items()}
+
+
+def build_model(config: TrialConfig, image_size: int) -> nn.Sequential:
+    """Return the plain (one-seed) model `config` describes, for `image_size`-pixel squares."""
+    return build_mlp(image_size**2, get_loss(config.loss).out_features, config.depth,
+                     config.width, config.dropout, config.batchnorm)
+
+
+def build_stacked_model(config: TrialConfig, image_size: int) -> StackedMLP:
+    """Return `config`'s seeds stacked as one model, each initialised as it would be alone."""
+    return build_stacked_mlp(config.seeds, image_size**2, get_loss(config.loss).out_features,
+                             config.depth, config.width, config.dropout, config.batchnorm)
+
+
+def image_size_of(weights: dict[str, torch.Tensor]) -> int | None:
+    """The image size a (plain or stacked) model's weights were built for; None when they hold
+    no layer weights."""
+    first = next((v for k, v in weights.items()
+                  if k.endswith("weight") and getattr(v, "ndim", 0) >= 2), None)
+    return None if first is None else int(round(first.shape[-1] ** 0.5))
