@@ -75,8 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def read_results(trial_dir: Path) -> list[dict[str, Any]]:
     """The rows of a trial's result.json (one JSON object per line); bad lines are skipped."""
+    from study.core.names import RESULT_FILE
+
     rows = []
-    path = trial_dir / "result.json"
+    path = trial_dir / RESULT_FILE
     if not path.is_file():
         return rows
     for line in path.read_text().splitlines():
@@ -91,7 +93,7 @@ def read_results(trial_dir: Path) -> list[dict[str, Any]]:
 
 def last_result_times(exp_dir: Path) -> dict[str, float]:
     """trial_id -> Tune's `last_result_time` (driver wall clock) from the experiment state."""
-    from study.engine.experiment import STATE_GLOB
+    from study.core.names import STATE_GLOB
 
     states = sorted(exp_dir.glob(STATE_GLOB))
     if not states:

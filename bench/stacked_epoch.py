@@ -24,7 +24,8 @@ import torch
 
 from study.training.config import TrialConfig
 from study.training.data import load_data
-from study.training.loop import evaluate, new_state, to_device, train_one_epoch
+from study.training.device import to_device
+from study.training.loop import evaluate, new_state, train_one_epoch
 from study.training.losses import get_loss
 
 
