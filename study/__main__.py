@@ -1,5 +1,5 @@
 """`python -m study` runs the CLI."""
 
-from study.cli.parser import main
+from study.cli.main import main
 
 raise SystemExit(main())

@@ -12,7 +12,7 @@ import pytest
 
 import study
 from analysis.results import trial_dirs
-from study.engine.experiment import OPTUNA_JOURNAL
+from study.core.names import OPTUNA_JOURNAL
 from study.errors import StudyError
 from study.search.searcher import live_storage
 
@@ -136,7 +136,7 @@ def test_more_trials_continue_the_search(extended: dict) -> None:
 
 def test_a_finished_study_asked_for_nothing_new_says_so(extended: dict,
                                                         capsys: pytest.CaptureFixture) -> None:
-    from study.cli.parser import main
+    from study.cli.main import main
 
     root = extended["root"]
     assert main(["run", "--resume", "--name", "nb", "--storage-path", str(root)]) == 0

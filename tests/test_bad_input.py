@@ -1,7 +1,7 @@
 """Bad input at the study level: one line naming the problem and the value, exit status 2,
 no traceback, within seconds, nothing overwritten; and nothing loaded is ever executed.
 
-Most cases run `study.cli.parser.main` in this process: they fail before Ray or any data is loaded.
+Most cases run `study.cli.main.main` in this process: they fail before Ray or any data is loaded.
 Those where a real process matters (the GPU count, the network, pickles) run `python -m study`.
 The `--resume` cases work on copies of one real experiment made once for the module.
 """
@@ -24,7 +24,7 @@ import pytest
 import torch
 from _proc import TINY_DATA, run_study_process, study_command, write_space
 
-from study.cli import parser as cli
+from study.cli import main as cli
 from study.errors import StudyError
 
 FAST_S = 20  # in-process refusals; generous, the machine is shared
@@ -892,7 +892,7 @@ def test_resume_hint_is_shell_quoted(tmp_path: Path, monkeypatch: pytest.MonkeyP
     shell, is one `study run` with exactly these arguments (and runs nothing else)."""
     import shlex
 
-    from study.engine import run as engine
+    from study.cli import run_report
 
     storage, name = tmp_path / "my results", "a;touch PWNED"
 
@@ -900,7 +900,7 @@ def test_resume_hint_is_shell_quoted(tmp_path: Path, monkeypatch: pytest.MonkeyP
         (storage / name).mkdir(parents=True)  # started: there is something to resume
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "run_study", interrupted)
+    monkeypatch.setattr(run_report, "run_study", interrupted)
     space = write_space(tmp_path / "s.yaml", {}, TINY_NET)
     assert cli.main(["run", "--space", str(space), "--storage-path", str(storage), "--name",
                      name, "--quiet"]) == 130

@@ -1,4 +1,4 @@
-"""`study train` and `study evaluate` through `study.cli.parser.main`, as a user runs them."""
+"""`study train` and `study evaluate` through `study.cli.main.main`, as a user runs them."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from study.cli.commands import RUN_FILES
-from study.cli.parser import main
+from study.cli.main import main
+from study.core.names import RUN_FILES
 
 DATA = "synthetic:size=16,n=60,n_test=20"
 REPO = Path(__file__).parents[1]

@@ -12,7 +12,8 @@ import torch
 from study.training.config import TrialConfig
 from study.training.cuda_graph import CapturedSteps, set_lr
 from study.training.data import load_data
-from study.training.loop import epoch_steps, fit, new_state, to_device, train_one_epoch, train_step
+from study.training.device import to_device
+from study.training.loop import epoch_steps, fit, new_state, train_one_epoch, train_step
 from study.training.losses import get_loss
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

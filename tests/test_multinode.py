@@ -289,7 +289,7 @@ def test_unreachable_address_fails_fast(scheme: str, tmp_path: Path,
 
     import analysis.report  # noqa: F401
     import study.engine.run  # noqa: F401
-    from study.cli.parser import main
+    from study.cli.main import main
 
     address = f"{scheme}127.0.0.1:{_free_port()}"
     start = time.monotonic()

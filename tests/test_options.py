@@ -60,7 +60,7 @@ def test_command_line_names_only_what_differs_from_the_defaults() -> None:
 def test_options_load_neither_torch_nor_ray() -> None:
     import subprocess
 
-    code = ("import sys, study.engine.options, study.cli.parser; "
+    code = ("import sys, study.engine.options, study.cli.main; "
             "print('torch' in sys.modules, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

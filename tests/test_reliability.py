@@ -594,13 +594,14 @@ def test_ctrl_c_before_the_study_started_leaves_nothing_to_resume(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """Interrupted while Ray starts: exit 130, and the same command can simply be run again."""
-    from study.cli import parser as cli
+    from study.cli import main as cli
+    from study.cli import run_report
     from study.engine import run as engine
 
     def interrupted(opts: engine.RunOptions, command: str | None = None) -> engine.StudyRun:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "run_study", interrupted)
+    monkeypatch.setattr(run_report, "run_study", interrupted)
     space = write_space(tmp_path / "space.yaml", LR, {**FAST_NET, "epochs": 2})
     assert cli.main(run_args(space, tmp_path / "results", "early")) == 130
     err = capsys.readouterr().err
@@ -721,7 +722,8 @@ def test_sigterm_before_the_study_started_exits_143_and_leaves_nothing(
         capsys: pytest.CaptureFixture[str]) -> None:
     """SIGTERM while Ray starts is the same as Ctrl-C then: nothing saved, exit 143; the
     process's own SIGTERM handler is back afterwards."""
-    from study.cli import parser as cli
+    from study.cli import main as cli
+    from study.cli import run_report
     from study.engine import run as engine
 
     def terminated(opts: engine.RunOptions, command: str | None = None) -> engine.StudyRun:
@@ -730,7 +732,7 @@ def test_sigterm_before_the_study_started_exits_143_and_leaves_nothing(
         raise AssertionError("SIGTERM was not turned into an interrupt")
 
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(engine, "run_study", terminated)
+    monkeypatch.setattr(run_report, "run_study", terminated)
     space = write_space(tmp_path / "space.yaml", LR, {**FAST_NET, "epochs": 2})
     assert cli.main(run_args(space, tmp_path / "results", "early")) == 143
     err = capsys.readouterr().err
@@ -740,5 +742,5 @@ def test_sigterm_before_the_study_started_exits_143_and_leaves_nothing(
     def interrupted(opts: engine.RunOptions, command: str | None = None) -> engine.StudyRun:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "run_study", interrupted)  # a later Ctrl-C is 130 again
+    monkeypatch.setattr(run_report, "run_study", interrupted)  # a later Ctrl-C is 130 again
     assert cli.main(run_args(space, tmp_path / "results", "again")) == 130

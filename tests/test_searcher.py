@@ -20,7 +20,8 @@ import pytest
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
-from study.engine.experiment import OPTUNA_DB, OPTUNA_JOURNAL, live_optuna_file
+from study.core.names import OPTUNA_DB, OPTUNA_JOURNAL
+from study.engine.experiment import live_optuna_file
 from study.search.optuna_space import optuna_space
 from study.search.searcher import StudyOptunaSearch, live_storage, tpe_sampler
 from study.search.space import parse_space

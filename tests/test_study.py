@@ -22,7 +22,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from study.cli import parser as cli
+from study.cli import main as cli
 from study.search.optuna_space import optuna_space
 from study.search.searcher import StudyOptunaSearch
 from study.search.space import parse_space

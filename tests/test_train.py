@@ -13,19 +13,17 @@ import torch
 from study.errors import StudyError
 from study.training.config import TrialConfig
 from study.training.data import load_data
+from study.training.device import DeviceData, resolve_device, to_device
 from study.training.loop import (
     EPOCH_METRICS,
     TEST_METRICS,
-    DeviceData,
     TrainState,
     evaluate,
     fit,
     lr_at,
     new_state,
-    resolve_device,
     seed_model,
     seed_rows,
-    to_device,
 )
 from study.training.losses import get_loss
 

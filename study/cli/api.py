@@ -13,11 +13,11 @@ command in study.json and report.md.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from study.core.names import HOMEWORK_CSV, SUMMARY_DIR
 from study.errors import StudyError
 
 if TYPE_CHECKING:  # `import study` stays light: pandas loads with the first result
@@ -42,7 +42,7 @@ class StudyResult:
     @property
     def summary(self) -> Path:
         """summary/: report.md, report.html, leaderboard.csv, figures/, ..."""
-        return self.path / "summary"
+        return self.path / SUMMARY_DIR
 
     def __repr__(self) -> str:
         best = "none yet"
@@ -65,7 +65,7 @@ def load(path: str | Path) -> StudyResult:
     check_experiment(exp_dir)
     summary = summarise(exp_dir)
     best = summary["best"]
-    homework_csv = exp_dir / "summary" / "homework.csv"
+    homework_csv = exp_dir / SUMMARY_DIR / HOMEWORK_CSV
     homework = pd.read_csv(homework_csv) if homework_csv.is_file() else None
     return StudyResult(
         path=exp_dir.resolve(),
@@ -94,9 +94,7 @@ def run(**options: Any) -> StudyResult:
     summary, `verbose=2` Ray's own table and the trials' log lines. Bad options raise
     StudyError with the same one-line message the command line prints.
     """
-    from analysis.report import write_report
-    from study.core.display import SummaryProgress
-    from study.engine import run as engine
+    from study.cli.run_report import run_and_report
     from study.engine.options import RunOptions, resolved
 
     known = {f.name for f in fields(RunOptions)}
@@ -114,13 +112,11 @@ def run(**options: Any) -> StudyResult:
         opts = resolved(resume_options({k: given.get(k) for k in known}))
     else:
         opts = resolved(RunOptions(**given))
-    result = engine.run_study(opts, command=call_text(options))
-    if result.nothing_new:
+    result, summary = run_and_report(opts, command=call_text(options))
+    if summary is None:
         print(f"Study {result.path.name} has finished all its {result.num_trials} trials; "
               f"nothing to resume (pass num_samples above {opts.num_samples} to add trials).")
         return load(result.path)
-    with SummaryProgress() if opts.verbose else nullcontext() as show:
-        write_report(result.path, progress=show)
     loaded = load(result.path)
     loaded.interrupted = result.interrupted
     return loaded

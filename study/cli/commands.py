@@ -6,15 +6,23 @@ import argparse
 import shlex
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from study.core.names import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    REPORT_HTML,
+    RUN_FILES,
+    SUMMARY_DIR,
+    RunStatus,
+)
 from study.engine.options import RunOptions, resolved
+from study.engine.signals import sigterm_as_interrupt
 from study.errors import StudyError
-
-RUN_FILES = ("config.json", "history.csv", "metrics.json", "model.pt")
 
 
 def _train_config(args: argparse.Namespace) -> Any:
@@ -66,9 +74,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from study.core.files import write_json_atomic, write_text_atomic
-    from study.training.checkpoint import MODEL_FILE, save_model
+    from study.training.checkpoint import save_model
     from study.training.data import load_data, resolve_spec
-    from study.training.loop import fit, resolve_device, seed_rows, to_device
+    from study.training.device import resolve_device, to_device
+    from study.training.loop import fit, seed_rows
 
     config = _train_config(args)
     out = Path(args.out) if args.out else None
@@ -109,16 +118,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out is not None:
         run_info = {"config": config.to_dict(), "data": spec, "image_size": data.image_size,
                     "device": str(device)}
-        write_json_atomic(out / "config.json", run_info)
+        write_json_atomic(out / CONFIG_FILE, run_info)
         # One row per epoch and seed, each seed's own values.
-        write_text_atomic(out / "history.csv",
+        write_text_atomic(out / HISTORY_FILE,
                           pd.DataFrame(seed_rows(state.history)).to_csv(index=False))
         metrics = [_run_metrics(state, i) for i in range(len(seeds))]
         record = metrics[0] if len(seeds) == 1 else {
             **{k: sum(m[k] for m in metrics) / len(seeds) for k in per_seed
                if k.startswith("test_")},
             "seeds": seeds, "seed_metrics": {k: [m[k] for m in metrics] for k in metrics[0]}}
-        write_json_atomic(out / "metrics.json", record)
+        write_json_atomic(out / METRICS_FILE, record)
         # model.pt: the first seed; with repeats, every seed's model beside it.
         weights = state.best_model or state.model.state_dict()
         save_model(out / MODEL_FILE, weights, config, data.image_size, index=0)
@@ -153,7 +162,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from study.training.checkpoint import load_model
     from study.training.data import load_data, resolve_spec
-    from study.training.loop import evaluate, resolve_device, to_device
+    from study.training.device import resolve_device, to_device
+    from study.training.loop import evaluate
     from study.training.losses import get_loss
 
     config, model, image_size = load_model(args.checkpoint)
@@ -246,9 +256,9 @@ def _best_note(summary: dict, epochs: Any = None) -> str | None:
     top = scored.iloc[0]  # the leaderboard is sorted best first
     if top["trial_id"] in best.get("trial_ids", []):
         return _best_epoch_note(summary, epochs)
-    why = {"stopped": "was stopped early by the scheduler, so its score is not a final one",
-           "unfinished": "did not finish", "diverged": "diverged", "error": "errored",
-           }.get(str(top.get("status")), f"is {top.get('status')}")
+    why = {RunStatus.STOPPED: "was stopped early by the scheduler, so its score is not a final "
+           "one", RunStatus.UNFINISHED: "did not finish", RunStatus.DIVERGED: "diverged",
+           RunStatus.ERROR: "errored"}.get(str(top.get("status")), f"is {top.get('status')}")
     return (f"  (Trial {top['trial_id']} scored a higher {metric}, "
             f"{format_value(metric, float(top[metric]))}, but it {why}; the best configuration "
             "is chosen among completed trials by its final score, averaged over its seeds. "
@@ -291,21 +301,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     (`kill`, `timeout`, Slurm, Kubernetes), handled like Ctrl-C: what finished is saved, the
     partial summary written and the message says how to resume.
     """
-    from study.engine import run as engine
 
     opts = _options(args)
-    with engine.sigterm_as_interrupt() as stop:
+    with sigterm_as_interrupt() as stop:
         return _run(args, opts, stop)
 
 
 def _run(args: argparse.Namespace, opts: RunOptions, stop: Any) -> int:
-    """`cmd_run` with `stop` (an engine.Stop) telling which signal interrupted it."""
-    from study.engine import run as engine
+    """`cmd_run` with `stop` (a signals.Stop) telling which signal interrupted it."""
+    from study.cli.run_report import SummaryInterrupted, run_and_report
     from study.engine.experiment import experiment_dir, storage_root
 
     start = time.monotonic()
     try:
-        run = engine.run_study(opts, command=args.command_line)
+        run, summary = run_and_report(opts, command=args.command_line)
+    except SummaryInterrupted as stopped:  # summary/ is whole: the old one or the new one
+        print(f"\nInterrupted while writing the summary; the results are saved. Write it "
+              f"with: {shlex.join(['study', 'report', str(stopped.run.path)])}",
+              file=sys.stderr)
+        return stop.status
     except KeyboardInterrupt:
         exp_dir = experiment_dir(opts)
         if opts.resume or exp_dir is None or exp_dir.exists():
@@ -316,26 +330,16 @@ def _run(args: argparse.Namespace, opts: RunOptions, stop: Any) -> int:
             print("\nInterrupted before the study started; nothing was saved. Run the same "
                   "command again to start it.", file=sys.stderr)
         return stop.status
-    if run.nothing_new:
+    if summary is None:
         print(f"Study {run.path.name} has finished all its {run.num_trials} trials; nothing "
               f"to resume (pass --num-samples above {opts.num_samples} to add trials, "
-              f"or see {run.path / 'summary'}).")
+              f"or see {run.path / SUMMARY_DIR}).")
         return 0
     wall = time.monotonic() - start
-    from analysis.report import write_report  # here: bad input fails without loading it
-    from study.core.display import SummaryProgress
-
-    try:
-        with SummaryProgress() if opts.verbose else nullcontext() as show:
-            summary = write_report(run.path, progress=show)
-    except KeyboardInterrupt:  # summary/ is whole: the old one or the new one
-        print(f"\nInterrupted while writing the summary; the results are saved. Write it "
-              f"with: {shlex.join(['study', 'report', str(run.path)])}", file=sys.stderr)
-        return stop.status
     _print_best(summary)
     print(f"\n{run.num_trials} trials ({run.num_errors} errored) in {wall:.1f} s.")
-    print(f"Results: {run.path}\nSummary: {run.path / 'summary'} (open "
-          f"{run.path / 'summary' / 'report.html'} in a browser)")
+    print(f"Results: {run.path}\nSummary: {run.path / SUMMARY_DIR} (open "
+          f"{run.path / SUMMARY_DIR / REPORT_HTML} in a browser)")
     if run.interrupted:
         print(f"\nInterrupted: the study did not finish; what finished is saved. Continue "
               f"with: {_resume_command(run.path.name, run.path.parent)}", file=sys.stderr)

@@ -1,17 +1,13 @@
-"""Command line: `study train | evaluate | run | report`, its parser and its entry point.
+"""The command line's parser: `study train | evaluate | run | report` and every flag.
 
-With `study.cli.commands` (what each command does and prints), the only place that reads
-argv, imports `analysis/` or prints for people; `run` starts Ray through `study.engine.run`. Bad
-input raises StudyError anywhere below; it is printed here as one line and the exit status
-is 2. Importing this module loads neither torch nor Ray, so `study --help` is quick.
+Flags show their real defaults (argparse's ArgumentDefaultsHelpFormatter); `given_flags` says
+which a user typed, so `--resume` and `--config` fill in the rest. Importing this module loads
+neither torch nor Ray, so `study --help` is quick.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
-from collections.abc import Sequence
 from dataclasses import fields
 
 from study.engine.options import SCHEDULERS, SEARCHES, RunOptions
@@ -205,21 +201,3 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_parser(sub)
     _add_report_parser(sub)
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the exit status (2 for bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    from study.cli import commands as cli_commands
-
-    args.command_line = "study " + " ".join(sys.argv[1:] if argv is None else argv)
-    commands = {"train": cli_commands.cmd_train, "evaluate": cli_commands.cmd_evaluate,
-                "run": cli_commands.cmd_run, "report": cli_commands.cmd_report}
-    try:
-        return commands[args.command](args)
-    except StudyError as exc:
-        print(f"study: error: {exc}", file=sys.stderr)
-        return 2

@@ -207,7 +207,7 @@ def read_trial_states(exp_dir: str | Path) -> dict[str, dict[str, Any]]:
     (half-written) state is skipped (none readable gives {}); one that parses but does not
     have Ray's layout raises StudyError.
     """
-    from study.engine.experiment import STATE_GLOB
+    from study.core.names import STATE_GLOB
 
     out: dict[str, dict[str, Any]] = {}
     for run, state in enumerate(sorted(Path(exp_dir).glob(STATE_GLOB))):

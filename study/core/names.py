@@ -17,13 +17,13 @@ TUNER_FILE = "tuner.pkl"  # Ray's pickled Tuner, which `Tuner.restore` loads
 # Journal rather than SQLite: each epoch's report is an appended line, not an SQL transaction
 # (a seventh of the driver's time per Optuna call, which the trials wait on every epoch).
 OPTUNA_JOURNAL = "optuna_journal.log"
-OPTUNA_DB = "optuna.db"  # SQLite: the summary's Optuna study (and older experiments' live one)
+OPTUNA_DB = "optuna.db"  # SQLite: the summary's Optuna study, and older experiments' live one
 PARAMS_FILE = "params.json"  # a trial folder's configuration, written by Ray Tune
 RESULT_FILE = "result.json"  # a trial folder's reported results, one JSON line per report
 TRIAL_STATE_FILE = "state.pt"  # a trial checkpoint's training state (torch, weights only)
 
 # --- a trained run (`study train --out`, a trial's export) -------------------------------------
-MODEL_FILE = "model.pt"  # weights and the configuration that built them (torch, weights only)
+MODEL_FILE = "model.pt"  # weights and the config that built them (torch, weights only)
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"

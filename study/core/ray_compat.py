@@ -207,7 +207,7 @@ class StateSavedGate:
 
     def file_written(self, path: str, began: float) -> None:
         """An observer for `study.core.atomic_fs.observe_writes`."""
-        from study.engine.experiment import STATE_PREFIX
+        from study.core.names import STATE_PREFIX
 
         if not os.path.basename(path).startswith(STATE_PREFIX):
             return

@@ -8,20 +8,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from study.core.names import META_FILE, OPTUNA_DB, OPTUNA_JOURNAL, STATE_GLOB, TUNER_FILE
 from study.engine.cluster import is_local_path
 from study.engine.options import RunOptions
 from study.errors import StudyError
 from study.search.seed_rule import AUTO, SEEDS_ON_DEMAND, Rule
-
-META_FILE = "study.json"  # the study's own record beside Ray's files; read by analysis/
-STATE_PREFIX = "experiment_state-"  # Ray's experiment state, one file per driver session
-STATE_GLOB = f"{STATE_PREFIX}*.json"
-TUNER_FILE = "tuner.pkl"  # Ray's pickled Tuner, which `Tuner.restore` loads
-# --search optuna: the live Optuna study, an Optuna journal file (optuna-dashboard reads it).
-# Journal rather than SQLite: each epoch's report is an appended line, not an SQL transaction
-# (a seventh of the driver's time per Optuna call, which the trials wait on every epoch).
-OPTUNA_JOURNAL = "optuna_journal.log"
-OPTUNA_DB = "optuna.db"  # where experiments made before kept it (SQLite); they continue there
 
 
 def live_optuna_file(exp_dir: Path) -> Path:

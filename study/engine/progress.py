@@ -28,8 +28,7 @@ from rich.progress import (
 from rich.text import Text
 
 from study.core.display import format_value
-
-FINISHED = ("TERMINATED", "ERROR")
+from study.core.names import FINISHED, TrialStatus
 
 
 def _clock(seconds: float) -> str:
@@ -202,15 +201,16 @@ class StudyProgress(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         done = self.epochs_done.get(trial.trial_id, 0)
-        self._ended(trial, "TERMINATED", "finished" if done >= self.epochs else "stopped early")
+        self._ended(trial, TrialStatus.TERMINATED,
+                    "finished" if done >= self.epochs else "stopped early")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended(trial, "ERROR", "errored")
+        self._ended(trial, TrialStatus.ERROR, "errored")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         # Ray's own statuses settle paused (PBT) and restarted trials the hooks above miss, and
         # on a resume they bring the trials that ended before it.
-        self.running = {t.trial_id for t in trials if t.status == "RUNNING"}
+        self.running = {t.trial_id for t in trials if t.status == TrialStatus.RUNNING}
         for trial in trials:
             if trial.status in FINISHED and trial.trial_id not in self.ended:
                 self.ended[trial.trial_id] = trial.status

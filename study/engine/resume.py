@@ -13,7 +13,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from study.engine.experiment import META_FILE, STATE_GLOB, TUNER_FILE, experiment_dir
+from study.core.names import META_FILE, STATE_GLOB, TUNER_FILE
+from study.engine.experiment import experiment_dir
 from study.engine.options import RunOptions, check_options
 from study.errors import StudyError
 

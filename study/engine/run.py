@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import importlib
 import logging
-import signal
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from study.core.files import read_trial_states
+from study.core.names import FINISHED, TrialStatus
 from study.engine.builders import (
     budget_epochs,
     build_search,
@@ -40,6 +38,7 @@ from study.engine.experiment import (
 )
 from study.engine.options import RunOptions, check_options, command_line, resolved
 from study.engine.resume import check_resumable
+from study.engine.signals import sigterm_as_interrupt
 from study.errors import StudyError
 from study.search.space import SearchSpace, fit_image_size
 from study.training.data import Dataset, load_data, resolve_spec
@@ -88,23 +87,36 @@ def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
             if finished is not None:
                 return finished
     try:
-        return _run_claimed(opts, space, epochs, root, local, exp_dir, data_spec, command,
-                            extra)
+        return _run_claimed(Plan(opts, space, epochs, root, local, exp_dir, data_spec, command,
+                                 extra))
     except BaseException:
         if local and not opts.resume:
             remove_unstarted(exp_dir)  # so that the same command can simply be run again
         raise
 
 
-def _run_claimed(opts: RunOptions, space: SearchSpace, epochs: int, root: str, local: bool,
-                 exp_dir: Path, data_spec: str, command: str | None,
-                 extra: int = 0) -> StudyRun:
-    """`run_study` once the experiment folder is this run's (created, or checked to resume);
-    `extra` trials are added to a finished study."""
+@dataclass(frozen=True)
+class Plan:
+    """A study's run once its options are checked and its experiment folder is its own."""
+
+    opts: RunOptions  # resolved: every default filled in
+    space: SearchSpace
+    epochs: int  # each trial's planned epochs
+    root: str  # the storage path as Ray gets it (a local path absolute, a URI as given)
+    local: bool  # the storage path is on this machine's file system
+    exp_dir: Path
+    data_spec: str
+    command: str | None  # what study.json records as the command that started the study
+    extra: int = 0  # trials added to a finished study (`--resume --num-samples`)
+
+
+def _run_claimed(plan: Plan) -> StudyRun:
+    """`run_study` once the experiment folder is this run's (created, or checked to resume)."""
+    opts = plan.opts
     check_local_gpus(opts)
     importing = _import_in_background(DRIVER_IMPORTS)
-    data = load_data(data_spec)
-    space = fit_image_size(space, data.image_size)
+    data = load_data(plan.data_spec)
+    plan = replace(plan, space=fit_image_size(plan.space, data.image_size))
 
     from study.core.ray_compat import safe_checkpoint_deletion, shutdown_ray
     from study.engine.ray_session import init_ray
@@ -112,14 +124,14 @@ def _run_claimed(opts: RunOptions, space: SearchSpace, epochs: int, root: str, l
     started = init_ray(opts)
     importing.join()
     try:
-        tuner = _tuner(opts, space, epochs, data, root, exp_dir, local, command, extra)
+        tuner = _tuner(plan, data)
         with safe_checkpoint_deletion():
             results = _fit(tuner)
-        statuses = ({k: v["status"] for k, v in read_trial_states(exp_dir).items()}
-                    if local else {})
-        unfinished = sum(1 for s in statuses.values() if s not in ("TERMINATED", "ERROR"))
-        return StudyRun(exp_dir, len(results), len(results.errors), interrupted=(
-            unfinished > 0 or len(statuses) < expected_trials(opts, space)))
+        statuses = ({k: v["status"] for k, v in read_trial_states(plan.exp_dir).items()}
+                    if plan.local else {})
+        unfinished = sum(1 for s in statuses.values() if s not in FINISHED)
+        return StudyRun(plan.exp_dir, len(results), len(results.errors), interrupted=(
+            unfinished > 0 or len(statuses) < expected_trials(opts, plan.space)))
     finally:
         if started:
             shutdown_ray()
@@ -155,7 +167,7 @@ def _resume_plan(opts: RunOptions, exp_dir: Path) -> tuple[int, StudyRun | None]
     before = meta["options"].get("num_samples")
     statuses = read_trial_states(exp_dir)
     finished = (bool(statuses) and len(statuses) >= int(meta.get("expected_trials") or 0)
-                and all(s["status"] in ("TERMINATED", "ERROR") for s in statuses.values()))
+                and all(s["status"] in FINISHED for s in statuses.values()))
     extra = opts.num_samples - before if isinstance(before, int) else 0
     if extra > 0 and not finished:
         raise StudyError(
@@ -168,7 +180,7 @@ def _resume_plan(opts: RunOptions, exp_dir: Path) -> tuple[int, StudyRun | None]
             "(its search was not kept as it ran), so its search cannot continue"
         )
     if extra <= 0 and finished:
-        errors = sum(1 for s in statuses.values() if s["status"] == "ERROR")
+        errors = sum(1 for s in statuses.values() if s["status"] == TrialStatus.ERROR)
         return 0, StudyRun(exp_dir, len(statuses), errors, interrupted=False, nothing_new=True)
     return max(extra, 0), None
 
@@ -212,13 +224,14 @@ def check_local_gpus(opts: RunOptions) -> None:
         )
 
 
-def _tuner(opts: RunOptions, space: SearchSpace, epochs: int, data: Dataset, root: str,
-           exp_dir: Path, local: bool, command: str | None, extra: int = 0) -> Any:
+def _tuner(plan: Plan, data: Dataset) -> Any:
     """Check the connected cluster, then return the Tuner: restored, or new with study.json.
 
-    With `extra` > 0, a new Tuner in the same experiment folder runs `extra` more trials,
-    its Optuna searcher continuing the study kept in its live Optuna file.
+    With `plan.extra` > 0, a new Tuner in the same experiment folder runs that many more
+    trials, its Optuna searcher continuing the study kept in its live Optuna file.
     """
+    opts, space, epochs, root = plan.opts, plan.space, plan.epochs, plan.root
+    exp_dir, local, command, extra = plan.exp_dir, plan.local, plan.command, plan.extra
     import ray
     from ray import tune
 
@@ -315,57 +328,6 @@ def _fit(tuner: Any) -> Any:
             return tuner.fit()
     finally:
         logging.getLogger("ray.tune.tune").removeFilter(hint)
-
-
-class Stop:
-    """Which signal stopped the study: its `status` is the exit status a CLI returns (130 for
-    SIGINT, 143 for SIGTERM: 128 + the signal's number)."""
-
-    def __init__(self) -> None:
-        self.signal = signal.SIGINT
-        self.depth = 0  # nested sigterm_as_interrupt blocks; the outermost starts afresh
-
-    @property
-    def status(self) -> int:
-        return 128 + int(self.signal)
-
-
-_STOP = Stop()  # signals are per process, so is what they did
-
-
-@contextmanager
-def sigterm_as_interrupt(during_fit: bool = False) -> Iterator[Stop]:
-    """While inside, SIGTERM does what Ctrl-C does at that moment: Ray Tune's handler during
-    `fit` (stop the trials, save the state, return), KeyboardInterrupt elsewhere.
-
-    Only a block opened with `during_fit=True` hands SIGTERM to the SIGINT handler: Ray Tune
-    leaves its own installed after a `fit` returns, and outside `fit` that handler only logs.
-
-    Without it, SIGTERM (what `kill`, `timeout`, Slurm and Kubernetes send) meets the handler
-    ray.init installed, which ends the driver with no state saved, summary or resume hint.
-    Does nothing outside the main thread, where Python cannot set signal handlers.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield _STOP
-        return
-
-    def as_ctrl_c(signum: int, frame: Any) -> None:
-        _STOP.signal = signal.SIGTERM
-        handler = signal.getsignal(signal.SIGINT)
-        if during_fit and callable(handler):
-            handler(signal.SIGINT, frame)
-        else:
-            raise KeyboardInterrupt
-
-    if _STOP.depth == 0:
-        _STOP.signal = signal.SIGINT
-    _STOP.depth += 1
-    previous = signal.signal(signal.SIGTERM, as_ctrl_c)
-    try:
-        yield _STOP
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        _STOP.depth -= 1
 
 
 def _reporter(space: SearchSpace) -> Any:

@@ -16,15 +16,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from study.core.names import TRIAL_STATE_FILE
 from study.training.config import TrialConfig
 from study.training.data import Dataset
 
 if TYPE_CHECKING:
     import torch
 
-    from study.training.loop import DeviceData, TrainState
+    from study.training.device import DeviceData
+    from study.training.loop import TrainState
 
-STATE_FILE = "state.pt"
 
 # Per worker process: (data_key, image_size, device) -> device-resident data. A cache, not
 # configuration: every trial still receives its data explicitly through `tune.with_parameters`.
@@ -39,7 +40,8 @@ def warm_up() -> None:
     so no worker initialises CUDA before Ray has given it a GPU."""
     import torch
 
-    from study.training.loop import DeviceData, DeviceSplit, fit
+    from study.training.device import DeviceData, DeviceSplit
+    from study.training.loop import fit
 
     split = DeviceSplit(torch.zeros(4, 4, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))
     fit(TrialConfig(epochs=1, batch_size=2, depth=1, width=2), DeviceData(split, split, split, 2),
@@ -49,7 +51,7 @@ def warm_up() -> None:
 def resident_data(data: Dataset, data_key: str, image_size: int | None,
                   device: torch.device) -> DeviceData:
     """Return the data on `device` at `image_size`, copying it there once per process."""
-    from study.training.loop import to_device
+    from study.training.device import to_device
 
     key = (data_key, image_size, str(device))
     if key not in _RESIDENT:
@@ -93,7 +95,7 @@ def load_state(state: TrainState, checkpoint: Any, device: torch.device) -> None
     import torch
 
     with checkpoint.as_directory() as folder:
-        saved = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
+        saved = torch.load(Path(folder) / TRIAL_STATE_FILE, map_location=device, weights_only=True)
     state.load_state_dict(saved)
 
 
@@ -146,7 +148,7 @@ def train_trial(
             tune.report(result)
         else:
             with tempfile.TemporaryDirectory() as folder:
-                torch.save(state.state_dict(), Path(folder) / STATE_FILE)
+                torch.save(state.state_dict(), Path(folder) / TRIAL_STATE_FILE)
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         started = time.perf_counter()
 

@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from study.core.files import AtomicWriter
+from study.core.names import MODEL_FILE
 from study.errors import StudyError
 from study.training.config import TrialConfig
 from study.training.model import build_model, is_stacked_state, unstack_state
-
-MODEL_FILE = "model.pt"
 
 
 def save_model(path: Path, model_state: dict[str, torch.Tensor], config: TrialConfig,
