@@ -17,18 +17,13 @@ import json
 import math
 from typing import Any, NamedTuple
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # figures are only ever written to files
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-
-from analysis.plotting import new_axes  # noqa: E402
-from analysis.results import CONFIG_KEYS, column_name  # noqa: E402
-from analysis.stats import ArmTest, adjust_holm, compare_arms, finite, mean_ci  # noqa: E402
+from analysis.plotting import Axes, new_axes, plt
+from analysis.results import CONFIG_KEYS, column_name
+from analysis.stats import ArmTest, adjust_holm, compare_arms, finite, mean_ci
+from study.core.names import IN_PROGRESS, RunStatus
 
 BASELINE: dict[str, Any] = {"loss": "ce", "batch_size": 32, "depth": 3}
 # What the homework reported, per arm: (test accuracy %, label). None: no number reported.
@@ -49,8 +44,8 @@ METRIC_LABELS = {"train_accuracy": "training accuracy (%)",
                  "val_loss": "validation loss", "test_accuracy": "test accuracy (%)"}
 # Trials whose numbers describe their arm: finished runs. Stopped trials have no test score, and
 # diverged or errored ones measure a failure, not the setting; the report counts them apart.
-USABLE = ("completed",)
-CURVE_STATUSES = ("completed", "stopped", "unfinished")
+USABLE = (RunStatus.COMPLETED,)
+CURVE_STATUSES = (RunStatus.COMPLETED, RunStatus.STOPPED, RunStatus.UNFINISHED)
 
 
 class Comparison(NamedTuple):
@@ -165,11 +160,11 @@ def collect_arm_stats(comparison: Comparison) -> pd.DataFrame:
             "n": test.n, "test_mean": test.mean, "test_sd": test.std, "test_ci": test.half_width,
             "val_mean": val.mean, "val_sd": val.std, "val_ci": val.half_width,
             "test_values": [float(v) for v in finite(usable["test_accuracy"].tolist())],
-            "n_stopped": int((members["status"] == "stopped").sum()),
-            "n_diverged": int((members["status"] == "diverged").sum()),
-            "n_error": int(members["status"].isin(["error", "no_results"]).sum()),
-            "n_unfinished": int(members["status"].isin(
-                ["unfinished", "running", "pending", "paused"]).sum()),
+            "n_stopped": int((members["status"] == RunStatus.STOPPED).sum()),
+            "n_diverged": int((members["status"] == RunStatus.DIVERGED).sum()),
+            "n_error": int(members["status"].isin([RunStatus.ERROR,
+                                                   RunStatus.NO_RESULTS]).sum()),
+            "n_unfinished": int(members["status"].isin(IN_PROGRESS).sum()),
             "n_duplicate": int(len(finished) - len(usable)),
             "homework": math.nan if number is None else number,
             "homework_label": label,
@@ -345,7 +340,8 @@ def plot_comparison_curves(comparison: Comparison, curves: pd.DataFrame) -> plt.
 def comparison_record(comparison: Comparison, stats: pd.DataFrame,
                       result: ArmTest) -> dict[str, Any]:
     """A JSON-ready record of one comparison (for the report and summary/homework.json)."""
-    stopped = comparison.trials.loc[comparison.trials["status"] == "stopped", "trial_id"]
+    stopped = comparison.trials.loc[comparison.trials["status"] == RunStatus.STOPPED,
+                                    "trial_id"]
     arms = []
     for row in stats.to_dict("records"):
         arms.append({k: (None if isinstance(v, float) and math.isnan(v) else _py(v))

@@ -12,27 +12,25 @@ import math
 import warnings
 from typing import Any
 
-import matplotlib
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
 
-matplotlib.use("Agg")  # figures are only ever written to files
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from optuna.distributions import CategoricalDistribution, FloatDistribution  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
-
-from analysis.plotting import new_axes  # noqa: E402
+from analysis.plotting import Axes, new_axes, plt
+from study.core.names import RunStatus
 
 MIN_IMPORTANCE_TRIALS = 5  # below this, importances are noise (PED-ANOVA even refuses)
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
                TrialState.FAIL: "fail", TrialState.RUNNING: "running",
                TrialState.WAITING: "waiting"}
-STATUS_STYLE = {"completed": ("C0", "finished"), "stopped": ("C1", "stopped early"),
-                "diverged": ("C3", "diverged"), "error": ("C3", "errored"),
-                "unfinished": ("C7", "unfinished")}
+# How each way a trial ended is drawn (colour, legend label); any other status is drawn as
+# errored (no_results) or unfinished (still going, or never started).
+STATUS_STYLE = {RunStatus.COMPLETED: ("C0", "finished"),
+                RunStatus.STOPPED: ("C1", "stopped early"),
+                RunStatus.DIVERGED: ("C3", "diverged"), RunStatus.ERROR: ("C3", "errored"),
+                RunStatus.UNFINISHED: ("C7", "unfinished")}
 
 
 def _empty(ax: Axes, text: str) -> Axes:
@@ -306,15 +304,17 @@ def plot_learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame, metric: str
     counts: dict[str, int] = {}
     for trial_id, group in epochs.groupby("trial_id", sort=False):
         group = group.sort_values("epoch")
-        kind = status.get(trial_id, "unfinished")
-        kind = kind if kind in STATUS_STYLE else ("error" if kind == "no_results"
-                                                  else "unfinished")
+        kind = status.get(trial_id, RunStatus.UNFINISHED.value)
+        if kind not in STATUS_STYLE:
+            kind = (RunStatus.ERROR.value if kind == RunStatus.NO_RESULTS
+                    else RunStatus.UNFINISHED.value)
         color, label = STATUS_STYLE[kind]
         first = kind not in counts
         counts[kind] = counts.get(kind, 0) + 1
         ax.plot(group["epoch"], group[metric], color=color, linewidth=0.9,
-                alpha=0.6 if kind == "completed" else 0.9, label=label if first else "_")
-        if kind != "completed":
+                alpha=0.6 if kind == RunStatus.COMPLETED else 0.9,
+                label=label if first else "_")
+        if kind != RunStatus.COMPLETED:
             ax.scatter(group["epoch"].iloc[-1:], group[metric].iloc[-1:], marker="x", s=30,
                        color=color, zorder=3)
     handles, labels = ax.get_legend_handles_labels()
@@ -326,7 +326,7 @@ def plot_learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame, metric: str
     ax.set_ylabel(metric)
     ax.set_title("Learning curves of every trial"
                  + (" (x: the last epoch of a trial that did not finish)"
-                    if set(counts) - {"completed"} else " (none stopped early)"))
+                    if set(counts) - {RunStatus.COMPLETED} else " (none stopped early)"))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     return ax

@@ -15,8 +15,8 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from study.core.files import write_text_atomic
+from study.core.names import REPORT_HTML, REPORT_MD
 
-HTML_REPORT = "report.html"
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 72rem;
        margin: 2rem auto; padding: 0 1rem; line-height: 1.45; color: #1b1b1b; }
@@ -68,9 +68,9 @@ def render_html(markdown: str, folder: Path, title: str = "Study report") -> str
 def write_html_report(out: Path) -> Path:
     """Write out/report.html from out/report.md and the figures it links; return its path."""
     out = Path(out)
-    markdown = (out / "report.md").read_text()
+    markdown = (out / REPORT_MD).read_text()
     first = markdown.splitlines()[0] if markdown else ""
     title = first.lstrip("# ").strip() or "Study report"
-    path = out / HTML_REPORT
+    path = out / REPORT_HTML
     write_text_atomic(path, render_html(markdown, out, title))
     return path

@@ -29,13 +29,15 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from analysis.results import column_name
+from study.core.names import META_FILE, RunStatus
 from study.errors import StudyError
 from study.search.optuna_space import index_name, layer_name
 from study.search.space import Param, parse_space
 
 log = logging.getLogger(__name__)
 
-STATES = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED}  # others: FAIL
+STATES = {RunStatus.COMPLETED: TrialState.COMPLETE,
+          RunStatus.STOPPED: TrialState.PRUNED}  # others: FAIL
 USER_ATTRS = ("seed", "epochs", "best_val_accuracy", "test_accuracy", "test_auroc",
               "test_sensitivity", "test_specificity", "time_total_s", "node_id", "trial_dir")
 MAX_CATEGORIES = 12  # without a search space, a parameter with more values is a range
@@ -89,9 +91,9 @@ def space_distributions(meta: dict[str, Any]) -> dict[str, Param]:
     if not isinstance(raw, dict):
         return {}
     try:
-        space = parse_space(_from_json(raw), source="study.json space")
+        space = parse_space(_from_json(raw), source=f"{META_FILE} space")
     except StudyError as exc:
-        log.warning("cannot rebuild the search space from study.json: %s", exc)
+        log.warning("cannot rebuild the search space from %s: %s", META_FILE, exc)
         return {}
     searched = set(meta.get("searched") or space.searched)
     return {n: p for n, p in space.params.items() if p.kind != "fixed" and n in searched}

@@ -16,8 +16,14 @@ from typing import Any
 import pandas as pd
 
 from study.core.files import read_trial_states
-from study.core.names import PARAMS_FILE, RESULT_FILE
-from study.engine.experiment import META_FILE, STATE_GLOB
+from study.core.names import (
+    META_FILE,
+    PARAMS_FILE,
+    RESULT_FILE,
+    STATE_GLOB,
+    RunStatus,
+    TrialStatus,
+)
 from study.errors import StudyError
 from study.training.config import TrialConfig
 
@@ -26,6 +32,8 @@ RUN_METRICS = ("val_accuracy", "val_loss", "val_auroc", "train_accuracy", "train
 # The configuration of a trial: TrialConfig's fields, but `repeats` (how many seeds a trial
 # trains), which is counted from its results instead.
 CONFIG_KEYS = tuple(f.name for f in fields(TrialConfig) if f.name != "repeats")
+# Ray's statuses of a trial that is still going (or was when its state was last saved).
+RAY_GOING = (TrialStatus.RUNNING, TrialStatus.PENDING, TrialStatus.PAUSED)
 
 
 def column_name(config_key: str) -> str:
@@ -50,7 +58,7 @@ def read_meta(exp_dir: Path) -> dict[str, Any]:
 
 def trial_dirs(exp_dir: Path) -> list[Path]:
     """Return the trial folders of an experiment (those holding params.json), sorted by name."""
-    return sorted(p.parent for p in Path(exp_dir).glob("*/params.json"))
+    return sorted(p.parent for p in Path(exp_dir).glob(f"*/{PARAMS_FILE}"))
 
 
 def check_experiment(exp_dir: Path) -> None:
@@ -61,8 +69,8 @@ def check_experiment(exp_dir: Path) -> None:
     has_state = any(exp_dir.glob(STATE_GLOB))
     if not (has_state or trial_dirs(exp_dir) or (exp_dir / META_FILE).exists()):
         raise StudyError(
-            f"{exp_dir}: not a study experiment folder (no study.json, experiment_state-*.json "
-            "or trial folders with params.json)"
+            f"{exp_dir}: not a study experiment folder (no {META_FILE}, {STATE_GLOB} "
+            f"or trial folders with {PARAMS_FILE})"
         )
 
 
@@ -128,29 +136,31 @@ def _status(last: dict[str, Any] | None, config: dict[str, Any], ray_status: str
     """
     planned = config.get("epochs")
     reached = last is not None and planned is not None and last.get("epoch", 0) >= planned
-    recovered = (ray_status in ("TERMINATED", "RUNNING", "PENDING", "PAUSED")
+    recovered = (ray_status in (TrialStatus.TERMINATED, *RAY_GOING)
                  or (not ray_status and reached))
     if error_file.exists() and not recovered:
         text = error_file.read_text(errors="replace").strip().splitlines()
-        return "error", (text[-1] if text else "error")[:300]
+        return RunStatus.ERROR.value, (text[-1] if text else "error")[:300]
     if last and last.get("diverged"):
-        return "diverged", f"train_loss={last.get('train_loss')} at epoch {last.get('epoch')}"
-    if ray_status == "ERROR":
-        return "error", "trial errored (no error.txt)"
-    if ray_status in ("RUNNING", "PENDING", "PAUSED"):
+        return (RunStatus.DIVERGED.value,
+                f"train_loss={last.get('train_loss')} at epoch {last.get('epoch')}")
+    if ray_status == TrialStatus.ERROR:
+        return RunStatus.ERROR.value, "trial errored (no error.txt)"
+    if ray_status in RAY_GOING:
         # Ray's last saved state still had it going: the study stopped (interrupted) with it
         # part-trained, or is still running while this is read.
         done = last.get("epoch", 0) if last else 0
-        return "unfinished", (f"{done}/{planned} epochs when the study stopped "
-                              f"(Ray: {ray_status.lower()})")
+        return RunStatus.UNFINISHED.value, (f"{done}/{planned} epochs when the study stopped "
+                                            f"(Ray: {ray_status.lower()})")
     if last is None:
-        return "no_results", "no epoch reported"
+        return RunStatus.NO_RESULTS.value, "no epoch reported"
     if planned is not None and last.get("epoch", 0) < planned:
-        if ray_status == "TERMINATED":
-            return "stopped", (f"stopped by the scheduler after {last.get('epoch')}/{planned} "
-                               "epochs")
-        return "unfinished", f"{last.get('epoch')}/{planned} epochs when the study stopped"
-    return "completed", ""
+        if ray_status == TrialStatus.TERMINATED:
+            return RunStatus.STOPPED.value, (f"stopped by the scheduler after "
+                                             f"{last.get('epoch')}/{planned} epochs")
+        return (RunStatus.UNFINISHED.value,
+                f"{last.get('epoch')}/{planned} epochs when the study stopped")
+    return RunStatus.COMPLETED.value, ""
 
 
 def _result_seeds(result: dict[str, Any], config: dict[str, Any]) -> list[Any]:
@@ -185,7 +195,7 @@ def collect_epochs(exp_dir: Path, per_seed: bool = False) -> pd.DataFrame:
     """
     frames = []
     for trial_dir in trial_dirs(exp_dir):
-        results = _read_results(trial_dir / "result.json")
+        results = _read_results(trial_dir / RESULT_FILE)
         if not results:
             continue
         config = results[-1].get("config", {})
@@ -236,14 +246,14 @@ def collect_trials(exp_dir: Path) -> pd.DataFrame:
     statuses = read_trial_states(exp_dir)
     rows = []
     for trial_dir in trial_dirs(exp_dir):
-        results = _read_results(trial_dir / "result.json")
+        results = _read_results(trial_dir / RESULT_FILE)
         last = results[-1] if results else None
         try:
-            params = json.loads(_read_text(trial_dir / "params.json"))
+            params = json.loads(_read_text(trial_dir / PARAMS_FILE))
         except json.JSONDecodeError:
             params = {}  # cut short by a crash: the config comes from result.json
         if not isinstance(params, dict):
-            raise StudyError(f"{trial_dir / 'params.json'}: must hold a JSON object, got "
+            raise StudyError(f"{trial_dir / PARAMS_FILE}: must hold a JSON object, got "
                              f"{type(params).__name__}")
         config = (last or {}).get("config") or params
         trial_id = _trial_id(trial_dir, results)
@@ -276,7 +286,8 @@ def collect_trials(exp_dir: Path) -> pd.DataFrame:
     seen = {r["trial_id"] for r in rows}
     for trial_id, info in statuses.items():
         if trial_id not in seen:
-            rows.append({"trial_id": trial_id, "status": info["status"].lower() or "pending",
+            rows.append({"trial_id": trial_id,
+                         "status": info["status"].lower() or RunStatus.PENDING.value,
                          "reason": "never started", "epochs": 0})
     return pd.DataFrame(rows)
 
@@ -291,12 +302,12 @@ def _per_seed_rows(results: list[dict[str, Any]], config: dict[str, Any], seeds:
         # The seed's own status: the trial's, with divergence judged per seed.
         alive = {k: v for k, v in last.items() if k != "diverged"}
         status, reason = _status(alive, config, ray_status, error_file)
-        if values.get("diverged") and status != "error":
+        if values.get("diverged") and status != RunStatus.ERROR:
             # the epoch it diverged: its first result flagging it, with its loss then
             first = next(r for r in results
                          if _seed_values(r, index, ["diverged"]).get("diverged"))
             loss = _seed_values(first, index, ["train_loss"]).get("train_loss")
-            status = "diverged"
+            status = RunStatus.DIVERGED.value
             reason = f"train_loss={loss} at epoch {first.get('epoch')}" + (
                 f" (seed {seed})" if len(seeds) > 1 else "")
         row = {"seed": seed, "status": status, "reason": reason}
@@ -311,8 +322,10 @@ def _per_seed_rows(results: list[dict[str, Any]], config: dict[str, Any], seeds:
     return rows
 
 
-STATUS_RANK = {"completed": 0, "stopped": 1, "unfinished": 1, "diverged": 2, "running": 3,
-               "paused": 3, "pending": 3}
+# Which copy of a duplicated run counts: the furthest along (errored and no_results: last, 4).
+STATUS_RANK = {RunStatus.COMPLETED: 0, RunStatus.STOPPED: 1, RunStatus.UNFINISHED: 1,
+               RunStatus.DIVERGED: 2, RunStatus.RUNNING: 3, RunStatus.PAUSED: 3,
+               RunStatus.PENDING: 3}
 
 
 def collect_runs(exp_dir: Path | None = None, trials: pd.DataFrame | None = None

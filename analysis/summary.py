@@ -10,15 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.results import (
-    CONFIG_KEYS,
-    META_FILE,
-    collect_runs,
-    collect_trials,
-    column_name,
-    read_meta,
-)
+from analysis.results import CONFIG_KEYS, collect_runs, collect_trials, column_name, read_meta
 from analysis.stats import mean_ci
+from study.core.names import IN_PROGRESS, META_FILE, RunStatus
 from study.errors import StudyError
 from study.search.space import METRICS, MODES
 
@@ -63,9 +57,10 @@ def best_configuration(trials: pd.DataFrame, metric: str, mode: str) -> dict[str
         return None
     if "duplicate" in trials:  # another copy of the same run is counted instead
         trials = trials[~trials["duplicate"].astype(bool)]
-    usable = trials[trials["status"] == "completed"]
+    usable = trials[trials["status"] == RunStatus.COMPLETED]
     if usable[metric].notna().sum() == 0:
-        usable = trials[trials["status"].isin(["completed", "stopped", "unfinished"])]
+        usable = trials[trials["status"].isin(
+            [RunStatus.COMPLETED, RunStatus.STOPPED, RunStatus.UNFINISHED])]
     usable = usable[usable[metric].notna()]
     if usable.empty:
         return None
@@ -116,9 +111,6 @@ def _seeds(run: pd.Series) -> list[int]:
     return [int(run["seed"])]
 
 
-RUNNING = ("running", "pending", "paused", "unfinished")
-
-
 def seed_standings(trials: pd.DataFrame, rule: dict[str, Any],
                    searched: list[str] | None = None) -> pd.DataFrame:
     """Return one row per configuration of a `--repeats auto` study: its label, seeds with a
@@ -137,9 +129,9 @@ def seed_standings(trials: pd.DataFrame, rule: dict[str, Any],
     for key, group in trials.groupby(keys, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         label = ", ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True) if k in named)
-        done = group[group["status"] == "completed"]
+        done = group[group["status"] == RunStatus.COMPLETED]
         values = [float(v) for v in done[metric] if isinstance(v, float) and math.isfinite(v)]
-        running = int(group["status"].isin(RUNNING).sum())
+        running = int(group["status"].isin(IN_PROGRESS).sum())
         tries = int(len(group)) - running
         wants, why = check.decide(values, tries, running)
         if wants or running:
@@ -158,7 +150,7 @@ def validation_source(data_spec: str | None) -> tuple[str, bool]:
     stratified 20 % of train; a `.npz` with `val_images` brings its own validation split.
     """
     if not data_spec:
-        return "unknown (no study.json records the data)", False
+        return f"unknown (no {META_FILE} records the data)", False
     if data_spec == "synthetic" or data_spec.startswith("synthetic:"):
         return ("a seeded, stratified hold-out of the synthetic training images; the test "
                 "images are generated apart from them"), False

@@ -20,7 +20,7 @@ import pytest
 
 from analysis.report import FIGURES, OPTUNA_DB, write_report
 from analysis.results import collect_trials, trial_dirs
-from study.cli.parser import main
+from study.cli.main import main
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import homework
-from analysis.report import _differences_section, _validation_test_section
+from analysis.report_sections import _differences_section, _validation_test_section
 from analysis.summary import validation_source
 
 
@@ -113,7 +113,7 @@ def test_the_gap_direction_is_named(gap_sign: int) -> None:
 
 
 def test_seeds_section_states_the_rule_and_where_each_configuration_stopped() -> None:
-    from analysis.report import _seeds_section
+    from analysis.report_sections import _seeds_section
 
     rows = []
     scores = {"bce": [80.0, 80.4, 79.8], "ce": [70.0, 78.0, 62.0, 74.0, 66.0]}
@@ -141,7 +141,7 @@ def test_seeds_section_states_the_rule_and_where_each_configuration_stopped() ->
 
 
 def test_seeds_section_says_when_the_study_ended_first() -> None:
-    from analysis.report import _seeds_section
+    from analysis.report_sections import _seeds_section
 
     rows = [{"trial_id": f"t{s}", "status": "completed" if s < 3 else "running", "seed": s,
              "loss": "ce", "test_accuracy": v} for s, v in enumerate([70.0, 78.0, 62.0, 0.0])]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.axes import Axes
 
-from analysis import hpo, report
+from analysis import hpo, report, report_figures
 
 
 def _history(n: int) -> pd.DataFrame:
@@ -25,11 +25,11 @@ def _broken(ax: Axes) -> Axes:
     raise ValueError("no such column: lr")
 
 
-def _figures() -> list[report.Figure]:
-    figures = [report.Figure(f"history_{n}", f"history of {n}", hpo.plot_history,
+def _figures() -> list[report_figures.Figure]:
+    figures = [report_figures.Figure(f"history_{n}", f"history of {n}", hpo.plot_history,
                              (_history(n), "val_accuracy"), size=(5.0, 3.5))
                for n in (3, 8, 20)]
-    figures.insert(1, report.Figure("broken", "fails", _broken, size=(4.0, 3.0)))
+    figures.insert(1, report_figures.Figure("broken", "fails", _broken, size=(4.0, 3.0)))
     return figures
 
 
@@ -38,10 +38,10 @@ def test_worker_processes_draw_the_same_pngs(tmp_path: Path) -> None:
     here.mkdir()
     there.mkdir()
     calls: list[tuple[str, int, int]] = []
-    serial = report.FigureWriter(here)
+    serial = report_figures.FigureWriter(here)
     serial.draw_all(_figures())
-    with report._pool(2) as pool:
-        parallel = report.FigureWriter(there, lambda *args: calls.append(args))
+    with report_figures.worker_pool(2) as pool:
+        parallel = report_figures.FigureWriter(there, lambda *args: calls.append(args))
         parallel.draw_all(_figures(), pool)
     names = ["history_3.png", "history_8.png", "history_20.png"]
     assert list(serial.written) == list(parallel.written) == names  # the order asked
@@ -57,15 +57,15 @@ def test_worker_processes_draw_the_same_pngs(tmp_path: Path) -> None:
 
 
 def test_no_workers_on_one_core_or_for_one_figure(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report.os, "sched_getaffinity", lambda _pid: {0})
-    assert report._workers(13) == 0
-    monkeypatch.setattr(report.os, "sched_getaffinity", lambda _pid: set(range(64)))
-    assert report._workers(1) == 0
-    assert report._workers(13) == report.MAX_WORKERS
+    monkeypatch.setattr(report_figures.os, "sched_getaffinity", lambda _pid: {0})
+    assert report_figures.worker_count(13) == 0
+    monkeypatch.setattr(report_figures.os, "sched_getaffinity", lambda _pid: set(range(64)))
+    assert report_figures.worker_count(1) == 0
+    assert report_figures.worker_count(13) == report_figures.MAX_WORKERS
 
 
 def test_model_file_name_is_the_checkpoint_modules() -> None:
-    from study.training.checkpoint import MODEL_FILE
+    from study.core.names import MODEL_FILE
 
     assert report.MODEL_FILE == MODEL_FILE
 

@@ -71,6 +71,7 @@ class RunStatus(str, Enum):
     RUNNING = "running"
     PENDING = "pending"
     PAUSED = "paused"
+    NO_RESULTS = "no_results"  # a trial folder without one reported epoch: it never trained
 
     def __str__(self) -> str:
         return self.value
