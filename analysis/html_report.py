@@ -1,21 +1,24 @@
 """summary/report.html: report.md as one web page, every figure embedded (base64 PNG).
 
-report.md stays the source; markdown-it-py (CommonMark with tables) renders it, and each image
-that points at a file beside it is inlined as a `data:` URI, so the page opens in any browser
-alone: mailed, attached to a ticket or copied off a cluster without figures/.
+report.md stays the source; markdown-it-py (CommonMark with tables) renders it, and each figure
+the report drew is inlined as a `data:` URI, so the page opens in any browser alone: mailed,
+attached to a ticket or copied off a cluster without figures/. Nothing else is ever read into
+the page: an image that names any other file (Markdown syntax in a recorded command or a path,
+say `![e](/proc/self/environ)`) becomes its alt text, so no local file reaches a page meant to
+be sent around.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import mimetypes
+from collections.abc import Collection
 from pathlib import Path
 
 from markdown_it import MarkdownIt
 
 from study.core.files import write_text_atomic
-from study.core.names import REPORT_HTML, REPORT_MD
+from study.core.names import FIGURES_DIR, REPORT_HTML, REPORT_MD
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 72rem;
@@ -30,31 +33,45 @@ h1, h2, h3 { line-height: 1.2; }
 """
 
 
-def _inline_images(tokens: list, folder: Path) -> list[str]:
-    """Replace each local image's src with a data: URI; return the images that were missing."""
+def _inline_images(tokens: list, folder: Path, figures: Collection[str]) -> list[str]:
+    """Replace each image of a drawn figure (`figures/NAME` with NAME in `figures`) by a data:
+    URI and every other image by its alt text; return the drawn figures that were missing."""
     missing = []
+    drawn = {f"{FIGURES_DIR}/{name}" for name in figures}
     for token in tokens:
+        children = []
         for child in token.children or []:
             if child.type != "image":
+                children.append(child)
                 continue
             src = child.attrGet("src") or ""
-            if ":" in src.split("/")[0]:  # a URL (http:, data:): left as it is
-                continue
-            path = (folder / src).resolve()
-            if not path.is_file():
+            path = folder / src
+            if src not in drawn:
+                child.type, child.tag, child.content = "text", "", _alt(child)
+                child.children, child.attrs = None, {}
+            elif path.is_file() and not path.is_symlink():
+                data = base64.b64encode(path.read_bytes()).decode("ascii")
+                child.attrSet("src", f"data:image/png;base64,{data}")
+            else:
                 missing.append(src)
-                continue
-            kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            child.attrSet("src", f"data:{kind};base64,{data}")
+            children.append(child)
+        if token.children is not None:
+            token.children = children
     return missing
 
 
-def render_html(markdown: str, folder: Path, title: str = "Study report") -> str:
-    """Return the page for `markdown`, images relative to `folder` embedded."""
+def _alt(image: object) -> str:
+    """An image's alt text (markdown-it keeps it as the image's children)."""
+    return "".join(c.content for c in getattr(image, "children", None) or [])
+
+
+def render_html(markdown: str, folder: Path, figures: Collection[str],
+                title: str = "Study report") -> str:
+    """Return the page for `markdown`, the drawn `figures` (PNG file names in
+    `folder`/figures/) embedded."""
     md = MarkdownIt("commonmark", {"html": False}).enable("table")
     tokens = md.parse(markdown)
-    missing = _inline_images(tokens, folder)
+    missing = _inline_images(tokens, folder, figures)
     body = md.renderer.render(tokens, md.options, {})
     if missing:
         body += ("<p><strong>Figures not found when this page was written:</strong> "
@@ -65,12 +82,13 @@ def render_html(markdown: str, folder: Path, title: str = "Study report") -> str
             f"<body>\n{body}</body>\n</html>\n")
 
 
-def write_html_report(out: Path) -> Path:
-    """Write out/report.html from out/report.md and the figures it links; return its path."""
+def write_html_report(out: Path, figures: Collection[str]) -> Path:
+    """Write out/report.html from out/report.md and the `figures` the report drew (file names
+    in out/figures/); return its path."""
     out = Path(out)
     markdown = (out / REPORT_MD).read_text()
     first = markdown.splitlines()[0] if markdown else ""
     title = first.lstrip("# ").strip() or "Study report"
     path = out / REPORT_HTML
-    write_text_atomic(path, render_html(markdown, out, title))
+    write_text_atomic(path, render_html(markdown, out, figures, title))
     return path

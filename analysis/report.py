@@ -225,7 +225,7 @@ def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path, final: Pat
                            db.resolve() if db else None, study_name)
     write_text_atomic(out / REPORT_MD, report)
     step(REPORT_MD, 1, 1)
-    write_html_report(out)
+    write_html_report(out, figs.written)
     step(REPORT_HTML, 1, 1)
     return {**summary, "out": final, "missing": missing, "figures": list(figs.written),
             "comparisons": comparisons, "optuna_db": db, "study_name": study_name}

@@ -11,16 +11,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import matplotlib
+import pytest
+from PIL import Image
 
-matplotlib.use("Agg")
+from analysis.html_report import render_html, write_html_report
+from analysis.plotting import plt
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from analysis.html_report import render_html, write_html_report  # noqa: E402
-
+DRAWN = ("hpo_history.png", "hpo_parallel.png")  # what the report itself wrote
 DATA_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)"')
 
 
@@ -53,7 +50,7 @@ def embedded(page: str) -> dict[str, Image.Image]:
 
 
 def test_every_figure_is_embedded_and_decodes(summary_dir: Path) -> None:
-    path = write_html_report(summary_dir)
+    path = write_html_report(summary_dir, DRAWN)
     page = path.read_text()
     images = embedded(page)
     assert set(images) == {"History", "Parallel"}
@@ -68,8 +65,34 @@ def test_every_figure_is_embedded_and_decodes(summary_dir: Path) -> None:
 
 
 def test_a_missing_figure_is_named(tmp_path: Path) -> None:
-    page = render_html("![Gone](figures/gone.png)\n", tmp_path)
+    page = render_html("![Gone](figures/gone.png)\n", tmp_path, ["gone.png"])
     assert "Figures not found when this page was written:</strong> figures/gone.png" in page
+
+
+@pytest.mark.parametrize("src", ["/proc/self/environ", "secret.txt", "figures/../secret.txt",
+                                 "figures/secret.txt", "file:///etc/passwd"])
+def test_only_the_figures_the_report_drew_are_ever_embedded(summary_dir: Path, src: str) -> None:
+    """Markdown image syntax in text the report quotes (a recorded command, a storage path)
+    embeds no file and links none: no image but the drawn figures, no local path as a src."""
+    (summary_dir / "secret.txt").write_text("AWS_SECRET=hunter2")
+    (summary_dir / "figures" / "secret.txt").write_text("AWS_SECRET=hunter2")
+    report = (summary_dir / "report.md").read_text()
+    (summary_dir / "report.md").write_text(report + f"\nCommand: ![leak]({src})\n")
+    page = write_html_report(summary_dir, DRAWN).read_text()
+    assert set(embedded(page)) == {"History", "Parallel"}  # the drawn figures, still embedded
+    assert "hunter2" not in page and base64.b64encode(b"AWS_SECRET").decode() not in page
+    assert page.count("<img ") == 2 and f'"{src}"' not in page
+    assert "Command: leak" in page or f"Command: ![leak]({src})" in page  # shown as text
+
+
+def test_a_drawn_figure_replaced_by_a_link_is_not_followed(summary_dir: Path) -> None:
+    (summary_dir / "secret.txt").write_text("AWS_SECRET=hunter2")
+    (summary_dir / "figures" / "hpo_history.png").unlink()
+    (summary_dir / "figures" / "hpo_history.png").symlink_to(summary_dir / "secret.txt")
+    page = write_html_report(summary_dir, DRAWN).read_text()
+    assert set(embedded(page)) == {"Parallel"}
+    assert "hunter2" not in page and base64.b64encode(b"AWS_SECRET").decode() not in page
+    assert "Figures not found when this page was written:</strong> figures/hpo_history.png" in page
 
 
 CHECK = """<script>
@@ -93,7 +116,7 @@ def test_headless_chromium_loads_it_with_every_figure_sized(summary_dir: Path,
         or shutil.which("google-chrome")
     if browser is None:
         pytest.skip("no Chromium or Chrome installed (Debian: apt-get install -y chromium)")
-    page = write_html_report(summary_dir).read_text()
+    page = write_html_report(summary_dir, DRAWN).read_text()
     probe = tmp_path_factory.mktemp("browser") / "report.html"
     # The check script goes in a copy: the report itself carries no JavaScript.
     probe.write_text(page.replace("</head>", CHECK + "\n</head>"))
