@@ -910,3 +910,34 @@ def test_resume_hint_is_shell_quoted(tmp_path: Path, monkeypatch: pytest.MonkeyP
                                     "--storage-path", str(storage)]
     done = subprocess.run(["sh", "-n", "-c", command], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr  # one valid command line
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("num_samples", "2", "must be int or None, got str '2'"),
+    ("seed", "0", "must be int, got str '0'"),
+    ("name", 5, "must be str or None, got int 5"),
+    ("cpus_per_trial", "1", "must be float, got str '1'"),
+    ("target_ci", "2", "must be float or None, got str '2'"),
+    ("space", None, "must be str, got NoneType None"),
+    ("quiet", "no", "must be bool, got str 'no'"),
+    ("repeats", True, "must be int or str, got bool True"),
+    ("max_concurrent", 2.5, "must be int or None, got float 2.5"),
+])
+def test_the_notebook_api_names_an_option_of_the_wrong_type(option: str, value: object,
+                                                            expected: str,
+                                                            tmp_path: Path) -> None:
+    """study.run(...) refuses a wrong type before anything starts, naming the option (a
+    string where a number belongs used to fail deep inside; `quiet="no"` counted as quiet)."""
+    import study
+
+    with pytest.raises(TypeError) as raised:
+        study.run(**{option: value}, storage_path=str(tmp_path))
+    assert str(raised.value) == f"study.run({option}=...): {expected}"
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_the_notebook_api_takes_numbers_as_numbers() -> None:
+    from study.cli.api import check_types
+
+    check_types({"num_samples": 2, "cpus_per_trial": 1, "gpus_per_trial": 0.5, "target_ci": 2,
+                 "repeats": "auto", "name": None, "quiet": True, "max_epochs": None})

@@ -215,3 +215,34 @@ def test_study_report_shows_its_progress_without_importing_ray(tmp_path: Path) -
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["[]", "True"], done.stdout
+
+
+def test_trials_added_beyond_the_plan_grow_the_total() -> None:
+    """Seeds on demand: the plan knows the first seeds of each arm (2 trials of 2 epochs); a
+    third trial the searcher adds is counted in, never "3/2 done, epochs 6/4"."""
+    from types import SimpleNamespace
+
+    out = io.StringIO()
+    progress = StudyProgress(2, 2, "val_accuracy", "max", live=False, stream=out)
+    for trial_id in ("a", "b", "c"):
+        trial = SimpleNamespace(trial_id=trial_id, status="RUNNING", last_result={})
+        progress.on_trial_start(0, [], trial)
+        progress.on_trial_result(0, [], trial, {"epoch": 1, "val_accuracy": 50.0})
+        progress.on_trial_result(0, [], trial, {"epoch": 2, "val_accuracy": 60.0})
+        progress.on_trial_complete(0, [], trial)
+    assert progress.total == 3
+    assert progress.counts() == (3, 0, 0)
+    assert (progress.trained_epochs(), progress.planned_epochs()) == (6, 6)
+    assert "3/3 done, 0 running, 0 pending" in out.getvalue().splitlines()[-1]
+    assert "3/2" not in out.getvalue() and "6/4" not in out.getvalue()
+
+
+def test_a_progress_pickled_before_its_total_could_grow_restores() -> None:
+    import pickle
+
+    progress = StudyProgress(4, 3, "val_accuracy", "max", live=False, stream=io.StringIO())
+    state = progress.__getstate__()
+    state["total"] = state.pop("planned_total")  # as an experiment made before pickled it
+    restored = StudyProgress.__new__(StudyProgress)
+    restored.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert restored.total == 4 and restored.counts() == (0, 0, 4)

@@ -86,6 +86,30 @@ def call_text(options: dict[str, Any]) -> str:
     return f"study.run({args})"
 
 
+def check_types(options: dict[str, Any]) -> None:
+    """Refuse an option of the wrong type with a TypeError naming it (`num_samples="2"`,
+    `quiet="no"`), before anything runs. The types are RunOptions' own annotations; a whole
+    number is a float's value too, a bool is never a number."""
+    from typing import get_args, get_type_hints
+
+    from study.engine.options import RunOptions
+
+    hints = {**get_type_hints(RunOptions), "quiet": bool}
+    for name, value in options.items():
+        allowed = get_args(hints[name]) or (hints[name],)
+        ok = any(value is None if kind is type(None)
+                 else isinstance(value, bool) if kind is bool
+                 else isinstance(value, (int, float)) and not isinstance(value, bool)
+                 if kind is float
+                 else isinstance(value, kind) and not isinstance(value, bool) if kind is int
+                 else isinstance(value, kind)
+                 for kind in allowed)
+        if not ok:
+            names = " or ".join("None" if k is type(None) else k.__name__ for k in allowed)
+            raise TypeError(f"study.run({name}=...): must be {names}, got "
+                            f"{type(value).__name__} {value!r:.60}")
+
+
 def run(**options: Any) -> StudyResult:
     """Run (or with `resume=True`, continue) a study, write its summary, and return it.
 
@@ -99,11 +123,12 @@ def run(**options: Any) -> StudyResult:
 
     known = {f.name for f in fields(RunOptions)}
     given = dict(options)
-    quiet = bool(given.pop("quiet", False))
-    unknown = sorted(set(given) - known)
+    unknown = sorted(set(given) - known - {"quiet"})
     if unknown:
         raise TypeError(f"study.run() got an unexpected keyword argument {unknown[0]!r}; "
                         f"it takes: {', '.join(sorted(known | {'quiet'}))}")
+    check_types(given)
+    quiet = given.pop("quiet", False)
     if quiet:
         given["verbose"] = 0
     if given.get("resume"):

@@ -49,7 +49,8 @@ class StudyProgress(Callback):
     """Live progress of a study: trials, epochs, best score so far, elapsed and time left.
 
     `total_trials` and `epochs` (per trial) give the plan; a trial stopped early by the scheduler
-    takes its remaining epochs off the planned total, so the time left shrinks with it. `done`
+    takes its remaining epochs off the planned total, so the time left shrinks with it. Where
+    the searcher adds trials beyond the plan (seeds on demand), the total grows with them. `done`
     and `best` are known on a resume (trials and epochs that finished before) so the counts
     cover the whole study.
     """
@@ -57,7 +58,7 @@ class StudyProgress(Callback):
     def __init__(self, total_trials: int, epochs: int, metric: str, mode: str, *,
                  stream: IO[str] | None = None, live: bool | None = None,
                  earlier: tuple[int, int] = (0, 0)) -> None:
-        self.total = total_trials
+        self.planned_total = total_trials  # trials the plan knows of when the study starts
         # (trials, epochs) that ended in earlier sessions of a study this run adds trials to.
         self.earlier = earlier
         self.epochs = epochs
@@ -76,6 +77,11 @@ class StudyProgress(Callback):
         self._last_refresh = 0.0
 
     # --- counts -------------------------------------------------------------------------
+
+    @property
+    def total(self) -> int:
+        """Trials of the study: the plan's, or every one started where more were added."""
+        return max(self.planned_total, self.earlier[0] + len(self.started | set(self.ended)))
 
     def planned_epochs(self) -> int:
         """Epochs the study will train in all: ended trials count what they trained."""
@@ -146,7 +152,7 @@ class StudyProgress(Callback):
         eta = self.eta()
         timing = (f"{_clock(now - self.start)} elapsed, "
                   + (f"~{_clock(eta)} left" if eta is not None else "time left unknown yet"))
-        self._display.update(self._trials_task, completed=self.counts()[0],
+        self._display.update(self._trials_task, completed=self.counts()[0], total=self.total,
                              info=self.trials_text())
         self._display.update(self._epochs_task, completed=self.trained_epochs(),
                              total=max(self.planned_epochs(), 1), info=timing)
@@ -235,6 +241,7 @@ class StudyProgress(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Restored with the Tuner on a resume: counts start over (on_step_end brings the
         # trials that ended before), and so does the clock of this process.
+        state.setdefault("planned_total", state.pop("total", 0))  # pickled before it grew
         self.__dict__.update(state)
         self.console = Console(file=sys.stdout, highlight=False)
         self.live = self.console.is_terminal
