@@ -12,6 +12,7 @@ import importlib
 import logging
 import threading
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,12 @@ from study.engine.experiment import (
     remove_unstarted,
     storage_root,
     study_record,
+)
+from study.engine.journal import (
+    begin_extension,
+    checked_journal,
+    only_this_process,
+    settle_extension,
 )
 from study.engine.options import RunOptions, check_options, command_line, resolved
 from study.engine.resume import check_resumable
@@ -79,20 +86,23 @@ def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
     local = is_local_path(opts.storage_path)
     exp_dir = Path(root) / opts.name
     data_spec = resolve_spec(opts.data)
-    extra = 0
     if local:
         _check_experiment_folder(opts, exp_dir, space, data_spec)
-        if opts.resume:
+    # One process at a time continues an experiment (a new one is claimed by its mkdir).
+    with only_this_process(exp_dir) if local and opts.resume else nullcontext():
+        extra = 0
+        if local and opts.resume:
+            checked_journal(exp_dir, exp_dir.name)  # before anything is appended to it
             extra, finished = _resume_plan(opts, exp_dir)
             if finished is not None:
                 return finished
-    try:
-        return _run_claimed(Plan(opts, space, epochs, root, local, exp_dir, data_spec, command,
-                                 extra))
-    except BaseException:
-        if local and not opts.resume:
-            remove_unstarted(exp_dir)  # so that the same command can simply be run again
-        raise
+        try:
+            return _run_claimed(Plan(opts, space, epochs, root, local, exp_dir, data_spec,
+                                     command, extra))
+        except BaseException:
+            if local and not opts.resume:
+                remove_unstarted(exp_dir)  # so that the same command can simply be run again
+            raise
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,8 @@ def _run_claimed(plan: Plan) -> StudyRun:
             results = _fit(tuner)
         statuses = ({k: v["status"] for k, v in read_trial_states(plan.exp_dir).items()}
                     if plan.local else {})
+        if plan.local:
+            settle_extension(plan.exp_dir, len(statuses))
         unfinished = sum(1 for s in statuses.values() if s not in FINISHED)
         return StudyRun(plan.exp_dir, len(results), len(results.errors), interrupted=(
             unfinished > 0 or len(statuses) < expected_trials(opts, plan.space)))
@@ -180,6 +192,7 @@ def _resume_plan(opts: RunOptions, exp_dir: Path) -> tuple[int, StudyRun | None]
             "(its search was not kept as it ran), so its search cannot continue"
         )
     if extra <= 0 and finished:
+        settle_extension(exp_dir, len(statuses))  # an extension that never began is dropped
         errors = sum(1 for s in statuses.values() if s["status"] == TrialStatus.ERROR)
         return 0, StudyRun(exp_dir, len(statuses), errors, interrupted=False, nothing_new=True)
     return max(extra, 0), None
@@ -298,18 +311,10 @@ def _tuner(plan: Plan, data: Dataset) -> Any:
         ),
     )
     if local and extra:
-        from datetime import datetime, timezone
-
-        from study.engine.resume import read_study_meta
-
-        # study.json keeps how the study began, and now counts the trials added.
-        record = read_study_meta(exp_dir)
-        record["options"]["num_samples"] = opts.num_samples
-        record["expected_trials"] = expected_trials(opts, space)
-        record.setdefault("extended", []).append({
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "num_samples": opts.num_samples, "command": command or command_line(opts)})
-        write_json_atomic(exp_dir / META_FILE, record)
+        # study.json keeps how the study began; the trials added count once Ray's saved state
+        # holds them (settle_extension), so an extension stopped before it began is undone.
+        begin_extension(exp_dir, opts.num_samples, expected_trials(opts, space),
+                        command or command_line(opts))
     elif local:
         record = study_record(opts, space, data, epochs, expected_trials(opts, space),
                               command or command_line(opts), ray.__version__)
