@@ -6,7 +6,10 @@ in that factor only: the other homework factors are held at the baseline when th
 baseline's value, and otherwise averaged over (marginalised), which the comparison's `note` says.
 Any other parameter that varies within an arm (a searched learning rate, say) is marginalised
 too, and named in the note. Identical runs (same configuration, same seed: a study resumed
-twice, a copied trial) count once.
+twice, a copied trial) count once, in the statistics and in every count of failures.
+
+Arms that ran the same seeds are compared paired (`analysis.paired`), else unpaired; each arm
+has a seed CI and a test-set CI (`analysis.uncertainty`), and its diverged share.
 
 `collect_*` return DataFrames; `plot_*` draw them on an Axes and return it.
 """
@@ -19,10 +22,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
+from analysis.paired import compare_matched
 from analysis.plotting import Axes, new_axes, plt
 from analysis.results import CONFIG_KEYS, column_name
-from analysis.stats import ArmTest, adjust_holm, compare_arms, finite, mean_ci
+from analysis.stats import ArmTest, adjust_holm, mean_ci
+from analysis.uncertainty import combined_half_width, difference_test_set_ci, test_set_ci
 from study.core.names import IN_PROGRESS, RunStatus
 
 BASELINE: dict[str, Any] = {"loss": "ce", "batch_size": 32, "depth": 3}
@@ -143,39 +149,87 @@ def distinct_runs(trials: pd.DataFrame) -> pd.DataFrame:
     return trials.loc[~trials[keys].astype(str).duplicated(keep="last")]
 
 
-def collect_arm_stats(comparison: Comparison) -> pd.DataFrame:
-    """Return one row per arm: n, mean, SD and 95 % CI of test and best validation accuracy,
-    the per-seed test accuracies, trials left out (stopped, diverged, errored, duplicates of
-    another run) and the homework's number."""
+def collect_arm_stats(comparison: Comparison, n_test: int | None = None) -> pd.DataFrame:
+    """Return one row per arm: n, mean, SD and 95 % CI over seeds of test and best validation
+    accuracy, the test-set 95 % CI of the mean (bootstrap over the runs' saved per-image
+    predictions, else exact binomial over `n_test` images) and both combined, the per-seed
+    test accuracies, trials left out (stopped, diverged, errored, duplicates of another run)
+    and the homework's number."""
     rows = []
     for arm in comparison.arms:
-        members = comparison.trials[comparison.trials[comparison.factor] == arm]
-        finished = members[members["status"].isin(USABLE)]
-        usable = distinct_runs(finished)
-        test = mean_ci(usable["test_accuracy"].tolist())
+        copies = comparison.trials[comparison.trials[comparison.factor] == arm]
+        members = distinct_runs(copies)  # a run read twice is counted once, whatever its end
+        usable = members[members["status"].isin(USABLE)]
+        scored = usable[usable["test_accuracy"].notna()]
+        test = mean_ci(scored["test_accuracy"].tolist())
         val = mean_ci(usable["best_val_accuracy"].tolist())
         number, label = homework_number(comparison.factor, arm)
+        correct = list(scored["test_correct"]) if "test_correct" in scored else []
+        images = test_set_ci(test.mean, n_test,
+                             correct if correct and all(c is not None for c in correct) else ())
+        failed = divergence(members)
         rows.append({
+            **failed,
             "factor": comparison.factor, "arm": arm, "label": arm_label(comparison.factor, arm),
             "n": test.n, "test_mean": test.mean, "test_sd": test.std, "test_ci": test.half_width,
             "val_mean": val.mean, "val_sd": val.std, "val_ci": val.half_width,
-            "test_values": [float(v) for v in finite(usable["test_accuracy"].tolist())],
+            "test_set_low": images.low, "test_set_high": images.high,
+            "test_set_ci": images.half_width, "test_set_method": images.method,
+            # each image's correctness averaged over the arm's seeds (internal: pairs arms on
+            # the same images; never written out)
+            "_per_image": (np.mean([np.asarray(c, dtype=float) for c in correct], axis=0)
+                           if correct and all(c is not None for c in correct)
+                           and len({len(c) for c in correct}) == 1 else None),
+            "combined_ci": combined_half_width(test.half_width, images.half_width),
+            "test_values": [float(v) for v in scored["test_accuracy"]],
+            # each value's block: its seed, and what the comparison marginalises, so runs
+            # with the same block in two arms differ in the compared factor alone
+            "test_blocks": [block_key(row, comparison.marginalised)
+                            for row in scored.to_dict("records")],
             "n_stopped": int((members["status"] == RunStatus.STOPPED).sum()),
             "n_diverged": int((members["status"] == RunStatus.DIVERGED).sum()),
             "n_error": int(members["status"].isin([RunStatus.ERROR,
                                                    RunStatus.NO_RESULTS]).sum()),
             "n_unfinished": int(members["status"].isin(IN_PROGRESS).sum()),
-            "n_duplicate": int(len(finished) - len(usable)),
+            "n_duplicate": int(len(copies) - len(members)),
             "homework": math.nan if number is None else number,
             "homework_label": label,
         })
     return pd.DataFrame(rows)
 
 
+def block_key(run: dict[str, Any], marginalised: list[str]) -> str:
+    """A run's block in a comparison: its seed and the marginalised settings, as one string."""
+    seed = run.get("seed")
+    seed = None if seed is None or (isinstance(seed, float) and math.isnan(seed)) else int(seed)
+    return json.dumps([seed, *[_py(run.get(c)) for c in marginalised]], default=str)
+
+
+def divergence(runs: pd.DataFrame) -> dict[str, float]:
+    """An arm's diverged share of its ended runs (completed or diverged) with its exact
+    (Clopper-Pearson) 95 % CI, and its intention-to-treat test accuracy: the mean over those
+    runs, a diverged seed kept at its last good score (the test accuracy of the weights it had
+    kept when it diverged; a seed that never had good weights has none and is left out)."""
+    ended = runs[runs["status"].isin([RunStatus.COMPLETED, RunStatus.DIVERGED])]
+    k, n = int((ended["status"] == RunStatus.DIVERGED).sum()), len(ended)
+    low = high = math.nan
+    if n:
+        ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+        low, high = ci.low * 100, ci.high * 100
+    itt = mean_ci(ended["test_accuracy"].tolist()) if n else mean_ci([])
+    return {"n_ended": n, "diverged_rate": 100 * k / n if n else math.nan,
+            "diverged_low": low, "diverged_high": high, "itt_mean": itt.mean,
+            "itt_ci": itt.half_width, "itt_n": itt.n}
+
+
 def compare_test_accuracy(stats: pd.DataFrame) -> ArmTest:
-    """Welch's t-test (two arms) or Games-Howell pairs (more) of the arms' test accuracies,
-    before any adjustment across a report (`adjust_comparisons`)."""
-    return compare_arms({row.label: row.test_values for row in stats.itertuples()})
+    """The arms' test accuracies compared, before any adjustment across a report
+    (`adjust_comparisons`): paired by seed where the arms share their seeds (paired t, or a
+    repeated-measures ANOVA with paired pairs), else Welch (two arms) or Games-Howell."""
+    arms = {row.label: row.test_values for row in stats.itertuples()}
+    blocks = ({row.label: row.test_blocks for row in stats.itertuples()}
+              if "test_blocks" in stats else None)
+    return compare_matched(arms, blocks)
 
 
 def adjust_comparisons(results: list[ArmTest]) -> list[ArmTest]:
@@ -184,20 +238,43 @@ def adjust_comparisons(results: list[ArmTest]) -> list[ArmTest]:
 
 
 PAIR_COLUMNS = ["factor", "a", "b", "n_a", "n_b", "difference", "ci_low", "ci_high",
-                "hedges_g", "test", "df", "p_value", "p_holm", "detectable_80",
-                "seeds_needed", "target_difference"]
+                "hedges_g", "test", "pair_test", "seed_correlation", "sd_difference", "df",
+                "p_value", "p_holm", "detectable_80", "detectable_80_low", "detectable_80_high",
+                "seeds_needed", "seeds_needed_low", "seeds_needed_high", "power_alpha",
+                "target_difference", "test_set_ci", "combined_ci"]
 
 
-def collect_pairs(comparison: Comparison, result: ArmTest) -> pd.DataFrame:
+def collect_pairs(comparison: Comparison, result: ArmTest,
+                  stats: pd.DataFrame | None = None) -> pd.DataFrame:
     """Return one row per compared pair: difference a - b (points) with its 95 % CI, Hedges' g,
-    raw and Holm-adjusted p, the difference detectable with 80 % power at this n, and seeds per
-    arm needed to detect the target difference (2 points)."""
-    rows = [{"factor": comparison.factor, "a": q.a, "b": q.b, "n_a": q.n_a, "n_b": q.n_b,
-             "difference": q.difference, "ci_low": q.low, "ci_high": q.high,
-             "hedges_g": q.hedges_g, "test": result.test, "df": q.df, "p_value": q.p_value,
-             "p_holm": q.p_adjusted, "detectable_80": q.detectable,
-             "seeds_needed": q.seeds_needed, "target_difference": q.target}
-            for q in result.pairs]
+    the comparison's test and the pair's (paired, welch, games-howell), the seeds' correlation
+    and the SD of the per-seed differences (paired), raw and Holm-adjusted p, the difference
+    the test run detects with 80 % power at this n and the seeds per arm it needs for the
+    target difference (2 points), each with its range over the SD's 95 % interval, and the
+    level (Holm step) they are for. With `stats` (`collect_arm_stats`, whose runs saved their
+    per-image predictions), also the difference's test-set 95 % half-width (a bootstrap over
+    the images both arms were scored on) and the seed and test-set intervals combined."""
+    per_image = (dict(zip(stats["label"], stats["_per_image"], strict=True))
+                 if stats is not None and "_per_image" in stats else {})
+    rows = []
+    for q in result.pairs:
+        power = q.power
+        a, b = per_image.get(q.a), per_image.get(q.b)
+        images = difference_test_set_ci(a, b) if a is not None and b is not None else math.nan
+        rows.append({
+            "factor": comparison.factor, "a": q.a, "b": q.b, "n_a": q.n_a, "n_b": q.n_b,
+            "difference": q.difference, "ci_low": q.low, "ci_high": q.high,
+            "hedges_g": q.hedges_g, "test": result.test, "pair_test": q.test,
+            "seed_correlation": q.correlation, "sd_difference": q.sd_diff, "df": q.df,
+            "p_value": q.p_value, "p_holm": q.p_adjusted, "detectable_80": q.detectable,
+            "detectable_80_low": power.detectable_low if power else math.nan,
+            "detectable_80_high": power.detectable_high if power else math.nan,
+            "seeds_needed": q.seeds_needed,
+            "seeds_needed_low": power.seeds_needed_low if power else None,
+            "seeds_needed_high": power.seeds_needed_high if power else None,
+            "power_alpha": power.alpha if power else math.nan, "target_difference": q.target,
+            "test_set_ci": images,
+            "combined_ci": combined_half_width((q.high - q.low) / 2, images)})
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
 
@@ -345,13 +422,13 @@ def comparison_record(comparison: Comparison, stats: pd.DataFrame,
     arms = []
     for row in stats.to_dict("records"):
         arms.append({k: (None if isinstance(v, float) and math.isnan(v) else _py(v))
-                     for k, v in row.items()})
+                     for k, v in row.items() if not k.startswith("_")})
     pairs = [{k: (None if isinstance(v, float) and math.isnan(v) else _py(v))
-              for k, v in row.items()} for row in collect_pairs(comparison, result)
+              for k, v in row.items()} for row in collect_pairs(comparison, result, stats)
              .astype(object).to_dict("records")]
     return {"factor": comparison.factor, "title": comparison.title, "note": comparison.note,
             "held": comparison.held, "marginalised": comparison.marginalised,
-            "test": result.test,
+            "test": result.test, "why": result.why,
             "p_value": None if math.isnan(result.p_value) else result.p_value,
             "p_holm": None if math.isnan(result.p_adjusted) else result.p_adjusted,
             "family": result.family, "excluded": list(result.excluded),

@@ -226,7 +226,9 @@ def build_study(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str, Any]
     frozen: list[FrozenTrial] = []
     for _, row in order:
         params, dists = trial_params(row, space, inferred)
-        value = row.get(metric)
+        # the value the searcher was told: the last epoch's (`last_<metric>`), as the
+        # intermediate values; the report's selection reads the tested weights' instead
+        value = row.get(f"last_{metric}", row.get(metric))
         finite = isinstance(value, (int, float)) and math.isfinite(value)
         state = STATES.get(row["status"], TrialState.FAIL) if finite else TrialState.FAIL
         attrs = {"trial_id": row["trial_id"], "status": row["status"],

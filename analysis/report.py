@@ -20,8 +20,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
+from analysis.factorial import collect_factorial, factorial_table
+from analysis.homework import BASELINE
 from analysis.html_report import write_html_report
 from analysis.optuna_study import build_study, write_optuna_db
 from analysis.report_figures import (
@@ -126,11 +129,18 @@ def _best_record(summary: dict[str, Any]) -> dict[str, Any]:
         "config": best["config"],
         "metrics": best["metrics"],
         "ci95": best["ci95"],
+        "test_set_ci95": _none_if_nan(best.get("test_set_ci95")),
+        "test_set_method": best.get("test_set_method"),
+        "combined_ci95": _none_if_nan(best.get("combined_ci95")),
         "n_seeds": best["n_seeds"],
         "seeds": best["seeds"],
         "trial_ids": best["trial_ids"],
         "representative_seed": best["representative_seed"],
     }
+
+
+def _none_if_nan(value: Any) -> Any:
+    return None if isinstance(value, float) and value != value else value
 
 
 def _missing_inputs(summary: dict[str, Any]) -> list[str]:
@@ -174,6 +184,10 @@ def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path, final: Pat
     # The homework's intervals are over seeds: one row per run, each seed's own epochs.
     comparisons, table, figures = homework_figures(
         summary["runs"], collect_epochs(exp_dir, per_seed=True), meta)
+    # ... and the grid as a whole: every run in one factorial model, beside them
+    factorial = collect_factorial(summary["runs"], list(BASELINE), BASELINE)
+    if factorial is not None:
+        table = pd.concat([table, factorial_table(factorial)], ignore_index=True)
     if not table.empty:
         write_text_atomic(out / HOMEWORK_CSV, table.to_csv(index=False))
     study_name = exp_dir.resolve().name
@@ -222,7 +236,7 @@ def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path, final: Pat
     if db is None:
         missing.append(f"no trial ran; {OPTUNA_DB} not written")
     report = render_report(summary, comparisons, importance, figs.written, missing,
-                           db.resolve() if db else None, study_name)
+                           db.resolve() if db else None, study_name, factorial)
     write_text_atomic(out / REPORT_MD, report)
     step(REPORT_MD, 1, 1)
     write_html_report(out, figs.written)

@@ -153,7 +153,8 @@ def homework_figures(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str,
         comparison = homework.select_comparison(trials, factor, meta.get("searched"))
         if comparison is None:
             continue
-        stats = homework.collect_arm_stats(comparison)
+        stats = homework.collect_arm_stats(comparison,
+                                           (meta.get("data_sizes") or {}).get("test"))
         chosen.append((comparison, stats, homework.compare_test_accuracy(stats)))
     # The verdicts of one report are adjusted together (Holm), so they are read as a family.
     results = homework.adjust_comparisons([result for _, _, result in chosen])
@@ -161,8 +162,10 @@ def homework_figures(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str,
     for (comparison, stats, _), result in zip(chosen, results, strict=True):
         factor = comparison.factor
         records.append(homework.comparison_record(comparison, stats, result))
-        tables.append(stats.assign(row="arm", verdict=result.verdict, note=comparison.note))
-        pairs = homework.collect_pairs(comparison, result)
+        public = stats.drop(columns=[c for c in stats if c.startswith("_")])
+        tables.append(public.assign(row="arm", verdict=result.verdict, note=comparison.note,
+                                    test=result.test, why=result.why))
+        pairs = homework.collect_pairs(comparison, result, stats)
         if not pairs.empty:
             tables.append(pairs.assign(row="pair", label=pairs["a"] + " - " + pairs["b"]))
         curves = homework.collect_arm_curves(comparison, epochs)
@@ -183,8 +186,9 @@ def homework_figures(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict[str,
                  "p_value", "p_holm", "detectable_80", "seeds_needed", "target_difference"]
         table = table[[c for c in first if c in table] + [c for c in table if c not in first]]
         # arm and pair rows share the table: counts stay whole numbers where a row has them
-        for column in ("n", "n_a", "n_b", "seeds_needed", "n_stopped", "n_diverged", "n_error",
-                       "n_unfinished", "n_duplicate"):
+        for column in ("n", "n_a", "n_b", "seeds_needed", "seeds_needed_low",
+                       "seeds_needed_high", "n_stopped", "n_diverged", "n_error", "n_unfinished",
+                       "n_duplicate", "n_ended", "itt_n"):
             if column in table:
                 table[column] = table[column].astype("Int64")
     return records, table, figures

@@ -13,7 +13,11 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.factorial import Factorial
+from analysis.report_design import factorial_section, failures_section
+from analysis.stats import mean_ci
 from analysis.summary import SUMMARY_METRICS, config_columns, seed_standings, validation_source
+from analysis.uncertainty import adaptive_coverage, gap_noise
 from study.core.names import (
     BEST_CONFIG_JSON,
     BEST_CONFIG_YAML,
@@ -90,9 +94,15 @@ def _homework_section(comparisons: list[dict[str, Any]], search: str | None,
                   "repeats than the study ran, and the survivors are the lucky ones. Rerun the "
                   "grid with `--scheduler fifo` (the default for `--search grid`) for an "
                   "unbiased comparison.", ""]
-    lines += ["| Comparison | Arm | n | Test accuracy % (mean ± 95 % CI) | SD | "
-              "Best val. accuracy % (mean ± 95 % CI) | Homework (one run) |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    methods = sorted({a.get("test_set_method") or "" for c in comparisons for a in c["arms"]})
+    lines += ["Two uncertainties per arm: the **seed CI** (another set of seeds, on these test "
+              "images) and the **test-set CI** (another sample of test images: "
+              + "; ".join(m for m in methods if m) + "), which more seeds never shrink; "
+              "*combined* adds the two in quadrature.", "",
+              "| Comparison | Arm | n | Test accuracy % (mean ± 95 % CI over seeds) | SD | "
+              "± test set | ± combined | Best val. accuracy % (mean ± 95 % CI) | "
+              "Homework (one run) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in comparisons:
         for i, a in enumerate(c["arms"]):
             extra = []
@@ -105,6 +115,7 @@ def _homework_section(comparisons: list[dict[str, Any]], search: str | None,
             lines.append(
                 f"| {c['title'] if i == 0 else ''} | {a['label']} | {n} | "
                 f"{_mean_ci(a['test_mean'], a['test_ci'])} | {_fmt(a['test_sd'])} | "
+                f"{_pm(a.get('test_set_ci'))} | {_pm(a.get('combined_ci'))} | "
                 f"{_mean_ci(a['val_mean'], a['val_ci'])} | {a['homework_label']} |")
     lines.append("")
     lines += _differences_section(comparisons)
@@ -116,52 +127,85 @@ def _differences_section(comparisons: list[dict[str, Any]]) -> list[str]:
     family = max((c["family"] for c in comparisons), default=0)
     lines = ["### How large, how sure, and could we have seen it", "",
              "Each difference is the first arm's mean test accuracy minus the second's, in "
-             "percentage points, with its 95 % CI. Two arms: Welch's t-test and interval (no "
-             "equal-variance assumption). More arms: **Games-Howell** pairs, not Tukey's HSD: "
-             "Tukey pools one variance over all arms, and seed-to-seed spread differs widely "
-             "between settings (a small batch spreads far more than a large one), so its "
-             "intervals would be too narrow for the wide arm and too wide for the narrow ones; "
-             "Games-Howell gives each pair its own Welch standard error and degrees of freedom "
-             "and adjusts for the pairs of its comparison (studentized range). Hedges' g is the "
-             "difference in pooled standard deviations, corrected for small samples.", "",
+             "percentage points, with its 95 % CI over seeds; *± test set* is its 95 % "
+             "half-width from the finite test set (a bootstrap over the images both arms were "
+             "scored on, so images both find easy or hard cancel; – where no per-image "
+             "predictions were saved). **Which test, and why** (each comparison "
+             "says it below):", "",
+             "- **Paired**, where the arms ran the same seeds: seed s starts every arm from the "
+             "same initialisation stream and data order, so the runs of one seed are a matched "
+             "pair and the noise they share cancels in their difference. Two arms: the paired "
+             "t-test and t-interval of the per-seed differences; *seed r* is the seeds' "
+             "correlation between the arms (the higher, the more the pairing gains). More arms: "
+             "a repeated-measures ANOVA with seed as block, and paired pairs Holm-adjusted over "
+             "the comparison's pairs.",
+             "- **Welch** (two arms) or **Games-Howell** (more), where the seeds do not match: "
+             "each pair with its own standard error and degrees of freedom (no pooled variance: "
+             "seed-to-seed spread differs widely between settings), Games-Howell adjusted for "
+             "the comparison's pairs by the studentized range.", "",
              f"**The verdicts of this report are Holm-adjusted together** (over the {family} "
              "comparison(s) that could be tested), so that several comparisons at alpha = 0.05 "
-             "do not each get their own 5 % chance of a false \"significant\". A many-arm "
-             "comparison enters "
-             "the family with its smallest pair p-value; each of its pairs is read only where "
-             "the comparison is significant, so a pair's Holm p is the larger of its own "
-             "(Games-Howell) p and its comparison's. An arm with fewer than two seeds, or whose "
-             "seeds all score the same, gives no estimate of its spread: its comparisons say "
-             "\"cannot tell\".", "",
-             "*Detectable at this n* is the smallest true difference a two-arm Welch test at "
-             "alpha = 0.05 would find with 80 % power at the arms' seeds and observed spread "
-             "(before any adjustment, which needs more); *seeds for 2 points* is how many seeds "
-             "per arm the same test needs to find a 2-point difference with 80 % power. A \"no "
-             "significant difference\" with a detectable difference of 15 points means \"too "
-             "few seeds\", not \"no difference\".", ""]
+             "do not each get their own 5 % chance of a false \"significant\"; a pair is read "
+             "only where its comparison is significant, so a pair's Holm p is the larger of its "
+             "own and its comparison's. Hedges' g is the difference in pooled standard "
+             "deviations, corrected for small samples. An arm whose seeds all score the same "
+             "(a model collapsed to one class) is compared on the other arm's spread; an arm "
+             "with fewer than two seeds says \"cannot tell\".", "",
+             "*Detectable* is the smallest true difference **the test that was run** (at the "
+             "strictest Holm step it faces: over this report's comparisons, or over a "
+             "repeated-measures comparison's pairs) finds with 80 % power at these seeds and the "
+             "observed spread; *seeds for 2 points*, how many seeds per arm it needs for a "
+             "2-point difference. Welch and Games-Howell power is simulated (their degrees of "
+             "freedom are estimated too), paired power is the exact noncentral t. In brackets: "
+             "the same at both ends of the SD's own 95 % interval, since at a few seeds the SD "
+             "is itself uncertain. A \"no significant difference\" with a detectable difference "
+             "of 15 points means \"too few seeds\", not \"no difference\".", ""]
     if tested:
-        lines += ["| Comparison | Pair | n | Difference (points, 95 % CI) | Hedges' g | p | "
-                  "Holm p | Detectable at this n (80 % power) | Seeds per arm for 2 points |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["| Comparison | Pair | n | Test | Difference (points, 95 % CI) | Seed r | "
+                  "± test set | Hedges' g | p | Holm p | Detectable at 80 % power (points) | "
+                  "Seeds per arm for 2 points |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in tested:
         for i, q in enumerate(c["pairs"]):
-            needed = q["seeds_needed"]
-            needed = "–" if needed is None else f"{int(needed)}"
+            needed = _count_range(q["seeds_needed"], q.get("seeds_needed_low"),
+                                  q.get("seeds_needed_high"))
             target = q["target_difference"]
             if target != 2.0 and needed != "–":
                 needed += f" (for {target:g} points)"
+            detectable = _fmt(q["detectable_80"], 1)
+            if q.get("detectable_80_low") is not None and detectable != "–":
+                detectable += (f" [{_fmt(q['detectable_80_low'], 1)}, "
+                               f"{_fmt(q['detectable_80_high'], 1)}]")
             lines.append(
                 f"| {c['title'] if i == 0 else ''} | {q['a']} − {q['b']} | "
-                f"{q['n_a']}/{q['n_b']} | {_signed(q['difference'])} "
+                f"{q['n_a']}/{q['n_b']} | {q.get('pair_test') or c['test']} | "
+                f"{_signed(q['difference'])} "
                 f"[{_signed(q['ci_low'])}, {_signed(q['ci_high'])}] | "
+                f"{_signed(q.get('seed_correlation'))} | {_pm(q.get('test_set_ci'))} | "
                 f"{_signed(q['hedges_g'])} | {_p(q['p_value'])} | {_p(q['p_holm'])} | "
-                f"{_fmt(q['detectable_80'], 1)} points | {needed} |")
+                f"{detectable} | {needed} |")
     if tested:
         lines.append("")
     for c in comparisons:
-        lines.append(f"- **{c['title']}**: {c['verdict']}. Arms: {c['note']}")
+        why = f" Test: {c['why']}." if c.get("why") else ""
+        lines.append(f"- **{c['title']}**: {c['verdict']}.{why} Arms: {c['note']}")
     lines.append("")
     return lines
+
+
+def _count_range(value: Any, low: Any, high: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    text = f"{int(value)}"
+    if low is not None and high is not None:
+        text += f" [{int(low)}, {int(high)}]"
+    elif low is not None:
+        text += f" [{int(low)}, more than 10,000]"
+    return text
+
+
+def _pm(value: Any) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"± {value:.2f}"
 
 
 def _signed(value: Any, digits: int = 2) -> str:
@@ -185,7 +229,11 @@ def _best_section(best: dict[str, Any] | None, metric: str, mode: str) -> list[s
     lines += ["| Parameter | Value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in best["config"].items()]
     n = best["n_seeds"]
-    lines += ["", f"Its metrics over {n} seed(s) ({', '.join(map(str, best['seeds']))})"
+    lines += ["", "Every metric is scored on the weights each run keeps, tests and exports: "
+              "those of its epoch with the lowest validation loss (`kept_epoch` in "
+              f"`{LEADERBOARD}`, beside the last epoch's `last_val_accuracy`), so validation "
+              "and test describe one model.", ""]
+    lines += [f"Its metrics over {n} seed(s) ({', '.join(map(str, best['seeds']))})"
               + (", mean ± 95 % CI (t distribution):" if n > 1 else
                  " (one run, so no confidence interval):"), "",
               "| Metric | Value |", "| --- | --- |"]
@@ -214,9 +262,10 @@ def _seeds_section(runs: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     lines = ["## Seeds added on demand (`--repeats auto`)", "",
              f"**Stopping rule:** {stated.describe()}. The rule reads only each configuration's "
              "spread, never which one is ahead, so it chose nothing; but an interval that "
-             "stopped because it happened to be narrow covers the true mean a little less often "
-             "than 95 %, and a configuration stopped at the cap has a wider interval than the "
-             "target. Read the intervals below and in the comparisons with that in mind.", ""]
+             "stopped because it happened to be narrow covers the true mean less often than "
+             "95 % (simulated below), and a configuration stopped at the cap has a wider "
+             "interval than the target. Read the intervals below and in the comparisons with "
+             "that in mind.", ""]
     if table.empty:
         return lines + ["No configuration has finished a seed yet.", ""]
     lines += ["| Configuration | Seeds | 95 % CI half-width (test accuracy, points) | "
@@ -224,6 +273,17 @@ def _seeds_section(runs: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     for row in table.itertuples():
         seeds = f"{row.n}" + (f" ({row.tries - row.n} failed)" if row.tries > row.n else "")
         lines.append(f"| {row.configuration} | {seeds} | {_fmt(row.half_width)} | {row.why} |")
+    sds = [s for _, g in runs[runs["status"] == RunStatus.COMPLETED].groupby(
+        [c for c in config_columns(runs) if c != "repeats"], dropna=False)
+        if math.isfinite(s := mean_ci(g[rule.get("metric", "test_accuracy")].tolist()).std)]
+    simulated: list[str] = []
+    if sds:
+        sd = float(pd.Series(sds).median())
+        coverage = adaptive_coverage(stated.target_ci, sd, stated.start, stated.max_repeats)
+        simulated = [f"**Simulated coverage of these intervals:** {coverage * 100:.1f} % (this "
+                  f"rule, normal seeds at the configurations' median SD of {sd:.2f} points, "
+                  "20,000 simulated configurations), against the 95 % a fixed number of seeds "
+                  "would give.", ""]
     narrow = int(table["why"].str.startswith("stopped: half-width").sum())
     flat = int(table["why"].str.startswith("stopped: every one").sum())
     capped = int(table["why"].str.startswith("stopped at the cap").sum())
@@ -233,13 +293,14 @@ def _seeds_section(runs: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
                  "tell\")" if flat else "")
               + (f", {int((~table['done']).sum())} not done when the study ended"
                  if (~table["done"]).any() else "") + ".", ""]
-    return lines
+    return lines + simulated
 
 
 def _validation_test_section(best: dict[str, Any] | None, meta: dict[str, Any],
                              trials: pd.DataFrame) -> list[str]:
-    """The best configuration's validation and test accuracy side by side, with the gap read
-    against the test CI and, where it is larger, the plain reasons."""
+    """The best configuration's validation and test accuracy side by side (both of the weights
+    it tested), with the gap read against its noise: the seeds' spread of the per-seed gaps
+    and both finite image sets; where it is larger, the plain reasons."""
     if best is None or "val_accuracy" not in best["metrics"] \
             or "test_accuracy" not in best["metrics"]:
         return []
@@ -250,14 +311,27 @@ def _validation_test_section(best: dict[str, Any] | None, meta: dict[str, Any],
     done = trials[trials["status"] == RunStatus.COMPLETED] if "status" in trials else trials
     keys = config_columns(done)
     n_configs = len(done.groupby(keys, dropna=False)) if keys and not done.empty else 1
+    sizes = meta.get("data_sizes") or {}
+    gaps = best.get("gap_values")
+    noise = gap_noise(gaps if gaps is not None else [], val, test, sizes.get("val"),
+                      sizes.get("test"))
+    if gaps is None:  # a record without per-seed gaps: the test CI stands in for the seeds
+        noise = noise._replace(seeds=ci, total=math.hypot(
+            ci, noise.validation_images, noise.test_images))
+    images = best.get("test_set_ci95", math.nan)
+    extra = (f"; test set ± {images:.2f}, combined ± {best['combined_ci95']:.2f}"
+             if images is not None and math.isfinite(images) else "")
     lines = ["### Validation vs test", "",
              f"Best configuration: validation accuracy {val:.2f} % vs test accuracy "
-             f"{_mean_ci(test, ci)} % (gap {_signed(gap)} points; validation images: "
-             f"{source}).", ""]
-    if not math.isfinite(ci):
-        return lines + ["One seed only: no test CI to read the gap against.", ""]
-    if abs(gap) <= ci:
-        return lines + [f"The gap is within the test CI (± {ci:.2f}): no sign that validation "
+             f"{_mean_ci(test, ci)} %{extra} (gap {_signed(gap)} points, both on the weights "
+             f"each seed tested; validation images: {source}).", ""]
+    if not math.isfinite(noise.total):
+        return lines + ["One seed only, and the image counts unknown: nothing to read the gap "
+                        "against.", ""]
+    parts = f"± {noise.total:.2f}: seeds ± {_fmt(noise.seeds)}, validation images ± " \
+            f"{noise.validation_images:.2f}, test images ± {noise.test_images:.2f}"
+    if abs(gap) <= noise.total:
+        return lines + [f"The gap is within its noise ({parts}): no sign that validation "
                         "misstates test accuracy.", ""]
     reasons = []
     if gap > 0 and n_configs > 1:
@@ -269,7 +343,7 @@ def _validation_test_section(best: dict[str, Any] | None, meta: dict[str, Any],
                    "differently, validation accuracy does not carry over to them")
     word = "overstates" if gap > 0 else "understates"
     lines += [f"**Warning: validation {word} test accuracy by {abs(gap):.2f} points, more than "
-              f"the test CI (± {ci:.2f}).** Plain reasons:", ""]
+              f"its noise ({parts}).** Plain reasons:", ""]
     lines += [f"- {r}" for r in reasons]
     lines += ["", "Quote the test accuracy, never the validation accuracy, as what this "
               "configuration achieves.", ""]
@@ -278,7 +352,7 @@ def _validation_test_section(best: dict[str, Any] | None, meta: dict[str, Any],
 
 def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
                   importance: pd.DataFrame, figures: dict[str, str], missing: list[str],
-                  db: Path | None, study_name: str) -> str:
+                  db: Path | None, study_name: str, factorial: Factorial | None = None) -> str:
     """Return report.md: how the study was run, its best configuration, the homework's
     comparisons, the search's figures, and what is missing."""
     meta, trials = summary["meta"], summary["trials"]
@@ -307,6 +381,13 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
     lines.append(f"- Trials: {len(trials)}"
                  + (f" of {planned}{expected} planned" if expected else "")
                  + f" ({status_counts(trials)})")
+    runs = summary.get("runs")
+    if runs is not None and not runs.empty and "status" in runs and len(runs) != len(trials):
+        distinct = runs[~runs["duplicate"].astype(bool)] if "duplicate" in runs else runs
+        copies = len(runs) - len(distinct)
+        lines.append(f"- Runs (a trial's seeds, each its own run): {len(distinct)} "
+                     f"({status_counts(distinct)})"
+                     + (f"; {copies} copies of another run counted once" if copies else ""))
     if meta.get("created"):
         lines.append(f"- Started: {meta['created']}; Ray {meta.get('ray_version', '?')}")
     lines.append("")
@@ -317,6 +398,8 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
     lines += _validation_test_section(summary["best"], meta, trials)
     lines += _seeds_section(summary.get("runs", trials), meta)
     lines += _homework_section(comparisons, meta.get("search"), meta.get("scheduler"))
+    lines += failures_section(comparisons)
+    lines += factorial_section(factorial)
     hw_figs = [f for f in figures if f.startswith("homework_")]
     if hw_figs:
         lines += ["### Homework figures", ""]

@@ -13,12 +13,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from study.core.files import read_trial_states
 from study.core.names import (
     META_FILE,
     PARAMS_FILE,
+    PREDICTIONS_FILE,
     RESULT_FILE,
     STATE_GLOB,
     RunStatus,
@@ -29,6 +31,9 @@ from study.training.config import TrialConfig
 
 RUN_METRICS = ("val_accuracy", "val_loss", "val_auroc", "train_accuracy", "train_loss",
                "test_accuracy", "test_auroc", "test_sensitivity", "test_specificity")
+# Validation metrics scored on the weights a run keeps, tests and exports (those of its epoch
+# with the best validation loss): under their own names, with the last epoch's as `last_<name>`.
+KEPT_METRICS = ("val_loss", "val_accuracy", "val_auroc")
 # The configuration of a trial: TrialConfig's fields, but `repeats` (how many seeds a trial
 # trains), which is counted from its results instead.
 CONFIG_KEYS = tuple(f.name for f in fields(TrialConfig) if f.name != "repeats")
@@ -236,10 +241,11 @@ def _expand_seeds(results: list[dict[str, Any]], config: dict[str, Any]
 def collect_trials(exp_dir: Path) -> pd.DataFrame:
     """Return one row per trial: id, status, reason, epochs trained, seed, node, config, metrics.
 
-    Metrics are those of the last reported epoch (what the scheduler and searcher saw: the
-    seed-mean of a stacked trial), plus `best_val_accuracy` over epochs and the test metrics
-    reported at the end of the trial. `seeds`, `repeats` and (internal, for `collect_runs`)
-    `_per_seed` carry each seed's values.
+    Metrics are the seed-means of its runs' (`collect_runs`): validation metrics of the weights
+    each seed keeps and tests (best validation loss; the last epoch's, what the scheduler saw,
+    as `last_val_*`), the test metrics reported at the end of the trial, and
+    `best_val_accuracy`, the highest validation accuracy of any epoch. `seeds`, `repeats` and
+    (internal, for `collect_runs`) `_per_seed` carry each seed's values.
     """
     exp_dir = Path(exp_dir)
     check_experiment(exp_dir)
@@ -268,6 +274,9 @@ def collect_trials(exp_dir: Path) -> pd.DataFrame:
         row["repeats"] = len(seeds)
         row["_per_seed"] = _per_seed_rows(results, config, seeds, ray_info.get("status", ""),
                                           trial_dir / "error.txt") if last else []
+        predictions = read_predictions(trial_dir) if last else {}
+        for seed_row in row["_per_seed"]:  # per-image test correctness, where it was saved
+            seed_row["test_correct"] = predictions.get(_int_or_none(seed_row["seed"]))
         row["node_id"] = (last or {}).get("node_id")
         for key in CONFIG_KEYS:
             if key in config and key != "seed":
@@ -277,6 +286,11 @@ def collect_trials(exp_dir: Path) -> pd.DataFrame:
             row[key] = value if isinstance(value, (int, float)) else math.nan
         accs = [r["val_accuracy"] for r in results if isinstance(r.get("val_accuracy"), float)]
         row["best_val_accuracy"] = max(accs) if accs else math.nan
+        for key in KEPT_METRICS:  # the kept weights' values, seed-means, as for the runs
+            row[f"last_{key}"] = row[key]
+            kept = [r[key] for r in row["_per_seed"]]
+            if kept:
+                row[key] = sum(kept) / len(kept)
         row["time_total_s"] = (last or {}).get("time_total_s", math.nan)
         row["failures"] = ray_info.get("failures", 0)
         row["session"] = ray_info.get("run", 0)  # which driver session created it
@@ -290,6 +304,20 @@ def collect_trials(exp_dir: Path) -> pd.DataFrame:
                          "status": info["status"].lower() or RunStatus.PENDING.value,
                          "reason": "never started", "epochs": 0})
     return pd.DataFrame(rows)
+
+
+def read_predictions(trial_dir: Path) -> dict[int, np.ndarray]:
+    """Each seed's per-image test correctness (bool, in the test set's order) of its kept
+    weights, from the trial's last checkpoint that holds PREDICTIONS_FILE; {} where none does
+    (older experiments) or the file cannot be read. numpy only, never pickle."""
+    for path in sorted(Path(trial_dir).glob(f"checkpoint_*/{PREDICTIONS_FILE}"), reverse=True):
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                correct = saved["predicted"] == saved["labels"][None, :]
+                return {int(s): correct[i] for i, s in enumerate(saved["seeds"])}
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+    return {}
 
 
 def _per_seed_rows(results: list[dict[str, Any]], config: dict[str, Any], seeds: list[Any],
@@ -314,12 +342,54 @@ def _per_seed_rows(results: list[dict[str, Any]], config: dict[str, Any], seeds:
         for key in RUN_METRICS:
             value = values.get(key)
             row[key] = value if isinstance(value, (int, float)) else math.nan
+        row.update(kept_values(results, index))
         accs = [v.get("val_accuracy") for v in (_seed_values(r, index, ["val_accuracy"])
                                                 for r in results)]
         accs = [a for a in accs if isinstance(a, float) and math.isfinite(a)]
         row["best_val_accuracy"] = max(accs) if accs else math.nan
         rows.append(row)
     return rows
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def kept_values(results: list[dict[str, Any]], index: int) -> dict[str, float]:
+    """Seed `index`'s validation metrics on its kept weights (KEPT_METRICS, and `kept_epoch`)
+    and on its last epoch's (`last_<name>`).
+
+    The kept weights are those of the epoch with the best validation loss: the trial's final
+    report names them (`kept_*`); results written before it did (and trials stopped before
+    their end) are read as the loop keeps them, the first epoch with the lowest finite
+    validation loss while the training loss is finite."""
+    last = _seed_values(results[-1], index, [*KEPT_METRICS, "kept_epoch",
+                                             *(f"kept_{k}" for k in KEPT_METRICS)])
+    out = {f"last_{k}": _number(last.get(k)) for k in KEPT_METRICS}
+    if isinstance(last.get("kept_epoch"), (int, float)):
+        out["kept_epoch"] = _number(last["kept_epoch"])
+        out.update({k: _number(last.get(f"kept_{k}")) for k in KEPT_METRICS})
+        return out
+    best, kept = math.inf, None
+    for result in results:
+        values = _seed_values(result, index, [*KEPT_METRICS, "train_loss"])
+        loss, train = _number(values.get("val_loss")), _number(values.get("train_loss", 0.0))
+        if math.isfinite(loss) and not math.isnan(train) and math.isfinite(train) \
+                and loss < best:
+            best, kept = loss, (result.get("epoch"), values)
+    if kept is None:  # no validation loss reported: the last epoch's values, as they are
+        out.update({k: out[f"last_{k}"] for k in KEPT_METRICS}, kept_epoch=math.nan)
+        return out
+    out["kept_epoch"] = _number(kept[0])
+    out.update({k: _number(kept[1].get(k)) for k in KEPT_METRICS})
+    return out
 
 
 # Which copy of a duplicated run counts: the furthest along (errored and no_results: last, 4).
@@ -332,6 +402,8 @@ def collect_runs(exp_dir: Path | None = None, trials: pd.DataFrame | None = None
                  ) -> pd.DataFrame:
     """Return one row per run, a (trial, seed): the trial's columns with that seed's status,
     metrics and best validation accuracy. What intervals over seeds are computed from.
+    `val_accuracy` (and `val_loss`, `val_auroc`) are those of the weights the run tested and
+    exported, from epoch `kept_epoch`; `last_val_accuracy` the last epoch's.
 
     A stacked trial (repeats K) gives K rows; a trial of older results, one. Two rows with the
     same configuration (every config key but `seed` and `repeats`) and the same seed are the

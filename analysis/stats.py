@@ -16,12 +16,16 @@ What a comparison of arms (seeds of one setting against seeds of another) report
   comparisons at alpha 0.05 do not give three 5 % chances of a false "significant". A pair of a
   many-arm comparison is read only where its comparison is significant after Holm; its adjusted
   p-value is the larger of its Games-Howell p and its comparison's Holm-adjusted p.
-- **Could we have seen it**: the smallest difference a two-arm Welch test at alpha 0.05 would
-  detect with 80 % power at the observed n and spreads, and the seeds per arm a stated
-  difference (2 points by default) would need. Both use the noncentral t with Welch's degrees
-  of freedom; with equal spreads and n this is exactly the textbook two-sample t power.
-- **Cannot tell**: an arm with fewer than two values, or whose values are all equal (no
-  estimate of its spread), never gets a verdict.
+- **Could we have seen it**: the smallest difference the test that was run (Welch, or a
+  Games-Howell pair among the comparison's arms, at the strictest Holm step of the report)
+  detects with 80 % power at the observed n and spreads, and the seeds per arm a stated
+  difference (2 points by default) would need, each with its range over the SD's own 95 %
+  interval (`analysis.power`: simulated, since Welch's df is estimated too).
+- **No spread in one arm** (every seed the same: an arm collapsed to the majority class) is
+  compared: the other arm's spread carries the test. Only an arm with fewer than two values,
+  or a pair whose arms both have no spread, gets "cannot tell".
+- **Arms that share seeds** are compared paired (`analysis.paired`), which uses this module's
+  types and verdicts.
 
 `collect`-style functions return NamedTuples; nothing here draws or prints.
 """
@@ -34,14 +38,12 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import special, stats
 
+from analysis.power import ALPHA, POWER, Power, unpaired_power
 from study.search.seed_rule import half_width
 
-ALPHA = 0.05
-POWER = 0.8  # the conventional power at which a "detectable difference" is quoted
 TARGET_DIFFERENCE = 2.0  # points of accuracy: the difference the seeds-needed column is for
-MAX_SEEDS = 10_000  # beyond this, "seeds needed" is reported as more than this
 
 
 class MeanCI(NamedTuple):
@@ -76,9 +78,16 @@ class PairTest(NamedTuple):
     df: float  # Welch-Satterthwaite degrees of freedom
     p_value: float  # Welch (two arms) or Games-Howell (adjusted over the comparison's pairs)
     p_adjusted: float  # after Holm across the report (NaN until `adjust_holm`)
-    detectable: float  # smallest difference found with 80 % power at n_a, n_b (points)
-    seeds_needed: int | None  # seeds per arm for 80 % power at TARGET_DIFFERENCE
+    detectable: float  # smallest difference the test run finds with 80 % power (points)
+    seeds_needed: int | None  # seeds per arm (pairs) for 80 % power at TARGET_DIFFERENCE
     target: float  # the difference `seeds_needed` is for
+    power: Power | None = None  # the figures with their ranges, and the test they are for
+    sd_a: float = math.nan
+    sd_b: float = math.nan
+    test: str = "welch"  # "welch", "games-howell", "paired" (this pair's own test)
+    correlation: float = math.nan  # paired: the seeds' correlation between the two arms
+    sd_diff: float = math.nan  # paired: SD of the per-seed differences
+    arms: int = 2  # arms of the comparison the pair belongs to
 
 
 class ArmTest(NamedTuple):
@@ -94,6 +103,8 @@ class ArmTest(NamedTuple):
     family: int = 1  # how many comparisons were adjusted together
     excluded: tuple[str, ...] = ()  # arms left out of the test, with the reason
     means: tuple[tuple[str, float], ...] = ()  # (arm, mean) of the arms tested
+    why: str = ""  # why this test: seeds shared across arms or not
+    flat: tuple[str, ...] = ()  # arms compared although every value is the same
 
 
 def finite(values: Sequence[float]) -> np.ndarray:
@@ -149,53 +160,21 @@ def _welch_se_df(sd_a: float, sd_b: float, n_a: int, n_b: int) -> tuple[float, f
     return se, df
 
 
-def welch_power(difference: float, sd_a: float, sd_b: float, n_a: int, n_b: int,
-                alpha: float = ALPHA) -> float:
-    """Return the power of a two-sided Welch t-test at `alpha` to detect `difference`.
+def pair_power(pair: PairTest, alpha: float = ALPHA) -> Power:
+    """The power figures of `pair` for the test it ran, at `alpha` (a Holm step)."""
+    from analysis.power import paired_power_figures
 
-    The statistic is taken as noncentral t with Welch's degrees of freedom and noncentrality
-    difference / SE; with equal SDs and n this is the exact two-sample t power.
-    """
-    se, df = _welch_se_df(sd_a, sd_b, n_a, n_b)
-    crit = float(stats.t.ppf(1 - alpha / 2, df))
-    nc = difference / se
-    # the lower tail as sf at -nc: scipy's nct.cdf turns NaN far out in the tail
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
+    if pair.test == "paired":
+        return paired_power_figures(pair.sd_diff, pair.n_a, pair.target, alpha)
+    return unpaired_power(pair.sd_a, pair.sd_b, pair.n_a, pair.n_b, pair.target, pair.test,
+                          pair.arms, alpha)
 
 
-def detectable_difference(sd_a: float, sd_b: float, n_a: int, n_b: int, power: float = POWER,
-                          alpha: float = ALPHA) -> float:
-    """Return the smallest difference (same units as the values) that a two-sided Welch t-test
-    at `alpha` detects with `power`, at these SDs and n. NaN for n < 2 or zero spread."""
-    if min(n_a, n_b) < 2 or not (sd_a > 0 or sd_b > 0):
-        return math.nan
-    se, _ = _welch_se_df(sd_a, sd_b, n_a, n_b)
-    high = se
-    while welch_power(high, sd_a, sd_b, n_a, n_b, alpha) < power:
-        high *= 2
-    return float(optimize.brentq(
-        lambda d: welch_power(d, sd_a, sd_b, n_a, n_b, alpha) - power, 0.0, high, xtol=1e-10))
-
-
-def seeds_needed(difference: float, sd_a: float, sd_b: float, power: float = POWER,
-                 alpha: float = ALPHA, limit: int = MAX_SEEDS) -> int | None:
-    """Return the seeds per arm a two-sided Welch t-test at `alpha` needs to detect
-    `difference` with `power`, at these SDs; None for zero spread or more than `limit`."""
-    if not (sd_a > 0 or sd_b > 0) or difference <= 0:
-        return None
-
-    def enough(n: int) -> bool:
-        return welch_power(difference, sd_a, sd_b, n, n, alpha) >= power
-
-    if not enough(limit):
-        return None
-    low, high = 1, 2  # enough(high) is searched by doubling, then bisected
-    while not enough(high):
-        low, high = high, high * 2
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (low, mid) if enough(mid) else (mid, high)
-    return high
+def with_power(pair: PairTest, alpha: float = ALPHA) -> PairTest:
+    """`pair` with its power figures (detectable, seeds needed, their ranges) at `alpha`."""
+    power = pair_power(pair, alpha)
+    return pair._replace(power=power, detectable=power.detectable,
+                         seeds_needed=power.seeds_needed)
 
 
 # --- comparisons --------------------------------------------------------------------------
@@ -210,21 +189,23 @@ def _format_n(ns: Sequence[int]) -> str:
 
 
 def _unusable(name: str, x: np.ndarray) -> str | None:
-    if len(x) < 2:
-        return f"{name} (n = {len(x)})"
-    if np.ptp(x) == 0:
-        return f"{name} (every value {x[0]:g}, no spread)"
-    return None
+    return f"{name} (n = {len(x)})" if len(x) < 2 else None
+
+
+def _flat(name: str, x: np.ndarray) -> str | None:
+    return f"{name} (every value {x[0]:g}, no spread)" if len(x) and np.ptp(x) == 0 else None
 
 
 def _pair(name_a: str, name_b: str, x: np.ndarray, y: np.ndarray, p_value: float,
-          low: float, high: float, target: float) -> PairTest:
+          low: float, high: float, target: float, test: str = "welch", arms: int = 2
+          ) -> PairTest:
     sd_a, sd_b = float(x.std(ddof=1)), float(y.std(ddof=1))
     se, df = _welch_se_df(sd_a, sd_b, len(x), len(y))
     diff = float(x.mean() - y.mean())
-    return PairTest(name_a, name_b, len(x), len(y), diff, low, high, hedges_g(x, y), diff / se,
-                    df, p_value, math.nan, detectable_difference(sd_a, sd_b, len(x), len(y)),
-                    seeds_needed(target, sd_a, sd_b), target)
+    pair = PairTest(name_a, name_b, len(x), len(y), diff, low, high, hedges_g(x, y), diff / se,
+                    df, p_value, math.nan, math.nan, None, target, sd_a=sd_a, sd_b=sd_b,
+                    test=test, arms=arms)
+    return with_power(pair)
 
 
 def welch_pair(name_a: str, x: np.ndarray, name_b: str, y: np.ndarray,
@@ -250,13 +231,15 @@ def games_howell(samples: Mapping[str, np.ndarray], target: float = TARGET_DIFFE
     for i in range(k):
         for j in range(i + 1, k):
             x, y = samples[names[i]], samples[names[j]]
+            if np.ptp(x) == 0 and np.ptp(y) == 0:
+                continue  # neither arm spreads: no standard error, "cannot tell" for the pair
             se, df = _welch_se_df(float(x.std(ddof=1)), float(y.std(ddof=1)), len(x), len(y))
             diff = float(x.mean() - y.mean())
             q = abs(diff) / se * math.sqrt(2)
             p = float(stats.studentized_range.sf(q, k, df))
             half = float(stats.studentized_range.ppf(confidence, k, df)) / math.sqrt(2) * se
             pairs.append(_pair(names[i], names[j], x, y, min(1.0, p), diff - half, diff + half,
-                               target))
+                               target, "games-howell", k))
     return pairs
 
 
@@ -267,8 +250,9 @@ def compare_arms(arms: Mapping[str, Sequence[float]], alpha: float = ALPHA,
     Returns the test, its statistic and p-value (for more arms: the smallest pair p-value),
     every pair with difference, CI, Hedges' g, detectable difference and seeds needed, and a
     verdict at `alpha` before any adjustment (`adjust_holm` rewrites it for a report). An arm
-    with fewer than two values or no spread is left out; with fewer than two arms left the
-    verdict is "cannot tell".
+    with fewer than two values is left out; an arm without spread is compared on the other
+    arms' spread; with fewer than two arms left, or none that spreads, the verdict is
+    "cannot tell".
     """
     names = list(arms)
     samples = {name: finite(arms[name]) for name in names}
@@ -278,10 +262,11 @@ def compare_arms(arms: Mapping[str, Sequence[float]], alpha: float = ALPHA,
                        f"cannot tell: {len(samples)} arm(s), a comparison needs two")
     excluded = tuple(r for name, s in samples.items() if (r := _unusable(name, s)))
     usable = {name: s for name, s in samples.items() if _unusable(name, s) is None}
-    if len(usable) < 2:
+    flat = tuple(r for name, s in usable.items() if (r := _flat(name, s)))
+    if len(usable) < 2 or len(flat) == len(usable):
         return ArmTest("none", math.nan, math.nan, ns,
-                       "cannot tell: too few values or no spread in " + ", ".join(excluded),
-                       excluded=excluded)
+                       "cannot tell: too few values or no spread in "
+                       + ", ".join([*excluded, *flat]), excluded=(*excluded, *flat))
     if len(usable) == 2:
         (name_a, x), (name_b, y) = usable.items()
         pairs = [welch_pair(name_a, x, name_b, y, target)]
@@ -293,7 +278,7 @@ def compare_arms(arms: Mapping[str, Sequence[float]], alpha: float = ALPHA,
     p_value = min(p.p_value for p in pairs)
     means = tuple((name, float(s.mean())) for name, s in usable.items())
     result = ArmTest(test, float(statistic), float(p_value), ns, "", tuple(pairs),
-                     excluded=excluded, means=means)
+                     excluded=excluded, means=means, flat=flat)
     return result._replace(verdict=verdict(result, alpha))
 
 
@@ -309,6 +294,9 @@ def verdict(result: ArmTest, alpha: float = ALPHA) -> str:
     if adjusted and result.family > 1:
         where += f"; Holm-adjusted over {result.family} comparisons: {_format_p(p)}"
     tail = "; cannot tell for " + ", ".join(result.excluded) if result.excluded else ""
+    if result.flat:
+        tail += ("; no spread in " + ", ".join(result.flat)
+                 + ": its SD of 0 is an estimate too, so the test leans on the other arm's")
     if p < alpha:
         order = f"highest: {max(means, key=means.get)}"
         if len(means) > 2:
@@ -323,7 +311,9 @@ def verdict(result: ArmTest, alpha: float = ALPHA) -> str:
         low, high = min(detectable), max(detectable)
         size = (f"a difference of {low:.1f} points" if len(detectable) == 1
                 else f"differences of {low:.1f} to {high:.1f} points")
-        power = f"; at this n only {size} or more would be found with {POWER * 100:g} % power"
+        kind = result.pairs[0].test if result.pairs else result.test
+        power = (f"; at this n only {size} or more would be found with {POWER * 100:g} % power "
+                 f"by the {kind} test")
     return f"no significant difference at alpha = {alpha:g} ({where}){power}{tail}"
 
 
@@ -345,12 +335,24 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
+def _adjusted_pair(pair: PairTest, p_comparison: float, family: int,
+                   alpha: float) -> PairTest:
+    """A pair read after Holm: its adjusted p, and its power at the strictest Holm step
+    (alpha / family for the comparison; a paired many-arm pair also alpha / its pairs)."""
+    pair = pair._replace(p_adjusted=float(max(pair.p_value, p_comparison)))
+    steps = family
+    if pair.test == "paired" and pair.arms > 2:
+        steps = pair.arms * (pair.arms - 1) // 2
+    return with_power(pair, alpha / max(1, steps)) if steps > 1 else pair
+
+
 def adjust_holm(results: Sequence[ArmTest], alpha: float = ALPHA) -> list[ArmTest]:
     """Adjust the comparisons of one report together (Holm) and rewrite their verdicts.
 
     Every pair gets an adjusted p-value: for two arms the comparison's; for more, the larger
     of its Games-Howell p and its comparison's adjusted p (a pair is read only where its
-    comparison is significant).
+    comparison is significant). Each pair's power figures are recomputed at the strictest
+    Holm step of the family (`_adjusted_pair`).
     """
     adjusted = holm([r.p_value for r in results])
     family = int(np.sum(~np.isnan(adjusted)))
@@ -359,7 +361,7 @@ def adjust_holm(results: Sequence[ArmTest], alpha: float = ALPHA) -> list[ArmTes
         if result.test == "none":
             out.append(result._replace(family=family))
             continue
-        pairs = tuple(q._replace(p_adjusted=float(max(q.p_value, p_adj))) for q in result.pairs)
+        pairs = tuple(_adjusted_pair(q, float(p_adj), family, alpha) for q in result.pairs)
         updated = result._replace(pairs=pairs, p_adjusted=float(p_adj), family=family)
         out.append(updated._replace(verdict=verdict(updated, alpha)))
     return out

@@ -12,6 +12,7 @@ import pandas as pd
 
 from analysis.results import CONFIG_KEYS, collect_runs, collect_trials, column_name, read_meta
 from analysis.stats import mean_ci
+from analysis.uncertainty import combined_half_width, test_set_ci
 from study.core.names import IN_PROGRESS, META_FILE, RunStatus
 from study.errors import StudyError
 from study.search.space import METRICS, MODES
@@ -20,7 +21,10 @@ LEADERBOARD_FIRST = ("trial_id", "status", "epochs", "seed", "node_id")
 # The metrics a configuration is summarised by (best_config.json, report.md, `study run`).
 SUMMARY_METRICS = ("val_accuracy", "val_loss", "val_auroc", "test_accuracy", "test_auroc",
                    "test_sensitivity", "test_specificity")
-LEADERBOARD_METRICS = (*SUMMARY_METRICS[:3], "best_val_accuracy", *SUMMARY_METRICS[3:])
+# `val_*` are scored on the weights each run tests and exports (its best-validation-loss epoch,
+# `kept_epoch`); `last_val_accuracy` is its last epoch's, `best_val_accuracy` its best epoch's.
+LEADERBOARD_METRICS = (*SUMMARY_METRICS[:3], "kept_epoch", "last_val_accuracy",
+                       "best_val_accuracy", *SUMMARY_METRICS[3:])
 
 
 def config_columns(trials: pd.DataFrame) -> list[str]:
@@ -43,12 +47,16 @@ def leaderboard(trials: pd.DataFrame, metric: str, mode: str, searched: list[str
     return board.reset_index(drop=True)
 
 
-def best_configuration(trials: pd.DataFrame, metric: str, mode: str) -> dict[str, Any] | None:
+def best_configuration(trials: pd.DataFrame, metric: str, mode: str,
+                       n_test: int | None = None) -> dict[str, Any] | None:
     """Pick the configuration with the best mean `metric` over its seeds (validation only).
 
     `trials` holds one row per run (`collect_runs`: a trial and seed). Completed runs count
     first; a partial study with none falls back to stopped ones. Diverged and errored runs
-    never count. Returns the config, mean metrics with 95 % CIs, the seeds and trial ids, and
+    never count. Returns the config, mean metrics with 95 % CIs over seeds, the test accuracy's
+    test-set CI (`test_set_ci95`: bootstrap over the saved per-image predictions, else exact
+    binomial over `n_test` images) and both combined (`combined_ci95`), each seed's
+    validation-test gap (`gap_values`, both on the tested weights), the seeds and trial ids, and
     the run whose checkpoint best represents it (`trial_dir` and `seed`). The config's `seed`
     and `repeats` are those of the representative's trial, so `study train --config` retrains
     that trial: every seed it stacked, the representative among them.
@@ -91,10 +99,21 @@ def best_configuration(trials: pd.DataFrame, metric: str, mode: str) -> dict[str
             metrics[name] = stats.mean
             if stats.n > 1:
                 ci95[name] = stats.half_width
+    scored = members[members["test_accuracy"].notna()] if "test_accuracy" in members else members
+    correct = list(scored["test_correct"]) if "test_correct" in scored else []
+    images = test_set_ci(metrics.get("test_accuracy", math.nan), n_test,
+                         correct if correct and all(c is not None for c in correct) else ())
+    gaps = (scored["val_accuracy"] - scored["test_accuracy"]).tolist() \
+        if {"val_accuracy", "test_accuracy"} <= set(scored) else []
     return {
         "config": config,
         "metrics": metrics,
         "ci95": ci95,
+        "test_set_ci95": images.half_width,
+        "test_set_method": images.method,
+        "combined_ci95": combined_half_width(ci95.get("test_accuracy", math.nan),
+                                             images.half_width),
+        "gap_values": [float(g) for g in gaps],
         "n_seeds": int(len(members)),
         "seeds": sorted(int(s) for s in members["seed"]),
         "trial_ids": list(dict.fromkeys(members["trial_id"])),
@@ -200,5 +219,5 @@ def summarise(exp_dir: Path) -> dict[str, Any]:
         "trials": trials,  # one row per trial: what the searcher saw (seed-means)
         "runs": runs,  # one row per (trial, seed), duplicates counted once
         "leaderboard": leaderboard(runs, metric, mode, searched),
-        "best": best_configuration(runs, metric, mode),
+        "best": best_configuration(runs, metric, mode, (meta.get("data_sizes") or {}).get("test")),
     }

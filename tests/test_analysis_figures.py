@@ -102,7 +102,7 @@ def test_arm_stats_carry_the_homework_numbers_and_a_verdict() -> None:
     assert list(stats["n"]) == [3, 3, 3]
     assert list(stats["homework_label"]) == ["74 %", '"100 %" (scoring bug)', "72.25 %"]
     result = homework.compare_test_accuracy(stats)
-    assert result.test == "games-howell" and result.p_value < 0.001
+    assert result.test == "repeated-measures" and result.p_value < 0.001  # seeds shared
     assert "highest: batch 128" in result.verdict
     (result,) = homework.adjust_comparisons([result])
     record = homework.comparison_record(comparison, stats, result)
@@ -119,6 +119,24 @@ def test_arm_stats_carry_the_homework_numbers_and_a_verdict() -> None:
     assert row["ci_low"] < row["difference"] < row["ci_high"] < 0
     assert row["p_holm"] == pytest.approx(max(row["p_value"], result.p_adjusted))
     assert row["detectable_80"] > 0 and row["seeds_needed"] >= 2
+
+
+@pytest.mark.parametrize("status", ["diverged", "stopped", "error"])
+def test_a_failed_run_read_twice_is_counted_once(status: str) -> None:
+    # Bug 3: a diverged (stopped, errored) seed whose trial is read twice counted twice, while
+    # the metrics counted the copy once.
+    comparison = homework.select_comparison(_trials(), "loss")
+    assert comparison is not None
+    failed = comparison.trials.iloc[:1].assign(seed=7, status=status, test_accuracy=math.nan)
+    twice = comparison._replace(trials=pd.concat([comparison.trials, failed, failed]))
+    stats = homework.collect_arm_stats(twice).set_index("label")
+    key = {"diverged": "n_diverged", "stopped": "n_stopped", "error": "n_error"}[status]
+    assert stats.loc["BCE", key] == 1 and stats.loc["BCE", "n_duplicate"] == 1
+    assert stats.loc["BCE", "n"] == 3
+    marked = pd.concat([comparison.trials.assign(duplicate=False),
+                        failed.assign(duplicate=False), failed.assign(duplicate=True)])
+    stats = homework.collect_arm_stats(comparison._replace(trials=marked)).set_index("label")
+    assert stats.loc["BCE", key] == 1 and stats.loc["BCE", "n_duplicate"] == 1
 
 
 def test_identical_runs_count_once() -> None:

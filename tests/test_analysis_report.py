@@ -41,24 +41,31 @@ def test_differences_table_carries_every_number_of_the_pair() -> None:
     (pair,) = record["pairs"]
     row = next(line for line in lines if line.startswith("| Loss: BCE vs CE | BCE − CE |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[2] == "4/4"
-    assert cells[3] == (f"−{abs(pair['difference']):.2f} [−{abs(pair['ci_low']):.2f}, "
+    assert cells[2] == "4/4" and cells[3] == "paired" == record["test"]
+    assert cells[4] == (f"−{abs(pair['difference']):.2f} [−{abs(pair['ci_low']):.2f}, "
                         f"{pair['ci_high']:+.2f}]").replace("-", "−")
-    assert cells[4] == f"{pair['hedges_g']:+.2f}".replace("-", "−")
-    assert cells[5] == f"{pair['p_value']:.3f}" and cells[6] == f"{pair['p_holm']:.3f}"
-    assert cells[7] == f"{pair['detectable_80']:.1f} points"
-    assert cells[8] == str(pair["seeds_needed"])
+    assert cells[5] == f"{pair['seed_correlation']:+.2f}".replace("-", "−")
+    assert cells[6] == "–"  # no per-image predictions in this table
+    assert cells[7] == f"{pair['hedges_g']:+.2f}".replace("-", "−")
+    assert cells[8] == f"{pair['p_value']:.3f}" and cells[9] == f"{pair['p_holm']:.3f}"
+    assert cells[10] == (f"{pair['detectable_80']:.1f} [{pair['detectable_80_low']:.1f}, "
+                         f"{pair['detectable_80_high']:.1f}]")
+    assert cells[11] == (f"{pair['seeds_needed']} [{pair['seeds_needed_low']}, "
+                         f"{pair['seeds_needed_high']}]")
     assert any("Holm-adjusted together" in line for line in lines)
+    assert any("Test: paired: the arms ran the same 4 seeds" in line for line in lines)
 
 
-def test_a_comparison_without_spread_has_no_row_and_says_cannot_tell() -> None:
+def test_an_arm_without_spread_is_compared() -> None:
+    # Bug 4: an arm whose seeds all score the same was "cannot tell"; it is compared, on the
+    # other arm's spread (paired here: the arms share their seeds).
     trials = _trials({"bce": 0.0, "ce": 3.0}, {"bce": 80.0, "ce": 84.0})
     record = _record(trials)
     lines = _differences_section([record])
-    assert record["pairs"] == [] and math.isnan(record["p_holm"] or math.nan)
-    assert not any(line.startswith("| Loss") for line in lines)
-    assert any(line.startswith("- **Loss: BCE vs CE**: cannot tell: too few values or no "
-                               "spread in BCE (every value 80") for line in lines)
+    (pair,) = record["pairs"]
+    assert record["test"] == "paired" and math.isnan(pair["seed_correlation"] or math.nan)
+    assert any(line.startswith("| Loss: BCE vs CE | BCE − CE |") for line in lines)
+    assert not any("cannot tell" in line for line in lines if line.startswith("- **Loss"))
 
 
 def _best(val: float, test: float, ci: float) -> dict:
@@ -72,8 +79,9 @@ def test_validation_test_gap_larger_than_the_test_ci_is_flagged_with_reasons() -
     text = "\n".join(lines)
     assert ("Best configuration: validation accuracy 95.00 % vs test accuracy 82.00 ± 2.50 % "
             "(gap +13.00 points") in text
-    assert "**Warning: validation overstates test accuracy by 13.00 points, more than the " \
-           "test CI (± 2.50).**" in text
+    assert "**Warning: validation overstates test accuracy by 13.00 points, more than its " \
+           "noise (± 2.50: seeds ± 2.50, validation images ± 0.00, test images ± 0.00).**" \
+        in text
     assert "**selection on validation**: this configuration was picked as the best of 2" in text
     assert "hold-out of the training images (`train/`)" in text
 
@@ -81,7 +89,7 @@ def test_validation_test_gap_larger_than_the_test_ci_is_flagged_with_reasons() -
 def test_validation_test_gap_within_the_ci_or_without_one() -> None:
     trials = _trials({"bce": 1.0, "ce": 1.0}, {"bce": 80.0, "ce": 81.0})
     within = "\n".join(_validation_test_section(_best(83.0, 82.0, 2.5), {}, trials))
-    assert "within the test CI (± 2.50)" in within and "Warning" not in within
+    assert "within its noise (± 2.50" in within and "Warning" not in within
     single = "\n".join(_validation_test_section(_best(95.0, 82.0, math.nan), {}, trials))
     assert "One seed only" in single and "Warning" not in single
 

@@ -40,7 +40,7 @@ def _stacked(exp: Path, name: str, seeds: list[int], val: list[float], epochs: i
     for epoch in range(1, epochs + 1):
         per_seed = {"train_loss": [0.5] * len(seeds), "val_accuracy": [v - (2 - epoch)
                                                                        for v in val],
-                    "val_loss": [0.6] * len(seeds)}
+                    "val_loss": [0.6 - 0.1 * epoch] * len(seeds)}
         if epoch == config["epochs"]:
             per_seed["test_accuracy"] = test or [v - 1 for v in val]
         results.append(_result(epoch, seeds, per_seed, config))
@@ -124,3 +124,53 @@ def test_results_without_seed_metrics_are_one_run(tmp_path: Path) -> None:
     assert list(epochs["seed"]) == [0, 1] and list(epochs["val_accuracy"]) == [70.0, 71.0]
     best = best_configuration(runs, "val_accuracy", "max")
     assert best is not None and best["config"]["seed"] == 1 and best["config"]["repeats"] == 1
+
+
+@pytest.mark.parametrize("reported", [True, False])
+def test_validation_accuracy_is_that_of_the_tested_weights(tmp_path: Path,
+                                                           reported: bool) -> None:
+    # Bug 1: validation loss best at epoch 1 (val 80.0, test 80.2), validation accuracy rising
+    # to 86 by epoch 3. The run's val_accuracy is that of the weights tested (epoch 1), from the
+    # trial's `kept_*` report or, for older results, read off its history.
+    from analysis.report_sections import _validation_test_section
+
+    seeds = [0, 1, 2]
+    config = {**CONFIG, "epochs": 3, "seed": 0, "repeats": 3, "_id": "k"}
+    results = []
+    for epoch, (loss, acc) in enumerate([(0.3, 80.0), (0.4, 83.0), (0.5, 86.0)], 1):
+        per_seed = {"train_loss": [0.5] * 3, "val_loss": [loss] * 3,
+                    "val_accuracy": [acc - 0.5, acc, acc + 0.5]}
+        if epoch == 3:
+            per_seed["test_accuracy"] = [79.7, 80.2, 80.7]
+            if reported:
+                per_seed |= {"kept_epoch": [1.0] * 3, "kept_val_loss": [0.3] * 3,
+                             "kept_val_accuracy": [79.5, 80.0, 80.5],
+                             "kept_val_auroc": [0.9] * 3}
+        results.append(_result(epoch, seeds, per_seed, config))
+    _trial(tmp_path, "k", config, results)
+    summary = summarise(tmp_path)
+    runs = summary["runs"]
+    assert list(runs["val_accuracy"]) == [79.5, 80.0, 80.5]
+    assert list(runs["last_val_accuracy"]) == [85.5, 86.0, 86.5]
+    assert list(runs["kept_epoch"]) == [1, 1, 1]
+    assert summary["trials"].iloc[0]["val_accuracy"] == pytest.approx(80.0)
+    best = summary["best"]
+    assert best["metrics"]["val_accuracy"] == pytest.approx(80.0)
+    text = "\n".join(_validation_test_section(best, {}, summary["trials"]))
+    assert "gap −0.20 points" in text and "overstates" not in text
+    assert "kept_epoch" in summary["leaderboard"] and "last_val_accuracy" in summary["leaderboard"]
+
+
+def test_report_header_counts_each_run_once(tmp_path: Path) -> None:
+    # Bug 3 (the header): runs read twice are counted once, beside the trial count.
+    import pandas as pd
+
+    from analysis.report_sections import render_report
+
+    _stacked(tmp_path, "a", [0, 1, 2], [80.0, 82.0, 90.0])
+    _stacked(tmp_path, "b", [1, 2, 3], [10.0, 20.0, 70.0], epochs=1)
+    summary = summarise(tmp_path)
+    text = render_report(summary, [], pd.DataFrame(), {}, [], None, "x")
+    assert "- Trials: 2 (" in text
+    assert "- Runs (a trial's seeds, each its own run): 4 (" in text
+    assert "; 2 copies of another run counted once" in text

@@ -34,7 +34,7 @@ def test_a_higher_score_of_a_stopped_trial_is_explained() -> None:
     assert note is not None
     assert "Trial a1 scored a higher val_accuracy, 91.23, but it was stopped early by the " \
            "scheduler" in note
-    assert "chosen among completed trials by its final score, averaged over its seeds" in note
+    assert "chosen among completed trials by the score of the weights it keeps" in note
 
 
 def test_no_note_when_the_best_trial_is_the_best_configuration() -> None:

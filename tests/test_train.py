@@ -246,3 +246,56 @@ def test_real_pneumoniamnist_defaults() -> None:
     state = fit(TrialConfig(epochs=15), data)
     # Seed 0 gives about 85.7 % on CPU; seeds 1-2 gave 84.8 and 82.7.
     assert state.history[-1]["test_accuracy"] >= 80.0
+
+
+def test_final_validation_metrics_belong_to_the_tested_weights(small: DeviceData) -> None:
+    # Bug: `val_accuracy` was the last epoch's while `test_*` came from the best-validation-loss
+    # weights. The final report names the kept epoch and its validation metrics (`kept_*`), and
+    # those weights, evaluated again, give exactly them.
+    config = TrialConfig(epochs=4, lr=3e-3, repeats=2, seed=5)
+    state = fit(config, small)
+    final = state.history[-1]["seed_metrics"]
+    for i in range(2):
+        losses = [h["seed_metrics"]["val_loss"][i] for h in state.history]
+        kept = losses.index(min(losses)) + 1
+        assert final["kept_epoch"][i] == kept == state.best_epoch[i]
+        at_kept = state.history[kept - 1]["seed_metrics"]
+        assert final["kept_val_accuracy"][i] == at_kept["val_accuracy"][i]
+        assert final["kept_val_loss"][i] == at_kept["val_loss"][i]
+        again = evaluate(seed_model(state, i), get_loss(config.loss), small.val)
+        assert again["accuracy"].item() == pytest.approx(final["kept_val_accuracy"][i])
+    assert state.history[-1]["kept_val_accuracy"] == pytest.approx(
+        sum(final["kept_val_accuracy"]) / 2)
+
+
+def test_kept_epoch_of_an_old_checkpoint_is_read_from_its_history(small: DeviceData) -> None:
+    config = TrialConfig(epochs=3, lr=3e-3, repeats=2)
+    state = fit(config, small)
+    old = {k: v for k, v in state.state_dict().items()
+           if k not in ("best_epoch", "best_val", "test_prob")}
+    again = new_state(config, small)
+    again.load_state_dict(old)
+    assert again.best_epoch == state.best_epoch
+    assert again.best_val == state.best_val and again.test_prob is None
+
+
+def test_test_predictions_are_those_of_the_kept_weights(small: DeviceData,
+                                                        tmp_path: Path) -> None:
+    import numpy as np
+
+    from study.training.checkpoint import save_predictions
+
+    config = TrialConfig(epochs=3, lr=3e-3, repeats=3, seed=1)
+    state = fit(config, small)
+    assert state.test_prob is not None and state.test_prob.shape == (3, len(small.test))
+    labels = small.test.labels
+    correct = ((state.test_prob >= 0.5).long() == labels).double().mean(1) * 100
+    final = state.history[-1]["seed_metrics"]
+    assert correct.tolist() == pytest.approx(final["test_accuracy"])
+    path = tmp_path / "p.npz"
+    save_predictions(path, state.test_prob, labels, config.seeds)
+    with np.load(path, allow_pickle=False) as saved:
+        assert saved["prob"].dtype == np.float16 and saved["seeds"].tolist() == [1, 2, 3]
+        hits = (saved["predicted"] == saved["labels"]).mean(1) * 100
+    assert hits.tolist() == pytest.approx(final["test_accuracy"])
+    assert path.stat().st_size < 2000 + 4 * 3 * len(labels)

@@ -21,6 +21,9 @@ OPTUNA_DB = "optuna.db"  # SQLite: the summary's Optuna study, and older experim
 PARAMS_FILE = "params.json"  # a trial folder's configuration, written by Ray Tune
 RESULT_FILE = "result.json"  # a trial folder's reported results, one JSON line per report
 TRIAL_STATE_FILE = "state.pt"  # a trial checkpoint's training state (torch, weights only)
+# The final checkpoint's per-image test predictions of each seed's kept weights (numpy .npz, no
+# pickle): `prob` (K, N) float16, `predicted` (K, N) uint8, `labels` (N,) uint8, `seeds` (K,).
+PREDICTIONS_FILE = "test_predictions.npz"
 
 # --- a trained run (`study train --out`, a trial's export) -------------------------------------
 MODEL_FILE = "model.pt"  # weights and the config that built them (torch, weights only)

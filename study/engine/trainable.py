@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from study.core.names import TRIAL_STATE_FILE
+from study.core.names import PREDICTIONS_FILE, TRIAL_STATE_FILE
 from study.training.config import TrialConfig
 from study.training.data import Dataset
 
@@ -108,11 +108,14 @@ def train_trial(
 ) -> None:
     """Train one trial, its config's seeds stacked in one model; report each epoch (the
     seed-means, `seeds` and `seed_metrics`); checkpoint (every seed) every few epochs and at
-    the end."""
+    the end. The last report's test metrics and `kept_*` validation metrics are those of each
+    seed's kept (best-validation-loss) weights, and the final checkpoint holds those weights'
+    per-image test predictions (PREDICTIONS_FILE)."""
     import ray
     import torch
     from ray import tune
 
+    from study.training.checkpoint import save_predictions
     from study.training.loop import fit, new_state
 
     torch.set_num_threads(max(1, threads))
@@ -132,11 +135,14 @@ def train_trial(
 
     # `epoch_seconds`: the epoch's own training and validation time, without Ray's reporting
     # and checkpointing, so a study's overhead can be read off its results (bench/run.py).
+    # `reported_at`: the report's wall-clock time (Ray's `timestamp` has whole seconds), so
+    # when each trial ran, and how many ran at once, can be read off them too.
     started = time.perf_counter()
 
     def report(metrics: dict[str, float], state: TrainState) -> None:
         nonlocal started
-        result = {**metrics, **extra, "epoch_seconds": time.perf_counter() - started}
+        result = {**metrics, **extra, "epoch_seconds": time.perf_counter() - started,
+                  "reported_at": time.time()}
         # The trial's own log line: in the worker's log, and on the driver's console with
         # `study run -v` (Ray forwards workers' output only then).
         print(f"epoch {state.epoch}/{cfg.epochs}: train loss {metrics.get('train_loss', 0):.4f}"
@@ -149,6 +155,9 @@ def train_trial(
         else:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(state.state_dict(), Path(folder) / TRIAL_STATE_FILE)
+                if last and state.test_prob is not None:  # the kept weights' test predictions
+                    save_predictions(Path(folder) / PREDICTIONS_FILE, state.test_prob,
+                                     device_data.test.labels, cfg.seeds)
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         started = time.perf_counter()
 

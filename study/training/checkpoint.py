@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from study.core.files import AtomicWriter
+from study.core.files import AtomicWriter, write_bytes_atomic
 from study.core.names import MODEL_FILE
 from study.errors import StudyError
 from study.training.config import TrialConfig
+from study.training.metrics import THRESHOLD
 from study.training.model import build_model, is_stacked_state, unstack_state
 
 
@@ -30,6 +31,23 @@ def save_model(path: Path, model_state: dict[str, torch.Tensor], config: TrialCo
     payload = {"state_dict": cpu_state, "config": config.to_dict(), "image_size": image_size}
     with AtomicWriter(path) as out:  # a crash never leaves half a model
         torch.save(payload, out)
+
+
+def save_predictions(path: Path, prob: torch.Tensor, labels: torch.Tensor,
+                     seeds: list[int]) -> None:
+    """Write each seed's test P(pneumonia) per image, (K, N), with the decision and the labels,
+    as a small .npz (about 3 bytes per image and seed) that numpy reads without pickle."""
+    import io
+
+    import numpy as np
+
+    prob = prob.detach().cpu().to(torch.float64)
+    buffer = io.BytesIO()
+    np.savez(buffer, prob=prob.numpy().astype(np.float16),
+             predicted=(prob >= THRESHOLD).numpy().astype(np.uint8),
+             labels=labels.detach().cpu().numpy().astype(np.uint8),
+             seeds=np.asarray(seeds, dtype=np.int64))
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Data goes to the device once, as uint8; batches are taken by index and scaled to [0, 1] on the
 fly (no DataLoader, no per-batch host-to-device copy, no per-step `.item()`); metrics reach the
 host once per epoch. As in the homework lab, the weights kept are those of the epoch with the
-best validation loss, and test metrics are computed for those weights.
+best validation loss, and test metrics are computed for those weights; the final report names
+that epoch and its validation metrics (`kept_*`), so validation and test describe one model.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from study.errors import StudyError
 from study.training.config import TrialConfig
 from study.training.cuda_graph import CapturedSteps, capture_steps, set_lr
 from study.training.device import DeviceData, DeviceSplit, scale
+from study.training.evaluation import evaluate, positive_probability, seed_classification_metrics
 from study.training.losses import Loss, get_loss
-from study.training.metrics import classification_metrics
 from study.training.model import (
     StackedBatchNorm1d,
     StackedMLP,
@@ -36,15 +37,13 @@ from study.training.model import (
 
 log = logging.getLogger(__name__)
 
-EVAL_BATCH = 2048  # evaluation needs no gradients, so large batches are cheap ...
-EVAL_PIXELS = 2**22  # ... up to 16 MiB of float32 pixels: at 256x256 a 2048-image batch
-#                      would be a 512 MiB temporary in every concurrent trial
-EVAL_PIXELS_CUDA = 2**26  # on a GPU, 256 MiB: 1,024 images at 256x256, so a validation or
-#                           test split is one or two launches of the model, not dozens
 # Fused Adam/SGD kernels exist for the CPU from PyTorch 2.4 on.
 _FUSED_CPU = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4)
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auroc")
 TEST_METRICS = ("test_loss", "test_accuracy", "test_auroc", "test_sensitivity", "test_specificity")
+# The validation metrics of the kept weights (the best-validation-loss epoch), in the final report
+# as `kept_<name>` beside `kept_epoch`.
+KEPT_METRICS = ("val_loss", "val_accuracy", "val_auroc")
 
 
 def lr_at(config: TrialConfig, epoch: int) -> float:
@@ -88,12 +87,6 @@ def batch_loss(loss: Loss, logits: torch.Tensor, labels: torch.Tensor) -> torch.
     return per_example.view(seeds, batch).mean(1)
 
 
-def positive_probability(loss: Loss, logits: torch.Tensor) -> torch.Tensor:
-    """P(pneumonia) per seed and example, (K, B), from (K, B, out) logits."""
-    seeds, batch, out = logits.shape
-    return loss.positive_probability(logits.reshape(seeds * batch, out)).view(seeds, batch)
-
-
 def train_step(
     model: nn.Module,
     loss: Loss,
@@ -127,13 +120,6 @@ def last_batch_stop(model: nn.Module, n: int, batch_size: int) -> int:
     trailing batch of one is skipped when the model has BatchNorm."""
     has_bn = any(isinstance(m, (nn.BatchNorm1d, StackedBatchNorm1d)) for m in model.modules())
     return n - 1 if has_bn and n % batch_size == 1 and n > 1 else n
-
-
-def seed_classification_metrics(prob: torch.Tensor, labels: torch.Tensor
-                                ) -> dict[str, torch.Tensor]:
-    """`classification_metrics` of each seed's row of (K, N) scores and labels, as (K,) tensors."""
-    rows = [classification_metrics(p, y) for p, y in zip(prob, labels, strict=True)]
-    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def train_one_epoch(
@@ -189,35 +175,6 @@ def epoch_steps(state: TrainState, loss: Loss, split: DeviceSplit,
                          split.labels.dtype)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loss: Loss, split: DeviceSplit) -> dict[str, torch.Tensor]:
-    """Return loss, accuracy (%), AUROC, sensitivity and specificity on `split`.
-
-    For a stacked model every value is a (K,) tensor, one per seed (all seeds see the same
-    batches); for a plain model (`study evaluate`), a 0-d tensor.
-    """
-    model.eval()
-    stacked = isinstance(model, StackedMLP)
-    seeds = model.seeds if stacked else 1
-    total = torch.zeros(seeds, device=split.images.device)
-    probs = []
-    pixels = EVAL_PIXELS_CUDA if split.images.is_cuda else EVAL_PIXELS
-    rows = max(1, min(EVAL_BATCH, pixels // max(1, split.images.shape[1])))
-    for start in range(0, len(split), rows):
-        images = split.images[start : start + rows]
-        labels = split.labels[start : start + rows]
-        logits = model(scale(images))
-        logits = logits if stacked else logits.unsqueeze(0)
-        per_example = loss.per_example(logits.reshape(-1, logits.shape[-1]),
-                                       labels.repeat(seeds))
-        total += per_example.view(seeds, -1).sum(1)
-        probs.append(positive_probability(loss, logits))
-    labels = split.labels.expand(seeds, -1)
-    out = {"loss": total / len(split),
-           **seed_classification_metrics(torch.cat(probs, 1), labels)}
-    return out if stacked else {k: v[0] for k, v in out.items()}
-
-
 @dataclass
 class TrainState:
     """Everything a run needs to continue: weights, optimizer, epoch, best weights, history.
@@ -237,12 +194,19 @@ class TrainState:
     # test metrics, taken then, as the seed alone would have stopped there.
     diverged_at: list[int] = field(default_factory=list)
     diverged_test: list[dict[str, float]] = field(default_factory=list)
+    # The kept weights' epoch (0: none yet) and validation metrics (KEPT_METRICS), per seed, and
+    # their test P(pneumonia) per image, (K, N), once tested (the final report's predictions).
+    best_epoch: list[int] = field(default_factory=list)
+    best_val: list[dict[str, float]] = field(default_factory=list)
+    test_prob: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         seeds = len(self.generators)
         self.best_val_loss = self.best_val_loss or [math.inf] * seeds
         self.diverged_at = self.diverged_at or [0] * seeds
         self.diverged_test = self.diverged_test or [{} for _ in range(seeds)]
+        self.best_epoch = self.best_epoch or [0] * seeds
+        self.best_val = self.best_val or [{} for _ in range(seeds)]
 
     def state_dict(self) -> dict[str, Any]:
         """Return a checkpoint that `torch.load(weights_only=True)` can read back."""
@@ -260,6 +224,9 @@ class TrainState:
             "history": self.history,
             "diverged_at": list(self.diverged_at),
             "diverged_test": self.diverged_test,
+            "best_epoch": list(self.best_epoch),
+            "best_val": self.best_val,
+            **({"test_prob": self.test_prob} if self.test_prob is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -282,6 +249,29 @@ class TrainState:
         self.history = list(state["history"])
         self.diverged_at = [int(v) for v in state["diverged_at"]]
         self.diverged_test = [dict(d) for d in state["diverged_test"]]
+        if "best_epoch" in state:
+            self.best_epoch = [int(v) for v in state["best_epoch"]]
+            self.best_val = [dict(d) for d in state["best_val"]]
+        else:  # a checkpoint from before `best_epoch`: its history says which epoch was kept
+            self.best_epoch, self.best_val = kept_from_history(self.history, seeds)
+        self.test_prob = state.get("test_prob")
+
+
+def kept_from_history(history: list[dict[str, Any]], seeds: int
+                      ) -> tuple[list[int], list[dict[str, float]]]:
+    """Each seed's kept epoch and its KEPT_METRICS, read off `history` as `fit` keeps them: the
+    first epoch with the lowest finite validation loss."""
+    epochs, values = [0] * seeds, [{} for _ in range(seeds)]
+    best = [math.inf] * seeds
+    for entry in history:
+        metrics = entry["seed_metrics"]
+        for i in range(seeds):
+            loss = metrics["val_loss"][i]
+            if math.isfinite(loss) and math.isfinite(metrics["train_loss"][i]) \
+                    and loss < best[i]:
+                best[i], epochs[i] = loss, int(entry["epoch"])
+                values[i] = {k: metrics[k][i] for k in KEPT_METRICS}
+    return epochs, values
 
 
 def new_state(config: TrialConfig, data: DeviceData) -> TrainState:
@@ -304,15 +294,30 @@ def seed_model(state: TrainState, index: int, best: bool = True) -> nn.Sequentia
     return model.to(next(iter(weights.values())).device)
 
 
-def evaluate_test(state: TrainState, data: DeviceData) -> list[dict[str, float]]:
-    """Evaluate each seed's best-validation-loss weights on the test split; one dict per seed."""
+def evaluate_test(state: TrainState, data: DeviceData, seeds: list[int] | None = None
+                  ) -> list[dict[str, float]]:
+    """Evaluate each seed's best-validation-loss weights on the test split; one dict per seed.
+    The probabilities per image of the seeds at indices `seeds` (None: all) go into
+    `state.test_prob`."""
     model = copy.deepcopy(state.model)
     if state.best_model:
         model.load_state_dict(state.best_model)
-    raw = evaluate(model, get_loss(state.config.loss), data.test)
+    probs: list[torch.Tensor] = []
+    raw = evaluate(model, get_loss(state.config.loss), data.test, probs)
+    rows = list(range(len(state.generators))) if seeds is None else seeds
+    if state.test_prob is None:
+        state.test_prob = torch.full_like(probs[0], math.nan)
+    state.test_prob[rows] = probs[0][rows]
     values = torch.stack(list(raw.values())).tolist()  # one host sync
     names = [f"test_{k}" for k in raw]
     return [dict(zip(names, column, strict=True)) for column in zip(*values, strict=True)]
+
+
+def kept_report(state: TrainState, index: int) -> dict[str, float]:
+    """Seed `index`'s kept weights: their epoch and validation metrics, as `kept_*`."""
+    values = state.best_val[index]
+    return {"kept_epoch": float(state.best_epoch[index]),
+            **{f"kept_{k}": values.get(k, math.nan) for k in KEPT_METRICS}}
 
 
 def seed_mean(values: list[float]) -> float:
@@ -357,7 +362,8 @@ def fit(
 
     After each epoch, `on_epoch(metrics, state)` receives `epoch_report`'s metrics: the
     seed-mean of each of EPOCH_METRICS, plus `seeds` and `seed_metrics`. The last epoch's
-    metrics also carry the test metrics of each seed's best weights. A seed whose training
+    metrics also carry the test metrics of each seed's best weights, and those weights' epoch
+    and validation metrics (`kept_epoch`, `kept_val_accuracy`, ...). A seed whose training
     loss goes non-finite has diverged: from then on its metrics are NaN and its test metrics
     are those taken when it diverged; `diverged` (the fraction of seeds diverged, per seed 1.0
     or 0.0) appears from that epoch on, and the run ends when every seed has diverged.
@@ -388,8 +394,11 @@ def fit(
                     if not state.diverged_at[i] and i not in newly
                     and m["val_loss"] < state.best_val_loss[i]]
         _keep_best(state, improved, [per_seed[i]["val_loss"] for i in improved])
+        for i in improved:
+            state.best_epoch[i] = state.epoch
+            state.best_val[i] = {k: per_seed[i][k] for k in KEPT_METRICS}
         if newly:
-            tests = evaluate_test(state, data)
+            tests = evaluate_test(state, data, newly)
             for i in newly:
                 state.diverged_at[i] = state.epoch
                 state.diverged_test[i] = tests[i]
@@ -400,9 +409,11 @@ def fit(
                 per_seed[i] = dict.fromkeys(EPOCH_METRICS, math.nan)
         finished = all(state.diverged_at) or state.epoch == config.epochs
         if finished:
-            tests = evaluate_test(state, data) if not all(state.diverged_at) else None
+            alive = [i for i, at in enumerate(state.diverged_at) if not at]
+            tests = evaluate_test(state, data, alive) if alive else None
             for i, values_i in enumerate(per_seed):
                 values_i.update(state.diverged_test[i] if state.diverged_at[i] else tests[i])
+                values_i.update(kept_report(state, i))
         if any(state.diverged_at):
             for i, values_i in enumerate(per_seed):
                 values_i["diverged"] = 1.0 if state.diverged_at[i] else 0.0
