@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from concurrency import concurrency
 from runner import SLOTS, TRIALS, log, now, run_child, trial_results, write_space
 
 FRACTION_METHODS = (("optuna", "asha"), ("random", "asha"), ("optuna", "fifo"))
@@ -63,13 +64,14 @@ def phase_fraction(args: argparse.Namespace) -> dict[str, Any]:
                 runs.append({"search": search, "scheduler": scheduler, "seed": seed,
                              "epochs_total": count, "epochs_to_target": reached,
                              "best": max(r["val_accuracy"] for t in trials for r in t),
-                             "wall_s": wall})
+                             "wall_s": wall, "concurrency": concurrency(trials, 1)})
     finally:
         ray.shutdown()
     shutil.rmtree(storage, ignore_errors=True)
     return {"data": spec, "epochs": epochs, "samples_per_search": samples,
             "grid_trials": len(grid_trials),
             "grid_epochs": grid_epochs, "grid_best_val_accuracy": best, "grid_s": grid_s,
+            "grid": {"concurrency": concurrency(grid_trials, SLOTS)},
             "grid_final_val_accuracy": sorted(t[-1]["val_accuracy"] for t in grid_trials),
             "runs": runs}
 

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from concurrency import concurrency
 from phase_epoch import lab_model
 from runner import BENCH, GPU_BATCHES, ROOT, data_256, log, now, run_child, trial_results
 
@@ -107,6 +108,8 @@ def phase_gpu_grid(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(storage, ignore_errors=True)
     return {"wall_s": wall, "trials": len(trials), "errors": run.num_errors,
             "devices": sorted({t[-1].get("device", "?") for t in trials}),
+            # 0.125 GPU and 1 CPU a trial: 8 at once where there are 8 CPUs
+            "concurrency": concurrency(trials, min(8, os.cpu_count() or 1)),
             "epochs": sum(len(t) for t in trials),
             "trainable_s": sum(float(r.get("time_this_iter_s", 0.0)) for t in trials
                                for r in t)}

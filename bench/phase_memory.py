@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from concurrency import concurrency
 from runner import data_256, log, now, run_child, trial_results
 
 
@@ -35,7 +36,8 @@ def phase_memory_study(args: argparse.Namespace) -> dict[str, Any]:
     wall = now() - start
     trials = trial_results(run.path)
     shutil.rmtree(storage, ignore_errors=True)
-    return {"trials": len(trials), "errors": run.num_errors, "run_study_s": wall}
+    return {"trials": len(trials), "errors": run.num_errors, "run_study_s": wall,
+            "concurrency": concurrency(trials, k)}
 
 
 def measure(args: argparse.Namespace, out_dir: Path, keys: dict[str, Any],

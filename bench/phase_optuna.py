@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from concurrency import concurrency
 from runner import EPOCHS, SLOTS, TRIALS, log, now, run_child, trial_results
 
 OPTUNA_DATA = "synthetic:size=64"
@@ -38,7 +39,8 @@ def phase_optuna_ours(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(storage, ignore_errors=True)
     return {"run_study_s": wall, "trials": len(trials),
             "epochs": sum(len(t) for t in trials), "errors": run.num_errors,
-            "best_val_accuracy": max(t[-1]["val_accuracy"] for t in trials)}
+            "best_val_accuracy": max(t[-1]["val_accuracy"] for t in trials),
+            "concurrency": concurrency(trials, SLOTS)}
 
 
 def phase_optuna_plain(args: argparse.Namespace) -> dict[str, Any]:

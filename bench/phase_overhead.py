@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from concurrency import concurrency
 from runner import BENCH, EPOCHS, SLOTS, TRIALS, log, now, run_child, trial_configs, trial_results
 
 NAIVE_DATA = "synthetic:size=32"
@@ -112,7 +113,8 @@ def phase_overhead_ours(args: argparse.Namespace) -> dict[str, Any]:
             "in_trial_training_s": [sum(r["epoch_seconds"] for r in t) for t in trials],
             # What Ray saw of each trial: from its start to its last report.
             "ray_trial_s": [t[-1]["time_total_s"] for t in trials],
-            "rerun_training_s": rerun, "configs": configs, "errors": run.num_errors}
+            "rerun_training_s": rerun, "configs": configs, "errors": run.num_errors,
+            "concurrency": concurrency(trials, SLOTS)}
 
 
 def phase_overhead_naive(args: argparse.Namespace) -> dict[str, Any]:
@@ -162,7 +164,8 @@ def phase_overhead_naive(args: argparse.Namespace) -> dict[str, Any]:
     return {"ray_init_s": ray_init, "study_s": study_s, "shutdown_s": shutdown,
             "trials": len(trials), "epochs": sum(len(t) for t in trials),
             "in_trial_training_s": sum(r["epoch_seconds"] for t in trials for r in t),
-            "same_configs": same, "errors": len(results.errors)}
+            "same_configs": same, "errors": len(results.errors),
+            "concurrency": concurrency(trials, SLOTS)}
 
 
 def measure(args: argparse.Namespace, out_dir: Path, keys: dict[str, Any],

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import phase_report
+from concurrency import concurrency
 from runner import SLOTS, log, now, ratio, run_child, trial_results, write_space
 
 REPEATS_DATA = "synthetic:size=32"
@@ -61,6 +62,8 @@ def phase_repeats(args: argparse.Namespace) -> dict[str, Any]:
             "separate_s": own_seconds(sep), "stacked_s": own_seconds(stk),
             "separate_wall_s": separate_wall, "stacked_wall_s": stacked_wall,
             "errors": separate.num_errors + stacked.num_errors,
+            "separate": {"concurrency": concurrency(sep, SLOTS)},
+            "stacked": {"concurrency": concurrency(stk, SLOTS)},
             "storage": str(storage), "separate_experiment": str(separate.path)}
 
 

@@ -39,6 +39,10 @@ Keys (numbers; null where not measured, e.g. the GPU keys without a GPU):
 - report_seconds: `python -m study report` on the 48-trial experiment of the repeats phase, a
   fresh process writing a fresh --out folder, start to exit, median of 3 (5); its CPU seconds
   (with its figure workers) as report_cpu_seconds.
+Beside the keys, for every Ray study a phase runs: how many trials ran at once (peak, mean
+weighted by time over the study's span, and how many trial starts found every other slot busy)
+next to its slots, from each trial's reported times (bench/concurrency.py); a table under the
+keys, and `concurrency` in that study's details.
 GPU keys (`--gpu`, one GPU; each phase has a time limit and leaves its key null past it):
 - epoch_speedup_gpu_bs2, _bs16, _bs32, _bs128: seconds per epoch of the lab's loop / ours (the
   training step captured as a CUDA graph, `training.cuda_graph`) at 256x256, 1,600 images, the

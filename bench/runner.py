@@ -22,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from concurrency import concurrency_lines
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
@@ -371,6 +373,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| `{key}` | {_fmt(report.get(key))} | "
                      f"{f'{target[0]} {target[1]:g}' if target else ''} | "
                      f"{met(key) if target else ''} | {what} |")
+    lines += concurrency_lines(d)
     m = report["machine"]
     lines.append("")
     lines.append(f"{report['date']}, {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; "

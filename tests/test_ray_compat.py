@@ -25,9 +25,11 @@ def _optuna_search() -> object:
 
 @pytest.mark.parametrize("name", sorted(HOOKS))
 def test_every_hook_exists_in_the_installed_ray(name: str) -> None:
-    if "()." in name:  # an attribute of an instance
+    if "OptunaSearch()." in name:  # an attribute of an instance
         attr = name.rsplit(".", 1)[1]
         assert hasattr(_optuna_search(), attr), name
+    elif "TuneController()." in name:  # set by a running controller's __init__
+        ray_compat.controller_attrs_exist()
     else:
         hook(name)  # RayCompatError if the module or attribute is missing (None is a value:
         #             ray._private.worker._global_node while no Ray is started)
@@ -61,6 +63,18 @@ def test_a_missing_patched_function_fails_before_anything_is_patched(
     with pytest.raises(RayCompatError, match="_delete_fs_path"), \
             ray_compat.safe_checkpoint_deletion():
         pass
+
+
+def test_a_controller_attribute_gone_from_ray_fails_naming_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    real = inspect.getsource
+    monkeypatch.setattr(inspect, "getsource",
+                        lambda obj: real(obj).replace("self._started_actors", "self._begun"))
+    with pytest.raises(RayCompatError, match=r"TuneController\(\)\._started_actors"):
+        with ray_compat.keep_starting_workers():
+            pass
 
 
 def test_a_missing_optuna_attribute_fails_loudly() -> None:

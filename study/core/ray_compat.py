@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,14 @@ HOOKS = {
         "the Optuna study an early-stopped trial is told to as PRUNED (tell_optuna)",
     "ray.tune.search.optuna.OptunaSearch()._completed_trials":
         "the Ray trials already told to Optuna (optuna_trial_open, tell_optuna)",
+    "ray.tune.execution.tune_controller.TuneController._maybe_reuse_cached_actor":
+        "a trial keeping its starting worker (keep_starting_workers)",
+    "ray.tune.execution.tune_controller.TuneController()._trial_to_actor":
+        "a trial keeping its starting worker (keep_starting_workers)",
+    "ray.tune.execution.tune_controller.TuneController()._started_actors":
+        "a trial keeping its starting worker (keep_starting_workers)",
+    "ray.tune.execution.tune_controller.TuneController()._actor_manager":
+        "a trial keeping its starting worker (keep_starting_workers)",
 }
 # Ray resolves `_node_ip_address="127.0.0.1"` to the machine's network address (and its
 # servers then listen on every interface) unless it believes it runs without a cluster, which
@@ -321,3 +330,66 @@ def restore_pickle_globs() -> tuple[str, ...]:
     return (*(cls.CKPT_FILE_TMPL.format("*") for cls in classes), tuner_pkl, "*.pkl",
             f"*/{EXPR_ERROR_PICKLE_FILE}", f"*/{EXPR_PARAM_PICKLE_FILE}",
             f"*/checkpoint_*/{dict_checkpoint}")
+
+
+_CONTROLLER = "ray.tune.execution.tune_controller.TuneController"
+_REUSE = f"{_CONTROLLER}._maybe_reuse_cached_actor"
+_CONTROLLER_ATTRS = tuple(f"{_CONTROLLER}().{a}"
+                          for a in ("_trial_to_actor", "_started_actors", "_actor_manager"))
+# How long a pending trial waits for its starting worker while another worker is free; past it
+# Ray Tune's own choice (the free worker, the starting one stopped) is taken, so a worker that
+# never comes up (a set-up hook that hangs) cannot hold a trial back for ever.
+KEEP_STARTING_S = 600.0
+
+
+def controller_attrs_exist() -> None:
+    """RayCompatError unless TuneController's __init__ still sets the attributes
+    `keep_starting_workers` reads (they exist only on a running controller)."""
+    import inspect
+
+    init = inspect.getsource(hook(_CONTROLLER).__init__)
+    for name in _CONTROLLER_ATTRS:
+        attr = name.rsplit(".", 1)[1]
+        if f"self.{attr} " not in init and f"self.{attr}:" not in init:
+            raise _missing(name)
+
+
+@contextmanager
+def keep_starting_workers() -> Iterator[None]:
+    """Inside this block, Ray Tune keeps a trial's new worker while it starts.
+
+    With actor reuse, when a trial ends Ray Tune caches its worker and hands it to the next
+    pending trial (`TuneController._maybe_reuse_cached_actor`). If that trial already has a
+    new worker of its own starting (resources granted, the process up and running the set-up
+    hook, PyTorch's import and warm-up), Tune stops that worker, and the next trial asks for
+    another new one. With trials shorter than a worker's start, every new worker is stopped
+    before it is up and a slot never gets a trial. Here a trial whose worker is starting keeps
+    it (for up to KEEP_STARTING_S) and the free worker goes to the next pending trial; a trial
+    still waiting for resources (no worker started) takes the free worker as before.
+    """
+    original = hook(_REUSE)  # checked before anything is patched
+    controller_attrs_exist()
+    controller = hook(_CONTROLLER)
+    method = _REUSE.rsplit(".", 1)[1]
+    first_kept: dict[Any, float] = {}  # a starting worker: when a trial first kept it
+    given_up: set[Any] = set()
+
+    def reuse_cached_actor(self: Any, trial: Any) -> bool:
+        actor = self._trial_to_actor.get(trial)
+        starting = (actor is not None and actor not in self._started_actors
+                    and self._actor_manager.is_actor_started(actor))  # placed, not up
+        if starting:
+            since = first_kept.setdefault(actor, time.monotonic())
+            if time.monotonic() - since < KEEP_STARTING_S:
+                return False
+            if actor not in given_up:
+                given_up.add(actor)
+                log.warning("a trial's worker has been starting for %.0f s; the trial "
+                            "takes a free worker instead", time.monotonic() - since)
+        return original(self, trial)
+
+    setattr(controller, method, reuse_cached_actor)
+    try:
+        yield
+    finally:
+        setattr(controller, method, original)

@@ -128,14 +128,18 @@ def _run_claimed(plan: Plan) -> StudyRun:
     data = load_data(plan.data_spec)
     plan = replace(plan, space=fit_image_size(plan.space, data.image_size))
 
-    from study.core.ray_compat import safe_checkpoint_deletion, shutdown_ray
+    from study.core.ray_compat import (
+        keep_starting_workers,
+        safe_checkpoint_deletion,
+        shutdown_ray,
+    )
     from study.engine.ray_session import init_ray
 
     started = init_ray(opts)
     importing.join()
     try:
         tuner = _tuner(plan, data)
-        with safe_checkpoint_deletion():
+        with safe_checkpoint_deletion(), keep_starting_workers():
             results = _fit(tuner)
         statuses = ({k: v["status"] for k, v in read_trial_states(plan.exp_dir).items()}
                     if plan.local else {})
