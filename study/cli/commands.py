@@ -188,6 +188,8 @@ def _options(args: argparse.Namespace) -> RunOptions:
     from study.cli.parser import given_flags
     from study.engine.resume import resume_options
 
+    if args.resume_or_start:
+        _resume_or_start(args)
     flags = given_flags(args)
     asked = bool(getattr(args, "verbose", False)) or bool(getattr(args, "run_verbose", False))
     verbose = 0 if args.quiet else 2 if asked else 1
@@ -200,6 +202,24 @@ def _options(args: argparse.Namespace) -> RunOptions:
     values = {f.name: getattr(args, f.name) for f in fields(RunOptions) if hasattr(args, f.name)}
     # Resolved (and named) now, so that an interrupted run can say how to resume it.
     return resolved(RunOptions(**{**values, "verbose": verbose}))
+
+
+def _resume_or_start(args: argparse.Namespace) -> None:
+    """`--resume-or-start`: set `args.resume` if the experiment --name exists, and say which.
+
+    What a requeued Slurm job or a retried RayJob runs: the same command starts the study the
+    first time and resumes it (with the options it started with) every time after.
+    """
+    from study.engine.resume import found_experiment
+
+    if args.resume:
+        raise StudyError("--resume-or-start and --resume: give one of them (--resume-or-start "
+                         "resumes the experiment if it exists)")
+    if not args.name:
+        raise StudyError("--resume-or-start needs --name: the experiment to resume, or start")
+    args.resume = found_experiment(args.name, args.storage_path)
+    verb = "Resuming the study" if args.resume else "Starting the study"
+    print(f"{verb} {args.name} in {args.storage_path} (--resume-or-start).", flush=True)
 
 
 def _print_best(summary: dict) -> None:
@@ -261,7 +281,8 @@ def _best_note(summary: dict, epochs: Any = None) -> str | None:
            RunStatus.ERROR: "errored"}.get(str(top.get("status")), f"is {top.get('status')}")
     return (f"  (Trial {top['trial_id']} scored a higher {metric}, "
             f"{format_value(metric, float(top[metric]))}, but it {why}; the best configuration "
-            "is chosen among completed trials by its final score, averaged over its seeds. "
+            "is chosen among completed trials by the score of the weights it keeps (each seed's "
+            "best-validation-loss epoch), averaged over its seeds. "
             "The progress display's best was the best epoch seen so far of any trial.)")
 
 
@@ -283,8 +304,8 @@ def _best_epoch_note(summary: dict, epochs: Any) -> str | None:
         return None
     return (f"  (The progress display's best, {format_value(metric, float(peak[metric]))} at "
             f"epoch {int(peak['epoch'])} of trial {peak['trial_id']}, was one epoch's score "
-            "during training; the best configuration is chosen by its final score, averaged "
-            "over its seeds.)")
+            "during training; the best configuration is chosen by the score of the weights it "
+            "keeps (each seed's best-validation-loss epoch), averaged over its seeds.)")
 
 
 def _resume_command(name: str, storage: str | Path) -> str:

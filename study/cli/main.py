@@ -1,9 +1,9 @@
 """The `study` command's entry point: parse argv, run the command, one line for bad input.
 
-The `study.cli` package (this entry point, `parser`, `commands`, and the notebook API `api`)
-is the only place that reads argv, imports `analysis/` or prints for people; `run` starts Ray
-through `study.engine.run`. Bad input raises StudyError anywhere below; it is printed here as
-one line and the exit status is 2.
+The `study.cli` package (this entry point, `parser`, `commands`, `jobs` for the cluster job
+files, and the notebook API `api`) is the only place that reads argv, imports `analysis/` or
+prints for people; `run` starts Ray through `study.engine.run`. Bad input raises StudyError
+anywhere below; it is printed here as one line and the exit status is 2.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from study.cli import commands as cli_commands
+    from study.cli import jobs
 
     args.command_line = "study " + " ".join(sys.argv[1:] if argv is None else argv)
     commands = {"train": cli_commands.cmd_train, "evaluate": cli_commands.cmd_evaluate,
-                "run": cli_commands.cmd_run, "report": cli_commands.cmd_report}
+                "run": cli_commands.cmd_run, "report": cli_commands.cmd_report,
+                "slurm": jobs.cmd_slurm, "kuberay": jobs.cmd_kuberay}
     try:
         return commands[args.command](args)
     except StudyError as exc:

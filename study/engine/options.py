@@ -74,9 +74,10 @@ def resolved(opts: RunOptions) -> RunOptions:
                    name=opts.name or default_name())
 
 
-def command_line(opts: RunOptions) -> str:
-    """The `study run` command that asks for `opts` (for callers that have no argv)."""
-    words = ["study", "run"]
+def run_arguments(opts: RunOptions) -> list[str]:
+    """The `study run` arguments that ask for `opts`: a flag for each option not at its
+    default (for a shell, `shlex.join` them)."""
+    words: list[str] = []
     for f in fields(RunOptions):
         value = getattr(opts, f.name)
         if f.name == "verbose":
@@ -85,7 +86,12 @@ def command_line(opts: RunOptions) -> str:
             words.append(f"--{f.name.replace('_', '-')}")
         elif value != f.default and value is not False:
             words += [f"--{f.name.replace('_', '-')}", str(value)]
-    return " ".join(words)
+    return words
+
+
+def command_line(opts: RunOptions) -> str:
+    """The `study run` command that asks for `opts` (for callers that have no argv)."""
+    return " ".join(["study", "run", *run_arguments(opts)])
 
 
 def check_options(opts: RunOptions) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from study.core.names import META_FILE, STATE_GLOB, TUNER_FILE
-from study.engine.experiment import experiment_dir
+from study.engine.experiment import experiment_dir, remove_unstarted
 from study.engine.options import RunOptions, check_options
 from study.errors import StudyError
 
@@ -50,6 +50,30 @@ def read_study_meta(exp_dir: Path) -> dict[str, Any]:
             "resumed"
         )
     return meta
+
+
+def found_experiment(name: str, storage_path: str) -> bool:
+    """`study run --resume-or-start`: whether the experiment `name` exists in `storage_path`
+    (then the run resumes it) or not (then it starts).
+
+    A local experiment exists once it has its study.json. One stopped before Ray saved any
+    state holds nothing to resume: it is removed (only if it holds nothing but the files a
+    starting study writes, see `remove_unstarted`) and the study starts again. In a bucket,
+    the experiment is what Ray can restore (`Tuner.can_restore`).
+    """
+    probe = RunOptions(name=name, storage_path=storage_path)
+    check_options(probe)
+    exp_dir = experiment_dir(probe)
+    if exp_dir is None:
+        from ray import tune
+
+        return bool(tune.Tuner.can_restore(f"{storage_path.rstrip('/')}/{name}"))
+    if not (exp_dir / META_FILE).is_file():
+        return False  # nothing, or a folder that is not a study: starting says which
+    if any(exp_dir.glob(STATE_GLOB)):
+        return True
+    remove_unstarted(exp_dir)
+    return exp_dir.exists()  # something else is there: --resume says what is wrong with it
 
 
 def resume_options(given: dict[str, Any]) -> RunOptions:
@@ -173,3 +197,4 @@ def check_trusted(exp_dir: Path) -> None:
                 f"link (mode {st.st_mode & 0o777:o}, owner uid {st.st_uid}); Ray's saved state "
                 "is pickled and runs code when loaded, so only your own experiments are resumed"
             )
+
