@@ -941,3 +941,24 @@ def test_the_notebook_api_takes_numbers_as_numbers() -> None:
 
     check_types({"num_samples": 2, "cpus_per_trial": 1, "gpus_per_trial": 0.5, "target_ci": 2,
                  "repeats": "auto", "name": None, "quiet": True, "max_epochs": None})
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("127.0.0.1:1", "--address '127.0.0.1:1': cannot connect to 127.0.0.1:1 within 5 s"),
+    ("ray://127.0.0.1:1", "--address 'ray://127.0.0.1:1': cannot connect to 127.0.0.1:1"),
+    ("nonsense", "--address 'nonsense' has no port"),
+])
+def test_ray_address_in_the_environment_is_checked_as_address(
+        address: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """RAY_ADDRESS without --address is where ray.init connects: it gets --address's checks
+    (127.0.0.1:1 hung 150 s, ray:// gave a traceback), one line and exit 2."""
+    import time
+
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    space = write_space(tmp_path / "s.yaml", {}, TINY_NET)
+    start = time.monotonic()
+    refused(capsys, ["run", "--space", str(space), "--storage-path", str(tmp_path / "r"),
+                     "--quiet"], expected)
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "r").exists() or list((tmp_path / "r").iterdir()) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 import uuid
 from contextlib import nullcontext
@@ -50,6 +51,7 @@ from study.errors import StudyError
 from study.search.space import SearchSpace, fit_image_size
 from study.training.data import Dataset, load_data, resolve_spec
 
+RAY_ADDRESS_ENV = "RAY_ADDRESS"  # the cluster ray.init joins when given no address
 # What the driver imports once Ray is up, imported while it starts (the driver mostly waits
 # then; on 2 cores these are about 3 s of a study's start): Ray Tune; tensorboardX, for Ray's
 # TensorBoard logger (it imports PyTorch when installed); Optuna's storages; and the
@@ -77,6 +79,9 @@ def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
     `command` is what study.json records as the command that started the study (default:
     the `study run` command that asks for `opts`).
     """
+    if opts.address is None and os.environ.get(RAY_ADDRESS_ENV):
+        # ray.init would connect there by itself: it is this study's --address, checked as one.
+        opts = replace(opts, address=os.environ[RAY_ADDRESS_ENV])
     check_options(opts)
     opts = resolved(opts)
     check_address(opts.address)  # an unreachable --address fails before data or Ray load
