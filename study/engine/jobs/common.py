@@ -91,6 +91,19 @@ def ray_start_args(text: str) -> list[str]:
     return words
 
 
+def check_trials_fit(opts: RunOptions, cpus: float, gpus: float, host: str,
+                     cpus_flag: str, gpus_flag: str) -> None:
+    """Refuse trials bigger than one `host` (a node, a worker pod) of `cpus` CPUs and `gpus`
+    GPUs: a trial runs on one, or never starts."""
+    for option, want, have, flag, unit in (("--cpus-per-trial", opts.cpus_per_trial, cpus,
+                                            cpus_flag, "CPUs"),
+                                           ("--gpus-per-trial", opts.gpus_per_trial, gpus,
+                                            gpus_flag, "GPUs")):
+        if want > have:
+            raise StudyError(f"{option} {want:g} is more than a {host}'s {have:g} {unit} "
+                             f"({flag}), so no trial could start")
+
+
 def job_options(opts: RunOptions, local_inputs: bool) -> RunOptions:
     """`opts` checked and ready for a job: named, the space checked, local paths absolute.
 

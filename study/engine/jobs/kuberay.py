@@ -24,6 +24,7 @@ import yaml
 
 from study.engine.cluster import is_local_path
 from study.engine.jobs.common import (
+    check_trials_fit,
     plain_word,
     positive,
     printable,
@@ -136,14 +137,8 @@ class KubeRayJob:
 
     def check_trials_fit(self, opts: RunOptions) -> None:
         """Refuse trials bigger than one worker pod (the head runs none)."""
-        if opts.cpus_per_trial > self.cpus_per_worker:
-            raise StudyError(f"--cpus-per-trial {opts.cpus_per_trial:g} is more than a worker's "
-                             f"{self.cpus_per_worker:g} CPUs (--cpus-per-worker), so no trial "
-                             "could start")
-        if opts.gpus_per_trial > self.gpus_per_worker:
-            raise StudyError(f"--gpus-per-trial {opts.gpus_per_trial:g} is more than a worker's "
-                             f"{self.gpus_per_worker} GPUs (--gpus-per-worker), so no trial "
-                             "could start")
+        check_trials_fit(opts, self.cpus_per_worker, self.gpus_per_worker, "worker",
+                         "--cpus-per-worker", "--gpus-per-worker")
 
 
 def start_params(words: tuple[str, ...]) -> dict[str, str]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 from study.engine.jobs.common import (
     check_shared_storage,
+    check_trials_fit,
     local_storage,
     plain_word,
     printable,
@@ -126,14 +127,8 @@ class SlurmJob:
 
     def check_trials_fit(self, opts: RunOptions) -> None:
         """Refuse trials bigger than one node: a trial runs on one node, or never."""
-        if opts.cpus_per_trial > self.cpus_per_node:
-            raise StudyError(f"--cpus-per-trial {opts.cpus_per_trial:g} is more than a node's "
-                             f"{self.cpus_per_node} CPUs (--cpus-per-node), so no trial could "
-                             "start")
-        if opts.gpus_per_trial > self.gpus_per_node:
-            raise StudyError(f"--gpus-per-trial {opts.gpus_per_trial:g} is more than a node's "
-                             f"{self.gpus_per_node} GPUs (--gpus-per-node), so no trial could "
-                             "start")
+        check_trials_fit(opts, self.cpus_per_node, self.gpus_per_node, "node",
+                         "--cpus-per-node", "--gpus-per-node")
 
 
 def _job_name(name: str) -> str:
