@@ -88,6 +88,15 @@ def process_tree(root: int) -> set[tuple[int, int]]:
         tree |= children
 
 
+def signal_pids(pids: set[int], sig: signal.Signals) -> None:
+    """Send `sig` to each of `pids` still running (one that has ended already is skipped)."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def kill_pids(procs: set[tuple[int, int]], sig: int = signal.SIGKILL) -> None:
     """Signal each (pid, start time) that is still the process it was."""
     for pid, start in procs:

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _proc import signal_pids
+
 MARKER = "STUDY_SLURM_TEST"
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "srun")
 NODES = ("node1", "node2")
@@ -121,14 +123,6 @@ def _marked(marker: str) -> set[int]:
     return found
 
 
-def _signal(pids: set[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
 def start_slurm() -> Slurm:
     """Start munged, slurmctld and two slurmd; return once both nodes are idle.
 
@@ -188,11 +182,11 @@ def _wait(condition, timeout: float, what: str) -> None:
 def stop_marked(marker: str, also: set[int] = frozenset(), grace_s: float = 10.0) -> set[int]:
     """SIGTERM the processes marked with `marker` (and `also`), SIGKILL what is left after
     `grace_s`; return the PIDs still alive."""
-    _signal(_marked(marker) | set(also), signal.SIGTERM)
+    signal_pids(_marked(marker) | set(also), signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while _marked(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
-    _signal(_marked(marker) | set(also), signal.SIGKILL)
+    signal_pids(_marked(marker) | set(also), signal.SIGKILL)
     deadline = time.monotonic() + 10.0
     while (left := _marked(marker)) and time.monotonic() < deadline:
         time.sleep(0.2)

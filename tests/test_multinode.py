@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _proc import signal_pids
 
 pytestmark = pytest.mark.slow
 
@@ -117,21 +118,13 @@ def _cluster_pids(sessions: set[int], marker: str) -> set[int]:
     return found
 
 
-def _signal(pids: set[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
 def stop_nodes(sessions: set[int], marker: str, grace_s: float = 3.0) -> set[int]:
     """SIGTERM the cluster's processes, SIGKILL what is left after `grace_s`; return survivors."""
-    _signal(_cluster_pids(sessions, marker), signal.SIGTERM)
+    signal_pids(_cluster_pids(sessions, marker), signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while _cluster_pids(sessions, marker) and time.monotonic() < deadline:
         time.sleep(0.2)
-    _signal(_cluster_pids(sessions, marker), signal.SIGKILL)
+    signal_pids(_cluster_pids(sessions, marker), signal.SIGKILL)
     deadline = time.monotonic() + 10.0
     while (left := _cluster_pids(sessions, marker)) and time.monotonic() < deadline:
         time.sleep(0.2)
