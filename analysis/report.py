@@ -94,7 +94,8 @@ def write_report(exp_dir: Path, out: Path | None = None, *,
     written); the same steps are logged at INFO.
 
     Returns the summary (experiment, metric, mode, meta, trials, leaderboard, best) with `out`,
-    `missing` (what a partial experiment lacks), `figures`, `comparisons` and `optuna_db`.
+    `missing` (what a partial experiment lacks), `figures`, `comparisons`, `optuna_db` and
+    `epochs` (one row per reported epoch, as `collect_epochs` gives).
     """
     def step(phase: str, done: int, total: int) -> None:
         if progress is not None:
@@ -171,47 +172,46 @@ def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path, final: Pat
                    step: Progress, progress: Progress | None) -> dict[str, Any]:
     """Write the summary files into `out` (a fresh folder that will be moved to `final`)."""
     meta, trials, metric = summary["meta"], summary["trials"], summary["metric"]
-    epochs = collect_epochs(exp_dir)
-    step("results", 1, 1)
-    write_text_atomic(out / LEADERBOARD, summary["leaderboard"].to_csv(index=False))
     best = summary["best"]
-    if best is not None:
-        record = _best_record(summary)
-        write_json_atomic(out / BEST_CONFIG_JSON, record)
-        write_text_atomic(out / BEST_CONFIG_YAML, yaml.safe_dump(record, sort_keys=False))
-    missing = _missing_inputs(summary)
-
-    # The homework's intervals are over seeds: one row per run, each seed's own epochs.
-    comparisons, table, figures = homework_figures(
-        summary["runs"], collect_epochs(exp_dir, per_seed=True), meta)
-    # ... and the grid as a whole: every run in one factorial model, beside them
-    factorial = collect_factorial(summary["runs"], list(BASELINE), BASELINE)
-    if factorial is not None:
-        table = pd.concat([table, factorial_table(factorial)], ignore_index=True)
-    if not table.empty:
-        write_text_atomic(out / HOMEWORK_CSV, table.to_csv(index=False))
-    study_name = exp_dir.resolve().name
-    study = build_study(trials, epochs, meta, study_name)
-    importance, search_figures = hpo_figures(study, epochs, trials, metric)
-    figures += search_figures
     folder = out / FIGURES
     folder.mkdir(exist_ok=True)
     figs = FigureWriter(folder, progress)
-
-    # The two single slow jobs (model.pt imports torch; optuna.db, SQLAlchemy) go first, so
-    # they run beside the figures instead of after them.
-    workers = worker_count(len(figures) + 2)
+    # The workers start first and each job is handed to them as soon as its inputs are known,
+    # so they draw while this process works out the statistics of the next: the slowest single
+    # jobs (model.pt imports torch; optuna.db, SQLAlchemy) go first.
+    workers = worker_count(MAX_WORKERS)
     pool = worker_pool(workers) if workers else None
     model_job = db_job = None
     try:
-        if pool is not None:
-            if best is not None:
-                model_job = pool.submit(export_best_model, exp_dir, best, out)
-            if study.trials:
-                db_job = pool.submit(write_optuna_db, study, out / OPTUNA_DB)
-        log.info("drawing %d figures%s", len(figures),
-                 f" in {workers} processes" if workers else "")
-        figs.draw_all(figures, pool)
+        if pool is not None and best is not None:
+            model_job = pool.submit(export_best_model, exp_dir, best, out)
+        epochs = collect_epochs(exp_dir)
+        step("results", 1, 1)
+        write_text_atomic(out / LEADERBOARD, summary["leaderboard"].to_csv(index=False))
+        if best is not None:
+            record = _best_record(summary)
+            write_json_atomic(out / BEST_CONFIG_JSON, record)
+            write_text_atomic(out / BEST_CONFIG_YAML, yaml.safe_dump(record, sort_keys=False))
+        missing = _missing_inputs(summary)
+        study_name = exp_dir.resolve().name
+        study = build_study(trials, epochs, meta, study_name)
+        if pool is not None and study.trials:
+            db_job = pool.submit(write_optuna_db, study, out / OPTUNA_DB)
+        importance, search_figures = hpo_figures(study, epochs, trials, metric)
+        log.info("drawing figures%s", f" in {workers} processes" if workers else "")
+        figs.submit(search_figures, pool)
+
+        # The homework's intervals are over seeds: one row per run, each seed's own epochs.
+        comparisons, table, homework = homework_figures(
+            summary["runs"], collect_epochs(exp_dir, per_seed=True), meta)
+        figs.submit(homework, pool, first=True)
+        # ... and the grid as a whole: every run in one factorial model, beside them
+        factorial = collect_factorial(summary["runs"], list(BASELINE), BASELINE)
+        if factorial is not None:
+            table = pd.concat([table, factorial_table(factorial)], ignore_index=True)
+        if not table.empty:
+            write_text_atomic(out / HOMEWORK_CSV, table.to_csv(index=False))
+        figs.collect()
         log.info("writing %s", OPTUNA_DB)
         step(OPTUNA_DB, 0, 1)
         if db_job is not None:
@@ -242,4 +242,5 @@ def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path, final: Pat
     write_html_report(out, figs.written)
     step(REPORT_HTML, 1, 1)
     return {**summary, "out": final, "missing": missing, "figures": list(figs.written),
-            "comparisons": comparisons, "optuna_db": db, "study_name": study_name}
+            "comparisons": comparisons, "optuna_db": db, "study_name": study_name,
+            "epochs": epochs}

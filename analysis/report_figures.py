@@ -100,31 +100,46 @@ class FigureWriter:
         self.progress = progress
         self.written: dict[str, str] = {}  # file name -> title, in the order figures were asked
         self.failed: list[str] = []
+        self._asked: list[Figure] = []
+        self._results: dict[str, bytes | None] = {}
+        self._futures: dict[concurrent.futures.Future[bytes], Figure] = {}
 
     def draw_all(self, figures: list[Figure],
                  pool: concurrent.futures.Executor | None = None) -> None:
         """Draw every figure (in `pool` if given), write figures/<name>.png atomically; a
         figure that fails is recorded in `failed` and the others go on."""
-        results: dict[str, bytes | None] = {}
-        total = len(figures)
-        if pool is None:
-            for figure in figures:
-                results[figure.name] = self._draw_here(figure)
-                self._tick(len(results), total)
-        else:
-            futures = {pool.submit(render_png, f): f for f in figures}
-            for future in concurrent.futures.as_completed(futures):
-                figure = futures[future]
-                try:
-                    results[figure.name] = future.result()
-                except Exception as exc:  # one bad figure must not cost the whole report
-                    results[figure.name] = self._failure(figure, exc)
-                self._tick(len(results), total)
-        for figure in figures:  # written in the order asked, so report.md's order is stable
-            data = results[figure.name]
+        self.submit(figures, pool)
+        self.collect()
+
+    def submit(self, figures: list[Figure], pool: concurrent.futures.Executor | None = None,
+               *, first: bool = False) -> None:
+        """Start drawing `figures` in `pool` (drawn here and now without one); `first` puts
+        them before those asked so far in figures/ and the report. `collect` waits for all."""
+        self._asked = [*figures, *self._asked] if first else [*self._asked, *figures]
+        for figure in figures:
+            if pool is None:
+                self._results[figure.name] = self._draw_here(figure)
+                self._tick()
+            else:
+                self._futures[pool.submit(render_png, figure)] = figure
+
+    def collect(self) -> None:
+        """Wait for the figures submitted, then write them, in the order asked (so report.md's
+        order is stable)."""
+        for future in concurrent.futures.as_completed(self._futures):
+            figure = self._futures[future]
+            try:
+                self._results[figure.name] = future.result()
+            except Exception as exc:  # one bad figure must not cost the whole report
+                self._results[figure.name] = self._failure(figure, exc)
+            self._tick()
+        self._futures = {}
+        for figure in self._asked:
+            data = self._results.pop(figure.name, None)
             if data is not None:
                 write_bytes_atomic(self.folder / f"{figure.name}.png", data)
                 self.written[f"{figure.name}.png"] = figure.title
+        self._asked = []
 
     def _draw_here(self, figure: Figure) -> bytes | None:
         try:
@@ -136,9 +151,9 @@ class FigureWriter:
         log.warning("figure %s not drawn: %s", figure.name, exc, exc_info=exc)
         self.failed.append(f"figure {figure.name}.png not drawn ({type(exc).__name__}: {exc})")
 
-    def _tick(self, done: int, total: int) -> None:
+    def _tick(self) -> None:
         if self.progress is not None:
-            self.progress("figures", done, total)
+            self.progress("figures", len(self._results), len(self._asked))
 
 
 # --- which figures ----------------------------------------------------------------------

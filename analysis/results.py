@@ -198,7 +198,11 @@ def collect_epochs(exp_dir: Path, per_seed: bool = False) -> pd.DataFrame:
     searcher and the scheduler saw). With `per_seed`, one row per seed and epoch instead, with
     a `seed` column and that seed's own values (`seed_metrics`).
     """
-    frames = []
+    # One list of plain rows and one DataFrame at the end: a frame per trial, widened column by
+    # column, cost a third of a second per hundred trials.
+    rows: list[dict[str, Any]] = []
+    columns: dict[str, None] = {}  # in the order a frame per trial, concatenated, would have
+    dropped = ("config", "seeds", "seed_metrics")
     for trial_dir in trial_dirs(exp_dir):
         results = _read_results(trial_dir / RESULT_FILE)
         if not results:
@@ -206,16 +210,17 @@ def collect_epochs(exp_dir: Path, per_seed: bool = False) -> pd.DataFrame:
         config = results[-1].get("config", {})
         if per_seed:
             results = _expand_seeds(results, config)
-        df = pd.DataFrame(results)
-        df = df.drop(columns=[c for c in ("config", "seeds", "seed_metrics") if c in df])
-        for key in CONFIG_KEYS:
-            if key in config and key not in df:
-                df[key] = _hashable(config[key])
-        df["trial_id"] = _trial_id(trial_dir, results)
-        frames.append(df)
-    if not frames:
+        reported = {k: None for result in results for k in result if k not in dropped}
+        extra = {key: _hashable(config[key]) for key in CONFIG_KEYS
+                 if key in config and key not in reported}
+        extra["trial_id"] = _trial_id(trial_dir, results)
+        columns.update(reported)
+        columns.update(dict.fromkeys(extra))
+        rows += [{**{k: v for k, v in result.items() if k not in dropped}, **extra}
+                 for result in results]
+    if not rows:
         return pd.DataFrame(columns=["trial_id", "epoch"])
-    out = pd.concat(frames, ignore_index=True)
+    out = pd.DataFrame(rows, columns=list(columns))
     # PBT and restarts may report an epoch twice; keep the latest report of each.
     key = ["trial_id", "seed", "epoch"] if per_seed else ["trial_id", "epoch"]
     return out.drop_duplicates(key, keep="last").reset_index(drop=True)

@@ -251,6 +251,8 @@ def _epochs_of(summary: dict) -> Any:
     """Every reported epoch of the experiment summarised (None if it cannot be read)."""
     from analysis.results import collect_epochs
 
+    if summary.get("epochs") is not None:  # the report read them already
+        return summary["epochs"]
     if not summary.get("experiment"):
         return None
     try:
