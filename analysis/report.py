@@ -23,6 +23,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from analysis.clinical import FIGURE as CLINICAL_FIGURE
+from analysis.clinical import collect_clinical, plot_clinical
 from analysis.factorial import collect_factorial, factorial_table
 from analysis.homework import BASELINE
 from analysis.html_report import write_html_report
@@ -197,6 +199,11 @@ def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path, final: Pat
         study = build_study(trials, epochs, meta, study_name)
         if pool is not None and study.trials:
             db_job = pool.submit(write_optuna_db, study, out / OPTUNA_DB)
+        clinical = collect_clinical(exp_dir, summary["runs"], best)
+        if clinical is not None:
+            figs.submit([Figure(CLINICAL_FIGURE, "The best configuration on test: ROC, "
+                                "precision-recall, confusion matrix, calibration",
+                                plot_clinical, (clinical,))], pool)
         importance, search_figures = hpo_figures(study, epochs, trials, metric)
         log.info("drawing figures%s", f" in {workers} processes" if workers else "")
         figs.submit(search_figures, pool)
@@ -236,7 +243,7 @@ def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path, final: Pat
     if db is None:
         missing.append(f"no trial ran; {OPTUNA_DB} not written")
     report = render_report(summary, comparisons, importance, figs.written, missing,
-                           db.resolve() if db else None, study_name, factorial)
+                           db.resolve() if db else None, study_name, factorial, clinical)
     write_text_atomic(out / REPORT_MD, report)
     step(REPORT_MD, 1, 1)
     write_html_report(out, figs.written)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.clinical import Clinical, clinical_section
 from analysis.factorial import Factorial
 from analysis.report_design import factorial_section, failures_section
 from analysis.stats import mean_ci
@@ -352,7 +353,8 @@ def _validation_test_section(best: dict[str, Any] | None, meta: dict[str, Any],
 
 def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
                   importance: pd.DataFrame, figures: dict[str, str], missing: list[str],
-                  db: Path | None, study_name: str, factorial: Factorial | None = None) -> str:
+                  db: Path | None, study_name: str, factorial: Factorial | None = None,
+                  clinical: Clinical | None = None) -> str:
     """Return report.md: how the study was run, its best configuration, the homework's
     comparisons, the search's figures, and what is missing."""
     meta, trials = summary["meta"], summary["trials"]
@@ -376,6 +378,11 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
                         else f"{meta.get('repeats', 1)} repeat(s) per configuration"))
         lines.append(f"- Selection metric: {summary['metric']} ({summary['mode']}), on the "
                      "validation split only; the test split chose nothing")
+        model = ((summary.get("best") or {}).get("config") or {}).get("model", "mlp")
+        if model != "mlp" or "model" in (meta.get("searched") or []):
+            lines.append(f"- Model family: {model} (best); comparisons are between this "
+                         "study's configurations, within a family; the homework's are about "
+                         "its MLP")
     expected = meta.get("expected_trials")
     planned = "at least " if SEEDS_ON_DEMAND in meta else ""
     lines.append(f"- Trials: {len(trials)}"
@@ -396,6 +403,7 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
         lines += [f"- {m}" for m in missing] + [""]
     lines += _best_section(summary["best"], summary["metric"], summary["mode"])
     lines += _validation_test_section(summary["best"], meta, trials)
+    lines += clinical_section(clinical, figures)
     lines += _seeds_section(summary.get("runs", trials), meta)
     lines += _homework_section(comparisons, meta.get("search"), meta.get("scheduler"))
     lines += failures_section(comparisons)

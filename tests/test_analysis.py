@@ -46,6 +46,7 @@ FIGURE_NAMES = [
       for kind in ("curves", "test")),
     "hpo_history.png", "hpo_importance.png", "hpo_parallel.png", "hpo_learning_curves.png",
     *(f"hpo_scatter_{p}.png" for p in ("loss", "batch_size", "depth")),
+    "clinical_best.png",
 ]
 
 
@@ -149,6 +150,24 @@ def test_runs_carry_their_kept_weights_per_image_predictions(experiment: Path) -
     report = (experiment / "summary" / "report.md").read_text()
     assert "bootstrap over" in report and "± test set" in report
     assert "both on the weights each seed tested" in report
+
+
+def test_the_clinical_readout_agrees_with_what_the_best_runs_reported(experiment: Path
+                                                                       ) -> None:
+    """The readout is computed from the saved per-image scores; the trials computed their
+    test metrics in PyTorch while training: both must tell the same."""
+    summary = json.loads((experiment / "summary" / "best_config.json").read_text())
+    report = (experiment / "summary" / "report.md").read_text()
+    section = report.split("## Clinical readout of the best configuration", 1)[1]
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
+            for line in section.splitlines() if line.startswith("| ")}
+    metrics = summary["metrics"]
+    for label, key, tol in (("Sensitivity", "test_sensitivity", 5e-4),
+                            ("Specificity", "test_specificity", 5e-4),
+                            ("AUROC", "test_auroc", 2e-2)):  # scores saved as float16
+        assert float(rows[label][1]) == pytest.approx(metrics[key], abs=tol), label
+    assert "Average precision (AUPRC)" in rows and "Brier score" in rows
+    assert f"from each of its {len(summary['seeds'])} run(s)" in section
 
 
 def test_best_config_yaml_round_trips_through_study_train(experiment: Path,
