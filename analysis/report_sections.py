@@ -376,6 +376,11 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
                      f"{meta.get('epochs')} epochs; "
                      + ("seeds on demand (`--repeats auto`, below)" if SEEDS_ON_DEMAND in meta
                         else f"{meta.get('repeats', 1)} repeat(s) per configuration"))
+        sampler = dict(meta.get("sampler") or {})
+        if sampler:  # every setting, so the study means the same under a later Optuna
+            kind = sampler.pop("sampler", "?")
+            lines.append(f"- Sampler: Optuna {sampler.pop('optuna', '?')} {kind} ("
+                         + ", ".join(f"{k}={v}" for k, v in sampler.items()) + ")")
         lines.append(f"- Selection metric: {summary['metric']} ({summary['mode']}), on the "
                      "validation split only; the test split chose nothing")
         model = ((summary.get("best") or {}).get("config") or {}).get("model", "mlp")

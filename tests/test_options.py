@@ -44,6 +44,10 @@ def test_resolved_leaves_a_bad_sample_count_for_the_check() -> None:
     (RunOptions(cpus_per_trial=0), "both 0"),
     (RunOptions(name="a/b"), "--name must be a plain folder name"),
     (RunOptions(resume=True), "--resume needs --name"),
+    (RunOptions(sampler="cmaes"), "--sampler must be one of tpe, gp, random, got 'cmaes'"),
+    (RunOptions(sampler="gp", search="grid"),
+     "--sampler gp is Optuna's, so it needs --search optuna; this study searches with grid"),
+    (RunOptions(sampler="random", scheduler="pbt"), "this study searches with random"),
 ])
 def test_check_options_refuses_with_the_flag_and_value(opts: RunOptions, message: str) -> None:
     with pytest.raises(StudyError, match=message.replace("(", r"\(")):

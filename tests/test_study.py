@@ -229,6 +229,32 @@ def test_optuna_asha_stops_poor_trials_early(ray_cluster: None, tmp_path: Path) 
     counts = pd.Series([t.state.name for t in ot_study.trials]).value_counts().to_dict()
     assert counts.get("PRUNED", 0) == len(stopped)
     assert counts.get("COMPLETE", 0) == len(df) - len(stopped)
+    # TPE as recorded, every setting written out, and the sampler that ran
+    assert meta["sampler"] == {"sampler": "TPESampler", "seed": 0, "n_startup_trials": 4,
+                               "multivariate": True, "group": True, "constant_liar": True,
+                               "n_ei_candidates": 24, "optuna": optuna.__version__}
+    assert isinstance(ot_study.sampler, optuna.samplers.TPESampler)
+    assert "- Sampler: Optuna " in (exp / "summary" / "report.md").read_text()
+
+
+def test_the_gp_sampler_searches_and_is_recorded(ray_cluster: None, tmp_path: Path) -> None:
+    space = write_space(tmp_path / "gp.yaml", {"lr": {"loguniform": [1.0e-4, 1.0e-2]},
+                                               "depth": {"int": [1, 2]}},
+                        {"batch_size": 16, "width": 8, "epochs": 2})
+    exp = study(tmp_path, "gp", space, "--sampler", "gp", "--scheduler", "fifo",
+                "--num-samples", "6", "--max-concurrent", "1")
+    meta = json.loads((exp / "study.json").read_text())
+    assert meta["options"]["sampler"] == "gp" and meta["search"] == "optuna"
+    assert meta["sampler"]["sampler"] == "GPSampler"
+    assert meta["sampler"]["n_startup_trials"] == 4  # so the last two trials came from the GP
+    with open(sorted(exp.glob("searcher-state-*.pkl"))[-1], "rb") as f:
+        ot_study = _find_optuna_study(pickle.load(f))  # our own file, written by Ray
+    assert isinstance(ot_study.sampler, optuna.samplers.GPSampler)
+    assert [t.state.name for t in ot_study.trials] == ["COMPLETE"] * 6
+    assert len(board(exp)) == 6
+    report = (exp / "summary" / "report.md").read_text()
+    assert f"- Sampler: Optuna {optuna.__version__} GPSampler (seed=0, n_startup_trials=4" \
+        in report
 
 
 def _find_optuna_study(obj: Any, depth: int = 0) -> optuna.Study:

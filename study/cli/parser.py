@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from study.core.names import SAMPLERS
 from study.engine.options import SCHEDULERS, SEARCHES, RunOptions
 from study.errors import StudyError
 from study.search.seed_rule import parse_repeats
@@ -82,6 +83,9 @@ def add_run_flags(p: argparse.ArgumentParser, job: bool = False) -> None:
     add("--search", choices=SEARCHES,
         help="optuna (TPE; the default), random (the default under --scheduler pbt or with "
         "--repeats auto: grid), or grid (Ray's variant generator)")
+    add("--sampler", choices=SAMPLERS,
+        help="Optuna's sampler under --search optuna: tpe (multivariate, constant liar; the "
+        "default), gp (Gaussian process) or random; study.json records its every setting")
     add("--scheduler", choices=SCHEDULERS,
         help="early stopping / population scheduler: asha by default, fifo for --search grid, "
         "whose arms and repeats must all train to the end")

@@ -82,3 +82,6 @@ class RunStatus(str, Enum):
 
 # Runs still under way (or cut off) when the experiment was read: no final score yet.
 IN_PROGRESS = (RunStatus.RUNNING, RunStatus.PENDING, RunStatus.PAUSED, RunStatus.UNFINISHED)
+
+# `--sampler`: Optuna's TPESampler, GPSampler, RandomSampler (study.search.searcher builds them)
+SAMPLERS = ("tpe", "gp", "random")

@@ -115,28 +115,40 @@ class ClipToBounds:
         return config
 
 
+def sampler_of(opts: RunOptions) -> dict[str, Any] | None:
+    """The settings of the Optuna sampler that `opts` (resolved) search with, every one
+    written out (study.json records them); None for a search without Optuna."""
+    from study.search.searcher import sampler_settings
+
+    if opts.search != "optuna" or opts.num_samples is None:
+        return None
+    startup = max(4, min(10, opts.num_samples // 3))
+    return sampler_settings(opts.sampler, opts.seed, startup)
+
+
 def optuna_searcher(space: SearchSpace, opts: RunOptions,
                     storage_file: Path | None = None) -> Any:
-    """Return the Optuna TPE searcher of a study (its sampler settings are the study's).
+    """Return the Optuna searcher of a study, its sampler (`--sampler`) built from the
+    settings `sampler_of` writes out.
 
     With `storage_file`, the Optuna study is kept in that file as it runs (study name: the
     experiment's name), where optuna-dashboard can watch it.
     """
     import optuna
 
-    from study.search.searcher import StudyOptunaSearch, live_storage, tpe_sampler
+    from study.search.searcher import StudyOptunaSearch, live_storage, make_sampler
 
-    startup = max(4, min(10, opts.num_samples // 3))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    seed = opts.seed
+    settings = sampler_of(opts)
+    assert settings is not None, "an Optuna searcher for a search without Optuna"
     if storage_file is not None and storage_file.is_file():
-        # Continuing a study kept in the file: TPE learns from its trials, and draws a random
-        # stream of its own rather than the first session's again.
-        seed += len(optuna.load_study(study_name=opts.name,
-                                      storage=live_storage(storage_file)).trials)
+        # Continuing a study kept in the file: the sampler learns from its trials, and draws
+        # a random stream of its own rather than the first session's again.
+        settings["seed"] += len(optuna.load_study(study_name=opts.name,
+                                                  storage=live_storage(storage_file)).trials)
     # Ray never hands TuneConfig's metric/mode to a searcher built with a define-by-run space
     # (it has no param_space to pass), so OptunaSearch takes them from the same SearchSpace.
-    return StudyOptunaSearch(space=optuna_space(space), sampler=tpe_sampler(seed, startup),
+    return StudyOptunaSearch(space=optuna_space(space), sampler=make_sampler(settings),
                              metric=space.metric, mode=space.mode, storage_file=storage_file,
                              study_name=opts.name)
 

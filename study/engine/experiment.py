@@ -58,11 +58,14 @@ def study_record(opts: RunOptions, space: Any, data: Any, epochs: int, expected:
     """
     from dataclasses import asdict
 
+    from study.engine.builders import sampler_of
+
     return {
         "command": command,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "options": asdict(opts),
         "search": opts.search,
+        "sampler": sampler_of(opts),  # every setting, written out (None: no Optuna)
         "scheduler": opts.scheduler,
         "space_file": space.source,
         "space": space.raw,

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
+from study.core.names import SAMPLERS
 from study.errors import StudyError
 from study.search.seed_rule import AUTO, DEFAULT_MAX_REPEATS, Rule
 
@@ -32,6 +33,7 @@ class RunOptions:
     space: str = "default"  # a YAML file, or the name of a shipped space
     data: str = "synthetic"  # a data spec (study.training.data)
     search: str | None = None  # optuna; random under PBT (PBT takes no searcher)
+    sampler: str = "tpe"  # Optuna's sampler under --search optuna: tpe, gp or random
     scheduler: str | None = None  # asha; fifo for grid (its arms must all train to the end)
     num_samples: int | None = None  # 20 for optuna/random, 1 pass for grid
     max_epochs: int | None = None  # overrides the space's epochs
@@ -98,6 +100,12 @@ def check_options(opts: RunOptions) -> None:
     """Refuse impossible requests with one line naming the flag and the value."""
     if opts.search is not None and opts.search not in SEARCHES:
         raise StudyError(f"--search must be one of {', '.join(SEARCHES)}, got {opts.search!r}")
+    if opts.sampler not in SAMPLERS:
+        raise StudyError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {opts.sampler!r}")
+    search = opts.search or resolved(opts).search
+    if opts.sampler != "tpe" and search != "optuna":
+        raise StudyError(f"--sampler {opts.sampler} is Optuna's, so it needs --search optuna; "
+                         f"this study searches with {search}")
     if opts.scheduler is not None and opts.scheduler not in SCHEDULERS:
         raise StudyError(
             f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {opts.scheduler!r}"

@@ -20,9 +20,9 @@ from study.errors import StudyError
 
 # Options fixed when a study starts: `--resume` takes them from study.json; a different value
 # given with it is refused.
-FIXED_ON_RESUME = ("space", "data", "search", "scheduler", "num_samples", "max_epochs",
-                   "image_size", "repeats", "seed", "max_concurrent", "max_failures",
-                   "target_ci", "max_repeats")
+FIXED_ON_RESUME = ("space", "data", "search", "sampler", "scheduler", "num_samples",
+                   "max_epochs", "image_size", "repeats", "seed", "max_concurrent",
+                   "max_failures", "target_ci", "max_repeats")
 # Options a resumed study takes from study.json unless given again (they may change).
 INHERITED_ON_RESUME = ("cpus_per_trial", "gpus_per_trial", "checkpoint_every", "num_cpus")
 

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from study.core.names import SAMPLERS
 from study.core.ray_compat import optuna_trial, optuna_trial_open, tell_optuna
 from study.search.space import PARAM_NAMES
 
@@ -101,11 +102,52 @@ def storage_url(path: str | Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
-def tpe_sampler(seed: int, n_startup_trials: int) -> optuna.samplers.TPESampler:
-    """TPE as studies use it: multivariate and grouped, with the constant liar for parallel
-    trials. Optuna marks those options experimental and warns on every run; they are chosen
-    on purpose here, so that warning is not shown."""
+def sampler_settings(name: str, seed: int, n_startup_trials: int) -> dict[str, Any]:
+    """Every setting of the sampler `name` that a study's meaning depends on, written out (the
+    defaults of TPE changed in Optuna 5.0: multivariate, constant liar), so that study.json
+    says what was run and `make_sampler` builds the same under a later Optuna."""
+    if name == "tpe":
+        return {"sampler": "TPESampler", "seed": seed, "n_startup_trials": n_startup_trials,
+                "multivariate": True, "group": True, "constant_liar": True,
+                "n_ei_candidates": 24, "optuna": optuna.__version__}
+    if name == "gp":
+        return {"sampler": "GPSampler", "seed": seed, "n_startup_trials": n_startup_trials,
+                "deterministic_objective": False, "independent_sampler": "RandomSampler",
+                "optuna": optuna.__version__}
+    if name == "random":
+        return {"sampler": "RandomSampler", "seed": seed, "optuna": optuna.__version__}
+    raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+
+
+def make_sampler(settings: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    """The sampler that `settings` (from `sampler_settings`) describe. Optuna marks TPE's
+    multivariate, group and constant-liar options experimental and warns on every run; they
+    are chosen on purpose here, so that warning is not shown."""
+    kind, seed = settings["sampler"], settings["seed"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials,
-                                          multivariate=True, group=True, constant_liar=True)
+        if kind == "TPESampler":
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=settings["n_startup_trials"],
+                multivariate=settings["multivariate"], group=settings["group"],
+                constant_liar=settings["constant_liar"],
+                n_ei_candidates=settings["n_ei_candidates"])
+        if kind == "GPSampler":
+            # conditional parameters (per-layer widths) fall outside the GP's joint space and
+            # are drawn at random, as `independent_sampler` says; that is expected, not news
+            return optuna.samplers.GPSampler(
+                seed=seed, n_startup_trials=settings["n_startup_trials"],
+                deterministic_objective=settings["deterministic_objective"],
+                independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+                warn_independent_sampling=False)
+        if kind == "RandomSampler":
+            return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {kind!r}")
+
+
+def tpe_sampler(seed: int, n_startup_trials: int) -> optuna.samplers.TPESampler:
+    """TPE as studies use it: multivariate and grouped, with the constant liar for parallel
+    trials (`sampler_settings("tpe", ...)`)."""
+    sampler = make_sampler(sampler_settings("tpe", seed, n_startup_trials))
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    return sampler
