@@ -135,3 +135,71 @@ def test_headless_chromium_loads_it_with_every_figure_sized(summary_dir: Path,
     for image in check["imgs"]:
         assert image["complete"] and image["w"] > 0 and image["h"] > 0, image
         assert image["shownW"] > 0 and image["shownH"] > 0, image
+
+
+def _browser() -> str:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") \
+        or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium or Chrome installed (Debian: apt-get install -y chromium)")
+    return browser
+
+
+def _profile(root: Path, name: str) -> Path:
+    """A fresh Chromium profile folder: each run its own, so none shares state."""
+    path = root / f"profile-{name}"
+    path.mkdir()
+    return path
+
+
+def _screenshot(browser: str, page: Path, profile: Path) -> Image.Image:
+    shot = page.with_suffix(".shot.png")
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--user-data-dir={profile}", "--hide-scrollbars", "--window-size=1200,4000",
+         f"--screenshot={shot}", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    return Image.open(shot).convert("RGB")
+
+
+def _near(image: Image.Image, colour: tuple[int, int, int], tolerance: int = 40) -> int:
+    """How many pixels of `image` are within `tolerance` of `colour` in every channel."""
+    import numpy as np
+
+    pixels = np.asarray(image, dtype=int)
+    return int(np.all(np.abs(pixels - np.array(colour)) <= tolerance, axis=-1).sum())
+
+
+def test_a_screenshot_in_chromium_shows_the_clinical_figure(tmp_path: Path) -> None:
+    """The page as a reader sees it: the figure's own colours are on screen, and they are not
+    when the same page has no figure (so the count measures the figure, not the page)."""
+    import numpy as np
+
+    from analysis import clinical
+
+    browser = _browser()
+    rng = np.random.default_rng(0)
+    labels = rng.random(300) < 0.5
+    seeds = []
+    for seed in (0, 1, 2):
+        prob = 1 / (1 + np.exp(-(rng.normal(size=300) + 1.5 * (2 * labels - 1))))
+        seeds.append(clinical.SeedScores(seed, prob, prob >= 0.5, labels))
+    fig = clinical.plot_clinical(clinical.readout(seeds))
+    (tmp_path / "figures").mkdir()
+    fig.savefig(tmp_path / "figures" / "clinical_best.png", dpi=110)
+    plt.close(fig)
+    text = "# Study report: demo\n\n" + "\n".join(
+        clinical.clinical_section(clinical.readout(seeds),
+                                  {"clinical_best.png": "The best configuration on test"}))
+    (tmp_path / "report.md").write_text(text)
+    shown = _screenshot(browser, write_html_report(tmp_path, ["clinical_best.png"]),
+                        _profile(tmp_path, "a"))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "report.md").write_text(text)
+    missing = _screenshot(browser, write_html_report(bare, []),
+                          _profile(tmp_path, "b"))
+    for colour in ((31, 119, 180), (255, 127, 14), (44, 160, 44)):  # the ROC, PR, reliability
+        assert _near(shown, colour) > 300, colour
+        assert _near(missing, colour) < 20, colour
