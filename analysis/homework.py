@@ -93,8 +93,12 @@ def select_comparison(trials: pd.DataFrame, factor: str,
 
     Another homework factor is held at the baseline when that leaves two arms or more, and
     marginalised otherwise; so is any `searched` parameter that varies. None when the study
-    does not vary `factor` (a comparison needs two arms).
+    does not vary `factor` (a comparison needs two arms). Within one model family: the MLP's
+    trials where the study trained it (the homework's), else those of the one it trained.
     """
+    if "model" in trials and len(trials):
+        families = trials["model"].fillna("mlp")
+        trials = trials[families == ("mlp" if (families == "mlp").any() else families.iloc[0])]
     if factor not in trials or trials[factor].nunique(dropna=True) < 2:
         return None
     chosen = trials[trials[factor].notna()]

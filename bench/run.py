@@ -36,6 +36,9 @@ Keys (numbers; null where not measured, e.g. the GPU keys without a GPU):
   reported epoch) of the homework grid x 3 seeds at 32x32 for 3 epochs, run as 48 separate
   trials (the seed a grid axis) / as 16 trials each stacking its configuration's 3 seeds
   (`repeats=3`), one after the other on one Ray.
+- cnn_repeats_speedup_cpu, cnn_epoch_vs_plain_cpu: the CNN family's epoch at 28x28, 3 separate
+  seeds / 3 stacked (grouped convolutions), and a plain DataLoader loop on the same network /
+  ours (bench/phase_cnn.py).
 - report_seconds: `python -m study report` on the 48-trial experiment of the repeats phase, a
   fresh process writing a fresh --out folder, start to exit, median of 3 (5); its CPU seconds
   (with its figure workers) as report_cpu_seconds.
@@ -63,6 +66,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import phase_cnn
 import phase_epoch
 import phase_fraction
 import phase_gpu
@@ -80,7 +84,7 @@ PHASE_FUNCS = {"epoch": phase_epoch.phase_epoch,
                "optuna_plain": phase_optuna.phase_optuna_plain,
                "fraction": phase_fraction.phase_fraction,
                "memory_study": phase_memory.phase_memory_study,
-               "repeats": phase_repeats.phase_repeats,
+               "repeats": phase_repeats.phase_repeats, "cnn": phase_cnn.phase_cnn,
                "gpu_epoch": phase_gpu.phase_gpu_epoch, "gpu_grid": phase_gpu.phase_gpu_grid}
 
 
@@ -119,6 +123,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         phase_memory.measure(args, out_dir, keys, details)
     if "repeats" in only or "report" in only:  # the report phase reads the repeats' trials
         phase_repeats.measure(args, out_dir, keys, details, report="report" in only)
+    if "cnn" in only:
+        phase_cnn.measure(args, out_dir, keys, details)
     if args.gpu:
         phase_gpu.measure(args, only, out_dir, keys, details)
 

@@ -28,7 +28,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 RUN_SCRIPT = BENCH / "run.py"  # the children run `run.py --phase NAME`
-PHASES = ("epoch", "overhead", "optuna", "fraction", "memory", "repeats", "report")
+PHASES = ("epoch", "overhead", "optuna", "fraction", "memory", "repeats", "report", "cnn")
 GPU_PHASES = ("gpu_epoch", "gpu_study", "gpu_grid")  # `--gpu`: these only
 GPU_BATCHES = (2, 16, 32, 128)
 TARGETS = {  # key: (comparison, target); the CPU keys on a 2-core CPU machine, the GPU keys
@@ -38,6 +38,8 @@ TARGETS = {  # key: (comparison, target); the CPU keys on a 2-core CPU machine, 
     "asha_tpe_epoch_fraction": ("<=", 0.30),
     "repeats_speedup_cpu": (">=", 1.5),
     "report_seconds": ("<=", 5.0),
+    "cnn_repeats_speedup_cpu": (">=", 1.5),
+    "cnn_epoch_vs_plain_cpu": (">=", 1.2),
     "epoch_speedup_gpu_bs2": (">=", 8.0),
     "epoch_speedup_gpu_bs16": (">=", 8.0),
     "epoch_speedup_gpu_bs32": (">=", 8.0),
@@ -338,6 +340,18 @@ def markdown(report: dict[str, Any]) -> str:
                      f"a fresh process and --out folder, median of {t['reps']} "
                      f"({', '.join(f'{w:.1f}' for w in t['wall_s'])} s; CPU "
                      f"{t['median_cpu_s']:.1f} s with its workers; {len(t['figures'])} figures)"))
+    if "cnn" in d:
+        c = d["cnn"]
+        for key, what in (("cnn_repeats_speedup_cpu", "3 separate CNN seeds {separate:.3f} s / "
+                           "3 stacked {stacked:.3f} s per epoch"),
+                          ("cnn_epoch_vs_plain_cpu", "plain DataLoader loop {plain:.3f} s / "
+                           "ours {ours:.3f} s per training epoch")):
+            r = c["bs32"]
+            rows.append((key, what.format(separate=r["separate_s_per_epoch"],
+                                          stacked=r["stacked_s_per_epoch"],
+                                          plain=r["plain_s_per_epoch"],
+                                          ours=r["ours_s_per_epoch"])
+                         + " (28x28, 3 x 16-channel blocks, batch 32, one thread)"))
     gpu = report.get("gpu_note")
     if "gpu_epoch" in d:
         e = d["gpu_epoch"]

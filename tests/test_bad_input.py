@@ -962,3 +962,50 @@ def test_ray_address_in_the_environment_is_checked_as_address(
                      "--quiet"], expected)
     assert time.monotonic() - start < 60
     assert not (tmp_path / "r").exists() or list((tmp_path / "r").iterdir()) == []
+
+
+# --- the model family, augmentation and class balance ---------------------------------------
+
+
+MODEL_ERRORS = {
+    "unknown model": ("params:\n  model: {choice: [mlp, resnet]}\n",
+                      ["params.model.choice", "model must be one of mlp, cnn, got 'resnet'"]),
+    "unknown augment": ("fixed:\n  augment: wild\n",
+                        ["fixed.augment", "augment must be one of none, light, strong, "
+                                          "got 'wild'"]),
+    "unknown class weight": ("params:\n  class_weight: {choice: [none, heavy]}\n",
+                             ["params.class_weight.choice", "class_weight must be one of none, "
+                                                            "balanced, got 'heavy'"]),
+    "even kernel": ("fixed:\n  model: cnn\n  kernel_size: 4\n",
+                    ["fixed.kernel_size", "kernel_size must be an odd integer >= 1, got 4"]),
+    "CNN deeper than 16x16 allows": (
+        "params:\n  model: {choice: [mlp, cnn]}\n  depth: {int: [1, 5]}\nfixed:\n  epochs: 1\n",
+        ["params.depth: a CNN of depth 5 halves 16x16 images 5 times, to nothing; "
+         "at most depth 4 at that size"]),
+}
+
+
+@pytest.mark.parametrize("case", MODEL_ERRORS, ids=list(MODEL_ERRORS))
+def test_bad_model_family_values(case: str, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    text, needles = MODEL_ERRORS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    storage = tmp_path / "results"
+    err = refused(capsys, ["run", "--space", str(path), "--data", TINY_DATA,
+                           "--storage-path", str(storage), "--name", "s", "--quiet"], *needles)
+    assert str(path) in err
+    assert not storage.exists() or not any(storage.rglob("*.json"))
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--model", "resnet"], "flags: model must be one of mlp, cnn, got 'resnet'"),
+    (["--augment", "wild"], "flags: augment must be one of none, light, strong, got 'wild'"),
+    (["--class-weight", "heavy"], "class_weight must be one of none, balanced, got 'heavy'"),
+    (["--model", "cnn", "--depth", "5"], "depth: a CNN of depth 5 halves 16x16 images 5 times"),
+])
+def test_bad_model_family_flags_of_study_train(flags: list[str], needle: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    refused(capsys, ["train", "--data", TINY_DATA, "--epochs", "1", "--out",
+                     str(tmp_path / "run"), *flags], needle)
+    assert not (tmp_path / "run").exists()

@@ -363,3 +363,46 @@ def test_scientific_notation_without_a_dot_is_a_number(tmp_path: Path) -> None:
     space = load_space(path)
     assert (space.params["lr"].low, space.params["lr"].high) == (1e-5, 0.1)
     assert space.params["weight_decay"].values == (0, 1e-4, 5e-3)
+
+
+def test_cnn_and_medmnist_spaces_sample_valid_configs_of_their_families() -> None:
+    cnn = load_space(SPACES_DIR / "cnn.yaml")
+    medmnist = load_space(SPACES_DIR / "medmnist.yaml")
+    assert cnn.metric == medmnist.metric == "val_auroc"
+    assert cnn.fixed["model"].value == "cnn" and "model" not in cnn.params
+    assert {"augment", "class_weight", "kernel_size"} <= set(cnn.searched)
+    assert medmnist.params["model"].values == ("mlp", "cnn")
+    configs = [assert_valid(c) for c in sample_optuna(medmnist, 40)]
+    assert {c.model for c in configs} == {"mlp", "cnn"}
+    assert {c.class_weight for c in configs} == {"none", "balanced"}
+    assert all(1 <= c.depth <= 4 and c.augment in ("none", "light") for c in configs)
+    random.seed(0)
+    np.random.seed(0)
+    drawn = [assert_valid(c) for _ in range(60) for _, c in generate_variants(tune_space(cnn))]
+    assert {c.model for c in drawn} == {"cnn"} and {c.augment for c in drawn} == {
+        "none", "light", "strong"}
+    assert all(2 <= c.depth <= 4 and c.kernel_size in (3, 5) for c in drawn)
+
+
+@pytest.mark.parametrize(("text", "data_size", "match"), [
+    ("params:\n  depth: {int: [2, 4]}\nfixed:\n  model: cnn\n", 8,
+     r"params.depth: a CNN of depth 4 halves 8x8 images 4 times, to nothing; at most depth 3"),
+    ("params:\n  model: {choice: [mlp, cnn]}\n  image_size: {choice: [8, 64]}\nfixed:\n"
+     "  depth: 4\n", 64, r"fixed.depth: a CNN of depth 4 halves 8x8 images"),
+])
+def test_a_cnn_deeper_than_the_images_allow_is_refused(tmp_path: Path, text: str,
+                                                      data_size: int, match: str) -> None:
+    from study.search.space import fit_image_size
+
+    space = load_space(write(tmp_path, text))
+    with pytest.raises(StudyError, match=match):
+        fit_image_size(space, data_size)
+    if "image_size" not in text:
+        assert fit_image_size(space, 16).params["depth"].high == 4  # 16x16 halves 4 times
+
+
+def test_a_deep_mlp_is_not_bounded_by_the_image() -> None:
+    from study.search.space import fit_image_size
+
+    space = space_of({"depth": {"int": [1, 8]}, "model": {"choice": ["mlp"]}})
+    assert fit_image_size(space, 8).params["depth"].high == 8

@@ -78,6 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from study.training.data import load_data, resolve_spec
     from study.training.device import resolve_device, to_device
     from study.training.loop import fit, seed_rows
+    from study.training.model import check_fits
 
     config = _train_config(args)
     out = Path(args.out) if args.out else None
@@ -86,6 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     spec = resolve_spec(args.data)
     data = to_device(load_data(spec), device, config.image_size)
+    check_fits(config, data.image_size)
     if out is not None:
         _make_out(out)  # only once the data loaded: bad input leaves no empty folder behind
     print(f"Training {config.to_dict()} on {args.data} at {data.image_size}x{data.image_size} "

@@ -178,6 +178,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML or JSON file of config keys (flags override it)")
     # Defaults shown are TrialConfig's; a flag left out keeps the --config file's value.
     p.add_argument("--data", default="synthetic", help="data spec")
+    p.add_argument("--model", help="mlp (the homework's) or cnn")
     p.add_argument("--loss", help="bce or ce")
     p.add_argument("--batch-size", type=int, help="examples per step")
     p.add_argument("--depth", type=int, help="hidden layers")
@@ -195,6 +196,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="train seeds seed, seed+1, ... together, stacked in one model")
     p.add_argument("--image-size", type=int,
                    help="downsample to this side (never upsamples; by default the data's size)")
+    p.add_argument("--kernel-size", type=int, help="CNN: convolution kernel side (odd)")
+    p.add_argument("--pool", help="CNN: max or avg pooling after each block")
+    p.add_argument("--augment", help="training images: none, light or strong (hflip: --config)")
+    p.add_argument("--class-weight", help="none, or balanced by the training split's counts")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", help="folder for config.json, history.csv, metrics.json, model.pt")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")

@@ -33,7 +33,7 @@ import yaml
 
 from study.core.files import load_yaml
 from study.errors import StudyError
-from study.training.config import TrialConfig
+from study.training.config import TrialConfig, check_cnn_fits
 
 METRICS = ("val_accuracy", "val_loss", "val_auroc")
 MODES = ("max", "min")
@@ -277,13 +277,43 @@ def int_values(p: Param) -> range:
     return range(int(p.low), int(p.high) + 1, p.step)
 
 
+def _values(space: SearchSpace, name: str) -> list[Any]:
+    """Every value `name` can take in `space` (its default where the space leaves it out)."""
+    p = space.params.get(name) or space.fixed.get(name)
+    if p is None:
+        return [getattr(TrialConfig(), name)]
+    if p.kind == "fixed":
+        return [p.value]
+    if p.kind == "choice":
+        return list(p.values)
+    if p.kind == "int":
+        return [int(p.low), int(p.high)]
+    return []  # continuous or per-layer: not a model family, depth or image size
+
+
+def check_cnn_depth(space: SearchSpace, data_size: int) -> None:
+    """Raise StudyError where `space` can draw a CNN deeper than its smallest images allow
+    (each conv block halves them)."""
+    if "cnn" not in _values(space, "model"):
+        return
+    sizes = [data_size if v is None else min(int(v), data_size)
+             for v in _values(space, "image_size")]
+    depths = [v for v in _values(space, "depth") if isinstance(v, int)]
+    if not depths or not sizes:
+        return
+    section = "params" if "depth" in space.params else "fixed"
+    check_cnn_fits(max(depths), min(sizes), where=f"{space.source}: {section}.depth")
+
+
 def fit_image_size(space: SearchSpace, data_size: int) -> SearchSpace:
     """Return `space` with image sizes the data cannot provide collapsed to its own size.
 
     Images are never upsampled, so on 28x28 data the choices 32 and 64 would both train at 28:
     searching them would only add a dimension that changes nothing. Choices at or above the
-    data's size become one value (the data's size); if one value is left, it is fixed.
+    data's size become one value (the data's size); if one value is left, it is fixed. Raises
+    StudyError where the space can draw a CNN deeper than the data's images allow.
     """
+    check_cnn_depth(space, data_size)
     p = space.params.get("image_size")
     if p is None or p.kind not in ("choice", "int"):
         return space

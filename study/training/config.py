@@ -18,16 +18,23 @@ from study.errors import StudyError
 LOSSES = ("bce", "ce")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine")
+MODELS = ("mlp", "cnn")
+POOLS = ("max", "avg")
+AUGMENTS = ("none", "light", "strong")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     """A trial's hyperparameters. Defaults are the homework lab's, so no flags reproduce it."""
 
+    model: str = "mlp"  # mlp: the homework's; cnn: conv blocks, global average pooling
     loss: str = "ce"  # bce: one logit + BCEWithLogits; ce: two logits + CrossEntropy
     batch_size: int = 32
-    depth: int = 3  # hidden layers
-    width: int | tuple[int, ...] = 64  # one width for all layers, or one per layer
+    depth: int = 3  # hidden layers (MLP) or conv blocks (CNN)
+    width: int | tuple[int, ...] = 64  # units (MLP) or channels (CNN): one for all, or per layer
+    kernel_size: int = 3  # CNN: odd, "same" padding
+    pool: str = "max"  # CNN: max or avg pooling, halving the image after each block
     dropout: float = 0.5
     batchnorm: bool = True
     optimizer: str = "adam"
@@ -38,6 +45,10 @@ class TrialConfig:
     seed: int = 0  # model init and batch order; the data split has its own fixed seed
     repeats: int = 1  # seeds seed, seed+1, ..., trained together as one stacked model
     image_size: int | None = None  # None: the data's own size; only ever downsamples
+    augment: str = "none"  # training images only: light or strong random shifts and rotations
+    hflip: bool = False  # with augment, also random left-right flips (X-rays are not symmetric)
+    class_weight: str = "none"  # balanced: loss weights n / (2 n_class) from the training split
+    normalize: bool | None = None  # by the training split's mean and SD; None: CNN yes, MLP no
 
     def __post_init__(self) -> None:
         _check(self)
@@ -46,6 +57,11 @@ class TrialConfig:
     def seeds(self) -> list[int]:
         """The seeds this config trains: `seed` ... `seed + repeats - 1`."""
         return list(range(self.seed, self.seed + self.repeats))
+
+    @property
+    def normalizes(self) -> bool:
+        """Whether inputs are standardised (`normalize`, or by family where it is None)."""
+        return self.model == "cnn" if self.normalize is None else self.normalize
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> TrialConfig:
@@ -84,6 +100,16 @@ def _is_number(value: Any) -> bool:
 
 def _check(c: TrialConfig) -> None:
     """Raise StudyError naming the first invalid field and its value."""
+    for name, value, allowed in (("model", c.model, MODELS), ("pool", c.pool, POOLS),
+                                 ("augment", c.augment, AUGMENTS),
+                                 ("class_weight", c.class_weight, CLASS_WEIGHTS)):
+        if value not in allowed:
+            raise StudyError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if not _is_int(c.kernel_size) or c.kernel_size < 1 or c.kernel_size % 2 == 0:
+        raise StudyError(f"kernel_size must be an odd integer >= 1, got {c.kernel_size!r}")
+    for name, flag in (("hflip", c.hflip), ("normalize", c.normalize)):
+        if not isinstance(flag, bool) and not (name == "normalize" and flag is None):
+            raise StudyError(f"{name} must be true or false, got {flag!r}")
     if c.loss not in LOSSES:
         raise StudyError(f"loss must be one of {', '.join(LOSSES)}, got {c.loss!r}")
     if c.optimizer not in OPTIMIZERS:
@@ -123,6 +149,21 @@ def _check(c: TrialConfig) -> None:
         raise StudyError(f"repeats must be an integer >= 1, got {c.repeats!r}")
     if c.image_size is not None and (not _is_int(c.image_size) or c.image_size < 1):
         raise StudyError(f"image_size must be an integer >= 1, got {c.image_size!r}")
+
+
+def max_cnn_depth(image_size: int) -> int:
+    """The deepest CNN for `image_size`-pixel squares: each block halves them (floor), and the
+    last block must leave at least one pixel (28 -> 14 -> 7 -> 3 -> 1: depth 4)."""
+    return max(0, image_size.bit_length() - 1)
+
+
+def check_cnn_fits(depth: int, image_size: int, where: str = "depth") -> None:
+    """Raise StudyError naming `where` when a CNN of `depth` blocks cannot take the images."""
+    if depth > max_cnn_depth(image_size):
+        raise StudyError(
+            f"{where}: a CNN of depth {depth} halves {image_size}x{image_size} images {depth} "
+            f"times, to nothing; at most depth {max_cnn_depth(image_size)} at that size"
+        )
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

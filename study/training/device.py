@@ -56,3 +56,28 @@ def to_device(data: Dataset, device: torch.device, image_size: int | None = None
 def scale(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> float32 in [0, 1]."""
     return images.to(torch.float32).mul_(1.0 / 255.0)
+
+
+def pixel_stats(split: DeviceSplit, rows: int = 256) -> tuple[float, float]:
+    """The mean and SD of `split`'s pixels on the [0, 1] scale, summed in float64 `rows`
+    images at a time (no float copy of the whole split); SD 1 where every pixel is equal."""
+    total = torch.zeros((), dtype=torch.float64, device=split.images.device)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(split), rows):
+        chunk = split.images[start : start + rows].to(torch.float64)
+        total += chunk.sum()
+        squares += chunk.square().sum()
+    count = split.images.numel()
+    mean, mean_square = (total / count).item(), (squares / count).item()
+    std = max(mean_square - mean * mean, 0.0) ** 0.5
+    return mean / 255.0, std / 255.0 if std > 0 else 1.0
+
+
+def class_weights(split: DeviceSplit) -> torch.Tensor:
+    """`class_weight: balanced`'s loss weights (2,), n / (2 n_c) from `split`'s class counts
+    (sklearn's "balanced"): each class carries half the loss, whatever its share."""
+    counts = torch.bincount(split.labels, minlength=2).to(torch.float32)
+    if bool((counts == 0).any()):
+        raise StudyError(f"class_weight balanced: the training split has no example of class "
+                         f"{int((counts == 0).nonzero()[0])} (counts {counts.int().tolist()})")
+    return len(split) / (2 * counts)

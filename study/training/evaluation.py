@@ -11,7 +11,7 @@ from torch import nn
 from study.training.device import DeviceSplit, scale
 from study.training.losses import Loss
 from study.training.metrics import classification_metrics
-from study.training.model import StackedMLP
+from study.training.model import STACKED
 
 EVAL_BATCH = 2048  # evaluation needs no gradients, so large batches are cheap ...
 EVAL_PIXELS = 2**22  # ... up to 16 MiB of float32 pixels: at 256x256 a 2048-image batch
@@ -39,7 +39,7 @@ def predict(model: nn.Module, loss: Loss, split: DeviceSplit
     """Return each seed's summed loss (K,) and P(pneumonia) per image (K, N) on `split` (K = 1
     for a plain model)."""
     model.eval()
-    stacked = isinstance(model, StackedMLP)
+    stacked = isinstance(model, STACKED)
     seeds = model.seeds if stacked else 1
     total = torch.zeros(seeds, device=split.images.device)
     probs = []
@@ -70,4 +70,4 @@ def evaluate(model: nn.Module, loss: Loss, split: DeviceSplit,
         probs.append(prob)
     labels = split.labels.expand(len(prob), -1)
     out = {"loss": total / len(split), **seed_classification_metrics(prob, labels)}
-    return out if isinstance(model, StackedMLP) else {k: v[0] for k, v in out.items()}
+    return out if isinstance(model, STACKED) else {k: v[0] for k, v in out.items()}

@@ -41,7 +41,7 @@ def export_trial_model(trial_dir: Path, path: Path, seed: int | None = None) -> 
     if not isinstance(weights, dict) or not isinstance(state.get("config"), dict):
         raise StudyError(f"{source}: the best trial's checkpoint holds no config and weights")
     config = TrialConfig.from_dict(state["config"], where=str(source))
-    image_size = image_size_of(weights)
+    image_size = state.get("image_size") or image_size_of(weights, config.model)
     if image_size is None:
         raise StudyError(f"{source}: the best trial's checkpoint holds no layer weights")
     seed = config.seed if seed is None else seed

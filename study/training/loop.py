@@ -21,29 +21,36 @@ import torch
 from torch import nn
 
 from study.errors import StudyError
+from study.training.augment import Augmenter
 from study.training.config import TrialConfig
 from study.training.cuda_graph import CapturedSteps, capture_steps, set_lr
-from study.training.device import DeviceData, DeviceSplit, scale
+from study.training.device import DeviceData, DeviceSplit, class_weights, pixel_stats, scale
 from study.training.evaluation import evaluate, positive_probability, seed_classification_metrics
+from study.training.history import (  # noqa: F401 (the loop's)
+    EPOCH_METRICS,
+    KEPT_METRICS,
+    TEST_METRICS,
+    epoch_report,
+    kept_from_history,
+    seed_mean,
+    seed_rows,
+)
 from study.training.losses import Loss, get_loss
 from study.training.model import (
     StackedBatchNorm1d,
+    StackedCNN,
     StackedMLP,
     build_model,
     build_stacked_model,
     image_size_of,
     unstack_state,
 )
+from study.training.stacked import set_standardization
 
 log = logging.getLogger(__name__)
 
 # Fused Adam/SGD kernels exist for the CPU from PyTorch 2.4 on.
 _FUSED_CPU = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4)
-EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auroc")
-TEST_METRICS = ("test_loss", "test_accuracy", "test_auroc", "test_sensitivity", "test_specificity")
-# The validation metrics of the kept weights (the best-validation-loss epoch), in the final report
-# as `kept_<name>` beside `kept_epoch`.
-KEPT_METRICS = ("val_loss", "val_accuracy", "val_auroc")
 
 
 def lr_at(config: TrialConfig, epoch: int) -> float:
@@ -76,15 +83,20 @@ def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimiz
     )
 
 
-def batch_loss(loss: Loss, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def batch_loss(loss: Loss, logits: torch.Tensor, labels: torch.Tensor,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
     """Return each seed's mean loss over its batch, shape (K,), for (K, B, out) logits and
-    (K, B) labels: the loss to minimise is their sum, so each seed's gradient is its own."""
+    (K, B) labels: the loss to minimise is their sum, so each seed's gradient is its own. With
+    class `weights` (2,), the weighted mean sum(w_y l) / sum(w_y), as PyTorch's `weight=`."""
     seeds, batch, out = logits.shape
     # Per example, then a mean per seed, for every K alike: the criterion's own mean reduction
     # rounds its gradient differently, and Adam turns such last-bit differences in the
     # (mathematically zero) gradients of biases before BatchNorm into whole steps.
     per_example = loss.per_example(logits.reshape(seeds * batch, out), labels.reshape(-1))
-    return per_example.view(seeds, batch).mean(1)
+    if weights is None:
+        return per_example.view(seeds, batch).mean(1)
+    w = weights[labels]  # (K, B)
+    return (per_example.view(seeds, batch) * w).sum(1) / w.sum(1)
 
 
 def train_step(
@@ -93,17 +105,20 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     split: DeviceSplit,
     idx: torch.Tensor,
+    augment: Augmenter | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step of every seed on its own batch: gather -> scale -> forward -> loss ->
-    backward -> step.
+    """One optimizer step of every seed on its own batch: gather -> scale -> augment (if
+    asked) -> forward -> loss (class-weighted if asked) -> backward -> step.
 
     `idx` (K, B) holds each seed's example indices. Returns the seeds' batch losses (K,), their
     positive-class probabilities (K, B) and labels (K, B), detached. No host sync and no branch
     on data, so the step can be captured as one CUDA graph with `idx` as its static input.
     """
     labels = split.labels[idx]
-    logits = model(scale(split.images[idx]))
-    losses = batch_loss(loss, logits, labels)
+    images = scale(split.images[idx])
+    logits = model(images if augment is None else augment(images, idx))
+    losses = batch_loss(loss, logits, labels, weights)
     optimizer.zero_grad(set_to_none=True)
     losses.sum().backward()
     optimizer.step()
@@ -130,9 +145,12 @@ def train_one_epoch(
     batch_size: int,
     generators: list[torch.Generator],
     steps: CapturedSteps | None = None,
+    augment: Augmenter | None = None,
+    weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Train one pass over `split`, each seed in its own seeded random order; return each
-    seed's mean loss and accuracy, (K,) tensors.
+    """Train one pass over `split`, each seed in its own seeded random order (and its own
+    augmentation draws, after the order); return each seed's mean loss and accuracy, (K,)
+    tensors. `steps` must have been captured with the same `augment` and `weights`.
 
     With `steps` (`epoch_steps`: the step captured as a CUDA graph), the epoch's full batches
     replay it; the partial last batch, if any, runs eagerly after them. Either way the same
@@ -141,6 +159,8 @@ def train_one_epoch(
     model.train()
     n = len(split)
     order = epoch_order(generators, n, split.images.device)
+    if augment is not None:
+        augment.draw(generators)
     stop = last_batch_stop(model, n, batch_size)
     total = torch.zeros(len(generators), device=split.images.device)
     probs, seen = [], []
@@ -152,7 +172,7 @@ def train_one_epoch(
         seen.append(steps.labels[:, :first])
     for start in range(first, stop, batch_size):
         idx = order[:, start : min(start + batch_size, stop)]
-        losses, prob, labels = train_step(model, loss, optimizer, split, idx)
+        losses, prob, labels = train_step(model, loss, optimizer, split, idx, augment, weights)
         total += losses * idx.shape[1]
         probs.append(prob)
         seen.append(labels)
@@ -169,7 +189,8 @@ def epoch_steps(state: TrainState, loss: Loss, split: DeviceSplit,
     # Warm-up and capture index rows in order: the seeds' generators must not advance.
     order = torch.arange(n, device=split.images.device).expand(len(state.generators), n)
     state.model.train()  # the captured step is a training step (dropout, batch statistics)
-    step = functools.partial(train_step, state.model, loss, state.optimizer, split)
+    step = functools.partial(train_step, state.model, loss, state.optimizer, split,
+                             augment=state.augmenter, weights=state.class_weights)
     return capture_steps(step, state.model, state.optimizer, order,
                          last_batch_stop(state.model, n, batch_size), batch_size,
                          split.labels.dtype)
@@ -183,7 +204,7 @@ class TrainState:
     """
 
     config: TrialConfig
-    model: StackedMLP
+    model: StackedMLP | StackedCNN
     optimizer: torch.optim.Optimizer
     generators: list[torch.Generator]  # one per seed: its batch order
     epoch: int = 0  # epochs completed
@@ -199,6 +220,10 @@ class TrainState:
     best_epoch: list[int] = field(default_factory=list)
     best_val: list[dict[str, float]] = field(default_factory=list)
     test_prob: torch.Tensor | None = None
+    image_size: int | None = None  # the images trained on (a CNN's weights fit any size)
+    # Derived from the training split, rebuilt by `new_state` (not checkpointed as state):
+    augmenter: Augmenter | None = None  # the config's augmentation, or None
+    class_weights: torch.Tensor | None = None  # (2,) loss weights of `class_weight: balanced`
 
     def __post_init__(self) -> None:
         seeds = len(self.generators)
@@ -227,6 +252,7 @@ class TrainState:
             "best_epoch": list(self.best_epoch),
             "best_val": self.best_val,
             **({"test_prob": self.test_prob} if self.test_prob is not None else {}),
+            **({"image_size": self.image_size} if self.image_size is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -257,37 +283,30 @@ class TrainState:
         self.test_prob = state.get("test_prob")
 
 
-def kept_from_history(history: list[dict[str, Any]], seeds: int
-                      ) -> tuple[list[int], list[dict[str, float]]]:
-    """Each seed's kept epoch and its KEPT_METRICS, read off `history` as `fit` keeps them: the
-    first epoch with the lowest finite validation loss."""
-    epochs, values = [0] * seeds, [{} for _ in range(seeds)]
-    best = [math.inf] * seeds
-    for entry in history:
-        metrics = entry["seed_metrics"]
-        for i in range(seeds):
-            loss = metrics["val_loss"][i]
-            if math.isfinite(loss) and math.isfinite(metrics["train_loss"][i]) \
-                    and loss < best[i]:
-                best[i], epochs[i] = loss, int(entry["epoch"])
-                values[i] = {k: metrics[k][i] for k in KEPT_METRICS}
-    return epochs, values
-
-
 def new_state(config: TrialConfig, data: DeviceData) -> TrainState:
     """Seed, then build the stacked model of the config's seeds and its optimizer on the
-    data's device. Seed s's initial weights are those a run of seed s alone would get."""
+    data's device. Seed s's initial weights are those a run of seed s alone would get; the
+    training split gives the input standardisation and class weights, where asked."""
     device = data.train.images.device
     model = build_stacked_model(config, data.image_size).to(device)
+    if config.normalizes:
+        set_standardization(model, *pixel_stats(data.train))
     generators = [torch.Generator().manual_seed(seed) for seed in config.seeds]
-    return TrainState(config, model, make_optimizer(config, model), generators)
+    augmenter = (None if config.augment == "none" else
+                 Augmenter(config.augment, config.hflip, len(generators), len(data.train),
+                           device))
+    weights = class_weights(data.train) if config.class_weight == "balanced" else None
+    if weights is not None:
+        log.info("class weights (normal, pneumonia): %s", weights.tolist())
+    return TrainState(config, model, make_optimizer(config, model), generators,
+                      image_size=data.image_size, augmenter=augmenter, class_weights=weights)
 
 
 def seed_model(state: TrainState, index: int, best: bool = True) -> nn.Sequential:
     """Return seed `index`'s model as the plain `build_model` model (for saving and evaluating),
     with its best-validation-loss weights when `best` and it has any."""
     weights = state.best_model if best and state.best_model else state.model.state_dict()
-    image_size = image_size_of(weights)
+    image_size = state.image_size or image_size_of(weights)
     assert image_size is not None  # a trained model has layer weights
     model = build_model(state.config, image_size)
     model.load_state_dict(unstack_state(weights, index))
@@ -314,37 +333,15 @@ def evaluate_test(state: TrainState, data: DeviceData, seeds: list[int] | None =
 
 
 def kept_report(state: TrainState, index: int) -> dict[str, float]:
-    """Seed `index`'s kept weights: their epoch and validation metrics, as `kept_*`."""
+    """Seed `index`'s kept weights: their epoch and validation metrics, as `kept_*`; and the
+    class weights of its loss, where balanced (`class_weight_normal`, `_pneumonia`)."""
     values = state.best_val[index]
-    return {"kept_epoch": float(state.best_epoch[index]),
-            **{f"kept_{k}": values.get(k, math.nan) for k in KEPT_METRICS}}
-
-
-def seed_mean(values: list[float]) -> float:
-    """The mean over seeds (NaN when any seed's value is NaN: a diverged seed is not hidden)."""
-    return sum(values) / len(values)
-
-
-def epoch_report(seeds: list[int], per_seed: list[dict[str, float]], epoch: int
-                 ) -> dict[str, Any]:
-    """The metrics of one epoch: each metric's seed-mean under its own name, `epoch`,
-    `seeds` and `seed_metrics` (each metric's per-seed values, in seed order)."""
-    names = list(per_seed[0])
-    seed_metrics = {name: [values[name] for values in per_seed] for name in names}
-    report: dict[str, Any] = {name: seed_mean(seed_metrics[name]) for name in names}
-    report.update(epoch=epoch, seeds=list(seeds), seed_metrics=seed_metrics)
+    report = {"kept_epoch": float(state.best_epoch[index]),
+              **{f"kept_{k}": values.get(k, math.nan) for k in KEPT_METRICS}}
+    if state.class_weights is not None:  # which loss weights `class_weight: balanced` used
+        normal, pneumonia = state.class_weights.tolist()
+        report.update(class_weight_normal=normal, class_weight_pneumonia=pneumonia)
     return report
-
-
-def seed_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The history in long form: one row per epoch and seed, `epoch`, `seed` and that seed's
-    value of every metric (for a table such as `study train`'s history.csv)."""
-    rows = []
-    for entry in history:
-        for index, seed in enumerate(entry["seeds"]):
-            values = {name: v[index] for name, v in entry["seed_metrics"].items()}
-            rows.append({"epoch": entry["epoch"], "seed": seed, **values})
-    return rows
 
 
 EpochCallback = Callable[[dict[str, Any], TrainState], None]
@@ -379,7 +376,7 @@ def fit(
         set_lr(state.optimizer, lr_at(config, state.epoch))
         train = train_one_epoch(
             state.model, loss, state.optimizer, data.train, config.batch_size, state.generators,
-            steps,
+            steps, state.augmenter, state.class_weights,
         )
         val = evaluate(state.model, loss, data.val)
         values = torch.stack(
