@@ -29,28 +29,36 @@ from analysis.plotting import plt
 from analysis.stats import mean_ci
 from analysis.uncertainty import combined_half_width
 from study.core.names import FIGURES_DIR, PREDICTIONS_FILE
+from study.core.threshold import ThresholdRule, parse_threshold
 
 DECISION_THRESHOLD = 0.5  # the trials' rule (study.training.metrics.THRESHOLD; that imports torch)
+DEFAULT_RULE = ThresholdRule("fixed", DECISION_THRESHOLD)
 CALIBRATION_BINS = 10  # equal-width bins of P(pneumonia) for the reliability diagram and ECE
 FIGURE = "clinical_best"  # figures/clinical_best.png
 
 
 class SeedScores(NamedTuple):
     """One run's per-image test scores: P(pneumonia), the decision taken, the labels (1 =
-    pneumonia), in the test set's order."""
+    pneumonia), in the test set's order; and the same weights' validation scores and labels
+    where the run saved them (they choose the operating threshold)."""
 
     seed: int
     prob: np.ndarray
     predicted: np.ndarray
     labels: np.ndarray
+    val_prob: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
 
 
 class Clinical(NamedTuple):
-    """The readout of one configuration over its seeds."""
+    """The readout of one configuration over its seeds, at its operating thresholds."""
 
     seeds: list[SeedScores]
     table: pd.DataFrame  # one row per metric: mean, seed_ci, test_ci, combined_ci, per_seed
-    threshold: float
+    rule: str  # how each seed's threshold was chosen (study.core.threshold)
+    thresholds: list[float]  # each seed's, chosen on its validation scores
+    decided: list[np.ndarray]  # each seed's test decisions at its threshold
+    note: str = ""  # why the rule asked for could not be applied, if it could not
 
 
 def read_scores(trial_dir: Path, seed: Any) -> SeedScores | None:
@@ -61,9 +69,12 @@ def read_scores(trial_dir: Path, seed: Any) -> SeedScores | None:
             with np.load(path, allow_pickle=False) as saved:
                 seeds = [int(s) for s in saved["seeds"]]
                 index = seeds.index(int(seed)) if seed is not None and int(seed) in seeds else 0
+                val = (saved["val_prob"][index].astype(float), saved["val_labels"].astype(bool)
+                       ) if "val_prob" in saved.files and "val_labels" in saved.files else (None,
+                                                                                          None)
                 return SeedScores(seeds[index], saved["prob"][index].astype(float),
                                   saved["predicted"][index].astype(bool),
-                                  saved["labels"].astype(bool))
+                                  saved["labels"].astype(bool), *val)
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             continue
     return None
@@ -146,16 +157,52 @@ RATES = (("sensitivity", "tp", ("tp", "fn")), ("specificity", "tn", ("tn", "fp")
          ("ppv", "tp", ("tp", "fp")), ("npv", "tn", ("tn", "fn")))
 
 
-def readout(seeds: Sequence[SeedScores], threshold: float = DECISION_THRESHOLD) -> Clinical:
-    """Every number of the readout, per seed and as a mean with its 95 % intervals: over
-    seeds (t), over the test images (Clopper-Pearson at the mean's counts, for the rates) and
-    both in quadrature."""
+def choose_threshold(rule: ThresholdRule, labels: np.ndarray, prob: np.ndarray) -> float:
+    """The threshold `rule` picks on these (validation) scores: a run predicts pneumonia for
+    P >= threshold. Candidates are the distinct scores; Youden's J ties go to the higher one;
+    a target no threshold reaches gives the lowest score (everything positive) for a
+    sensitivity, and just above the highest (nothing positive) for a specificity."""
+    if rule.kind == "fixed":
+        return float(rule.value)  # type: ignore[arg-type]
+    labels, prob = np.asarray(labels, dtype=bool), np.asarray(prob, dtype=float)
+    candidates = np.unique(prob)[::-1]  # highest first, as `_cumulative` counts
+    tp, fp = _cumulative(labels, prob)
+    sensitivity = tp / max(int(labels.sum()), 1)
+    specificity = 1 - fp / max(int((~labels).sum()), 1)
+    if rule.kind == "youden":
+        return float(candidates[int(np.argmax(sensitivity + specificity - 1))])
+    if rule.kind == "sensitivity":
+        reached = np.nonzero(sensitivity >= rule.value)[0]
+        return float(candidates[reached[0]] if len(reached) else candidates[-1])
+    reached = np.nonzero(specificity >= rule.value)[0]  # specificity falls as t falls
+    return float(candidates[reached[-1]] if len(reached) else np.nextafter(candidates[0], 2))
+
+
+def readout(seeds: Sequence[SeedScores], rule: ThresholdRule | str = DEFAULT_RULE) -> Clinical:
+    """Every number of the readout at each seed's threshold (chosen by `rule` on its own
+    validation scores), per seed and as a mean with its 95 % intervals: over seeds (t), over
+    the test images (Clopper-Pearson at the mean's counts, for the rates) and both in
+    quadrature. Without validation scores (runs saved before they were kept) the trials' own
+    threshold is used, and `note` says so."""
+    rule = parse_threshold(rule) if isinstance(rule, str) else rule
+    note = ""
+    if rule.kind != "fixed" and any(s.val_prob is None for s in seeds):
+        note = (f"the runs saved no validation scores, so the threshold is the trials' own "
+                f"{DECISION_THRESHOLD:g}, not {rule}")
+        rule = ThresholdRule("fixed", DECISION_THRESHOLD)
+    thresholds, decided = [], []
+    for s in seeds:
+        t = choose_threshold(rule, s.val_labels, s.val_prob) if rule.kind != "fixed" \
+            else float(rule.value)  # type: ignore[arg-type]
+        thresholds.append(t)
+        # at the trials' own threshold, their own decisions (taken before rounding to float16)
+        decided.append(s.predicted if t == DECISION_THRESHOLD else s.prob >= t)
     rows: dict[str, list[float]] = {name: [] for name, _, _ in RATES}
     tests: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in RATES}
     extra: dict[str, list[float]] = {"auroc": [], "average_precision": [], "ece": [],
-                                     "brier": []}
-    for s in seeds:
-        counts = confusion(s.labels, s.predicted)
+                                     "brier": [], "threshold": thresholds}
+    for s, predicted in zip(seeds, decided, strict=True):
+        counts = confusion(s.labels, predicted)
         for name, top, bottom in RATES:
             n = sum(counts[k] for k in bottom)
             rows[name].append(counts[top] / n if n else math.nan)
@@ -179,11 +226,11 @@ def readout(seeds: Sequence[SeedScores], threshold: float = DECISION_THRESHOLD) 
                         "test_ci": test_half,
                         "combined_ci": combined_half_width(ci.half_width, test_half),
                         "per_seed": [round(v, 4) for v in values], "n_seeds": len(values)})
-    return Clinical(list(seeds), pd.DataFrame(records), threshold)
+    return Clinical(list(seeds), pd.DataFrame(records), str(rule), thresholds, decided, note)
 
 
-def collect_clinical(exp_dir: Path, runs: pd.DataFrame, best: dict[str, Any] | None
-                     ) -> Clinical | None:
+def collect_clinical(exp_dir: Path, runs: pd.DataFrame, best: dict[str, Any] | None,
+                     rule: ThresholdRule | str = DEFAULT_RULE) -> Clinical | None:
     """The readout of the best configuration's runs (each of its seeds' saved scores); None
     where there is no best configuration or none of its runs saved scores."""
     if best is None or runs is None or runs.empty or "trial_dir" not in runs:
@@ -197,7 +244,7 @@ def collect_clinical(exp_dir: Path, runs: pd.DataFrame, best: dict[str, Any] | N
         found = read_scores(Path(exp_dir) / str(run["trial_dir"]), run.get("seed"))
         if found is not None:
             scores.append(found)
-    return readout(scores) if scores else None
+    return readout(scores, rule) if scores else None
 
 
 # --- the figure and the section --------------------------------------------------------------
@@ -231,9 +278,15 @@ def plot_clinical(clinical: Clinical) -> Any:
     pr_ax.axhline(prevalence, color="grey", lw=0.8, ls="--", label=f"prevalence {prevalence:.2f}")
     pr_ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)",
               title="Precision-recall curve (test)", ylim=(0, 1.02))
-    for ax in (roc_ax, pr_ax):
-        ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8)
-    counts = pd.DataFrame([confusion(s.labels, s.predicted) for s in clinical.seeds]).mean()
+    pr_ax.legend(loc="lower left", fontsize=8)
+    for s, predicted in zip(clinical.seeds, clinical.decided, strict=True):  # operating points
+        point = confusion(s.labels, predicted)
+        roc_ax.plot(point["fp"] / max(point["fp"] + point["tn"], 1),
+                    point["tp"] / max(point["tp"] + point["fn"], 1), "o", color="black", ms=4)
+    roc_ax.plot([], [], "o", color="black", ms=4, label=f"operating points ({clinical.rule})")
+    roc_ax.legend(loc="lower right", fontsize=8)
+    counts = pd.DataFrame([confusion(s.labels, d) for s, d in
+                           zip(clinical.seeds, clinical.decided, strict=True)]).mean()
     matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
     cm_ax.imshow(matrix, cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
@@ -241,7 +294,8 @@ def plot_clinical(clinical: Clinical) -> Any:
                    color="white" if value > matrix.max() / 2 else "black")
     cm_ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["normal", "pneumonia"],
               yticklabels=["normal", "pneumonia"], xlabel="predicted", ylabel="true",
-              title=f"Confusion matrix at P >= {clinical.threshold:g} (mean over seeds)")
+              title=f"Confusion matrix at the threshold {_rule_words(clinical)}\n"
+                    "(mean counts over seeds)")
     cal_ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     for s in clinical.seeds:
         bins, _, _ = calibration(s.labels, s.prob)
@@ -263,7 +317,19 @@ def plot_clinical(clinical: Clinical) -> Any:
 
 LABELS = {"sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV",
           "npv": "NPV", "auroc": "AUROC", "average_precision": "Average precision (AUPRC)",
-          "ece": "Expected calibration error", "brier": "Brier score"}
+          "ece": "Expected calibration error", "brier": "Brier score",
+          "threshold": "Threshold (on P(pneumonia))"}
+
+
+def _rule_words(clinical: Clinical) -> str:
+    """The rule as report.md and the figure say it."""
+    rule = parse_threshold(clinical.rule)
+    if rule.kind == "fixed":
+        return f"{rule.value:g}" + (" (the trials' own)" if rule.value == DECISION_THRESHOLD
+                                    else "")
+    if rule.kind == "youden":
+        return "chosen on validation maximising Youden's J (sensitivity + specificity - 1)"
+    return f"chosen on validation keeping {rule.kind} >= {rule.value:g}"
 
 
 def clinical_section(clinical: Clinical | None, figures: dict[str, str]) -> list[str]:
@@ -276,10 +342,12 @@ def clinical_section(clinical: Clinical | None, figures: dict[str, str]) -> list
 
     lines = ["## Clinical readout of the best configuration", "",
              f"On the test split, from each of its {len(clinical.seeds)} run(s)' saved "
-             f"per-image scores (the weights each run was scored with); the rates at the "
-             f"trials' decision rule, P(pneumonia) >= {clinical.threshold:g}. The intervals "
-             "are 95 %: over seeds (t), over the finite test set (exact binomial at the "
-             "seed-mean counts) and both together.", "",
+             f"per-image scores (the weights each run was scored with); the rates at "
+             f"P(pneumonia) >= the threshold {_rule_words(clinical)} (`--threshold`; each "
+             "run's from its own validation scores, the test split chose nothing)."
+             + (f" Note: {clinical.note}." if clinical.note else "")
+             + " The intervals are 95 %: over seeds (t), over the finite test set (exact "
+             "binomial at the seed-mean counts) and both together.", "",
              "| Metric | Mean | Seeds | Test images | Both | Per seed |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for row in clinical.table.itertuples():

@@ -23,8 +23,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from analysis.clinical import DEFAULT_RULE, collect_clinical, plot_clinical
 from analysis.clinical import FIGURE as CLINICAL_FIGURE
-from analysis.clinical import collect_clinical, plot_clinical
 from analysis.factorial import collect_factorial, factorial_table
 from analysis.homework import BASELINE
 from analysis.html_report import write_html_report
@@ -59,6 +59,8 @@ from study.core.names import (
     RunStatus,
 )
 from study.core.names import FIGURES_DIR as FIGURES
+from study.core.threshold import ThresholdRule, parse_threshold
+from study.errors import StudyError
 
 __all__ = ["FIGURES", "HOMEWORK_CSV", "MANIFEST", "MAX_WORKERS", "MODEL_FILE", "OPTUNA_DB",
            "Figure", "FigureWriter", "Progress", "export_best_model", "render_png",
@@ -82,7 +84,8 @@ def export_best_model(exp_dir: Path, best: dict[str, Any], out: Path) -> Path | 
 
 
 def write_report(exp_dir: Path, out: Path | None = None, *,
-                 progress: Progress | None = None) -> dict[str, Any]:
+                 progress: Progress | None = None, threshold: str | None = None
+                 ) -> dict[str, Any]:
     """Write summary/ for an experiment folder and return what was written.
 
     The folder is built beside `out` and swapped in whole, so an interrupted or failed report
@@ -94,6 +97,9 @@ def write_report(exp_dir: Path, out: Path | None = None, *,
     are cores for them. `progress(phase, done, total)`, if given, is called as the work goes
     (`("figures", 5, 13)` after the fifth of 13 figures; `("optuna.db", 1, 1)` when it is
     written); the same steps are logged at INFO.
+
+    `threshold` (a rule of study.core.threshold) sets the clinical readout's operating
+    threshold; by default the study's `--threshold`, else the trials' own 0.5.
 
     Returns the summary (experiment, metric, mode, meta, trials, leaderboard, best) with `out`,
     `missing` (what a partial experiment lacks), `figures`, `comparisons`, `optuna_db` and
@@ -111,9 +117,10 @@ def write_report(exp_dir: Path, out: Path | None = None, *,
     log.info("reading the results of %s", exp_dir)
     step("results", 0, 1)
     summary = summarise(exp_dir)  # damaged inputs are refused before anything is written
+    rule = _threshold_rule(summary["meta"], threshold, exp_dir)
     staging = new_staging(out)
     try:
-        result = _write_summary(exp_dir, summary, staging, out, step, progress)
+        result = _write_summary(exp_dir, summary, staging, out, step, progress, rule)
         install(staging, out, user)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -170,8 +177,19 @@ def _missing_inputs(summary: dict[str, Any]) -> list[str]:
     return missing
 
 
+def _threshold_rule(meta: dict[str, Any], given: str | None, exp_dir: Path) -> ThresholdRule:
+    """The operating threshold's rule: `given`, else the study's own (study.json), else 0.5."""
+    text = given if given is not None else (meta.get("options") or {}).get("threshold", "0.5")
+    try:
+        return parse_threshold(str(text))
+    except ValueError as exc:
+        where = "--threshold" if given is not None else f"{exp_dir / META_FILE}: threshold"
+        raise StudyError(f"{where} {exc}") from None
+
+
 def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path, final: Path,
-                   step: Progress, progress: Progress | None) -> dict[str, Any]:
+                   step: Progress, progress: Progress | None,
+                   rule: ThresholdRule = DEFAULT_RULE) -> dict[str, Any]:
     """Write the summary files into `out` (a fresh folder that will be moved to `final`)."""
     meta, trials, metric = summary["meta"], summary["trials"], summary["metric"]
     best = summary["best"]
@@ -199,7 +217,7 @@ def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path, final: Pat
         study = build_study(trials, epochs, meta, study_name)
         if pool is not None and study.trials:
             db_job = pool.submit(write_optuna_db, study, out / OPTUNA_DB)
-        clinical = collect_clinical(exp_dir, summary["runs"], best)
+        clinical = collect_clinical(exp_dir, summary["runs"], best, rule)
         if clinical is not None:
             figs.submit([Figure(CLINICAL_FIGURE, "The best configuration on test: ROC, "
                                 "precision-recall, confusion matrix, calibration",

@@ -170,6 +170,46 @@ def test_the_clinical_readout_agrees_with_what_the_best_runs_reported(experiment
     assert f"from each of its {len(summary['seeds'])} run(s)" in section
 
 
+def test_an_operating_threshold_chosen_on_validation(experiment: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+
+    from study.core.names import PREDICTIONS_FILE
+
+    out = tmp_path / "youden"
+    assert main(["report", str(experiment), "--out", str(out), "--threshold", "youden"]) == 0
+    section = (out / "report.md").read_text().split("## Clinical readout", 1)[1]
+    assert "chosen on validation maximising Youden's J" in section
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
+            for line in section.splitlines() if line.startswith("| ")}
+    thresholds = [float(v) for v in rows["Threshold (on P(pneumonia))"][-1].strip(" |")
+                  .split(", ")]
+    best = json.loads((out / "best_config.json").read_text())
+    # each seed's threshold maximises Youden's J on its own validation scores, and its test
+    # sensitivity is read at that threshold: recomputed here from the files the runs saved
+    sensitivities = []
+    for trial_dir in trial_dirs(experiment):
+        if not any(t in trial_dir.name for t in best["trial_ids"]):
+            continue
+        path = sorted(trial_dir.glob(f"checkpoint_*/{PREDICTIONS_FILE}"))[-1]
+        with np.load(path, allow_pickle=False) as saved:
+            for index in range(len(saved["seeds"])):
+                val, val_y = saved["val_prob"][index].astype(float), saved["val_labels"] == 1
+                j = {t: np.mean(val[val_y] >= t) + np.mean(val[~val_y] < t) for t in set(val)}
+                chosen = max(j, key=lambda t: (j[t], t))
+                assert round(chosen, 3) in [round(t, 3) for t in thresholds]  # as printed
+                prob, y = saved["prob"][index].astype(float), saved["labels"] == 1
+                sensitivities.append(np.mean(prob[y] >= chosen))
+    assert float(rows["Sensitivity"][1]) == pytest.approx(np.mean(sensitivities), abs=5e-4)
+    capsys.readouterr()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["report", str(experiment), "--out", str(tmp_path / "bad"),
+                 "--threshold", "specificity:2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--threshold must be youden" in err[0] and "'specificity:2'" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
 def test_best_config_yaml_round_trips_through_study_train(experiment: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     path = experiment / "summary" / "best_config.yaml"

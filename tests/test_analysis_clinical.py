@@ -17,15 +17,22 @@ from analysis.clinical import SeedScores
 from study.core.names import PREDICTIONS_FILE
 
 
-def scores(seed: int, n: int = 300, prevalence: float = 0.4, signal: float = 1.2,
-           ties: bool = True) -> SeedScores:
-    rng = np.random.default_rng(seed)
+def _draw(rng: np.random.Generator, n: int, prevalence: float, signal: float, ties: bool
+          ) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.random(n) < prevalence
-    logit = rng.normal(size=n) + signal * (2 * labels - 1)
-    prob = 1 / (1 + np.exp(-logit))
+    prob = 1 / (1 + np.exp(-(rng.normal(size=n) + signal * (2 * labels - 1))))
     if ties:  # as saved: float16, so neighbouring scores tie
         prob = prob.astype(np.float16).astype(float)
-    return SeedScores(seed, prob, prob >= 0.5, labels)
+    return labels, prob
+
+
+def scores(seed: int, n: int = 300, prevalence: float = 0.4, signal: float = 1.2,
+           ties: bool = True) -> SeedScores:
+    """A run's test scores and (from the same model, other images) its validation scores."""
+    rng = np.random.default_rng(seed)
+    labels, prob = _draw(rng, n, prevalence, signal, ties)
+    val_labels, val_prob = _draw(rng, n // 2, prevalence, signal, ties)
+    return SeedScores(seed, prob, prob >= 0.5, labels, val_prob, val_labels)
 
 
 def test_auroc_is_mann_whitney_with_ties() -> None:
@@ -111,10 +118,13 @@ def save_scores(folder: Path, seeds: list[SeedScores]) -> None:
     """The file a trial writes (study.training.checkpoint.save_predictions' layout)."""
     folder.mkdir(parents=True)
     buffer = io.BytesIO()
+    val = {} if seeds[0].val_prob is None else {
+        "val_prob": np.stack([s.val_prob for s in seeds]).astype(np.float16),
+        "val_labels": seeds[0].val_labels.astype(np.uint8)}
     np.savez(buffer, prob=np.stack([s.prob for s in seeds]).astype(np.float16),
              predicted=np.stack([s.predicted for s in seeds]).astype(np.uint8),
              labels=seeds[0].labels.astype(np.uint8),
-             seeds=np.asarray([s.seed for s in seeds], dtype=np.int64))
+             seeds=np.asarray([s.seed for s in seeds], dtype=np.int64), **val)
     (folder / PREDICTIONS_FILE).write_bytes(buffer.getvalue())
 
 
@@ -132,6 +142,9 @@ def test_the_best_configurations_runs_are_read_from_their_trials(tmp_path: Path)
     assert found is not None
     assert [s.seed for s in found.seeds] == [0, 1, 5]
     assert np.allclose(found.seeds[1].prob, stacked[1].prob.astype(np.float16), atol=1e-3)
+    assert np.array_equal(found.seeds[2].val_labels, base.val_labels)
+    assert np.allclose(found.seeds[2].val_prob, base.val_prob, atol=1e-3)
+    assert clinical.collect_clinical(tmp_path, runs, best, "youden").rule == "youden"
     assert clinical.collect_clinical(tmp_path, runs, None) is None
     assert clinical.collect_clinical(tmp_path, runs, {"trial_ids": ["c"], "seeds": [9]}) is None
     (tmp_path / "trial_b" / "checkpoint_000003" / PREDICTIONS_FILE).write_bytes(b"not npz")
@@ -154,10 +167,71 @@ def test_the_figure_draws_every_panel() -> None:
     try:
         titles = [ax.get_title() for ax in fig.axes]
         assert titles[0] == "ROC curve (test)" and "Precision-recall" in titles[1]
-        assert "Confusion matrix at P >= 0.5" in titles[2] and "ECE" in titles[3]
+        assert "Confusion matrix at the threshold 0.5 (the trials' own)" in titles[2]
+        assert "ECE" in titles[3]
         counts = [float(t.get_text()) for t in fig.axes[2].texts]
         assert sum(counts) == pytest.approx(300)  # mean counts over seeds: every test image
     finally:
         from analysis.plotting import plt
 
         plt.close(fig)
+
+
+def _rates(labels: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+    return (float(np.mean(predicted[labels])), float(np.mean(~predicted[~labels])))
+
+
+@pytest.mark.parametrize("rule", ["youden", "sensitivity:0.9", "specificity:0.85", "0.3"])
+def test_the_threshold_is_chosen_on_validation_by_its_rule(rule: str) -> None:
+    from study.core.threshold import parse_threshold
+
+    s = scores(10)
+    parsed = parse_threshold(rule)
+    t = clinical.choose_threshold(parsed, s.val_labels, s.val_prob)
+    # the rule's definition, by brute force over every candidate threshold
+    candidates = sorted(set(s.val_prob)) + [np.nextafter(max(s.val_prob), 2)]
+    rates = {c: _rates(s.val_labels, s.val_prob >= c) for c in candidates}
+    if parsed.kind == "youden":
+        best = max(sens + spec for sens, spec in rates.values())
+        assert sum(rates[t]) == pytest.approx(best)
+    elif parsed.kind == "sensitivity":
+        assert rates[t][0] >= 0.9
+        assert t == max(c for c, (sens, _) in rates.items() if sens >= 0.9)
+    elif parsed.kind == "specificity":
+        assert rates[t][1] >= 0.85
+        assert t == min(c for c, (_, spec) in rates.items() if spec >= 0.85)
+    else:
+        assert t == 0.3
+    found = clinical.readout([s], rule)
+    assert found.thresholds == [t] and found.rule == str(parsed)
+    table = found.table.set_index("metric")
+    sens, spec = _rates(s.labels, s.prob >= t)  # applied to test, never chosen there
+    assert table.loc["sensitivity", "mean"] == pytest.approx(sens)
+    assert table.loc["specificity", "mean"] == pytest.approx(spec)
+    assert table.loc["threshold", "per_seed"] == [round(t, 4)]
+    words = "\n".join(clinical.clinical_section(found, {}))
+    assert {"youden": "maximising Youden's J", "sensitivity:0.9": "keeping sensitivity >= 0.9",
+            "specificity:0.85": "keeping specificity >= 0.85", "0.3": "threshold 0.3"}[rule] \
+        in words
+    clinical.plot_clinical(clinical.readout([s, scores(12)], rule))
+    from analysis.plotting import plt
+
+    plt.close("all")
+
+
+def test_a_rule_needs_the_runs_validation_scores() -> None:
+    s = scores(11)._replace(val_prob=None, val_labels=None)
+    found = clinical.readout([s], "youden")
+    assert found.thresholds == [0.5] and found.rule == "0.5"
+    assert "saved no validation scores" in found.note and "not youden" in found.note
+    section = "\n".join(clinical.clinical_section(found, {}))
+    assert "Note: the runs saved no validation scores" in section
+
+
+@pytest.mark.parametrize("text", ["0", "1", "1.5", "youden:2", "sensitivity", "spec:0.9",
+                                  "sensitivity:0", "sensitivity:1.1", "nan", ""])
+def test_a_bad_threshold_rule_is_refused_with_what_is_accepted(text: str) -> None:
+    from study.core.threshold import parse_threshold
+
+    with pytest.raises(ValueError, match="must be youden, sensitivity:S, specificity:S"):
+        parse_threshold(text)

@@ -48,6 +48,8 @@ def test_resolved_leaves_a_bad_sample_count_for_the_check() -> None:
     (RunOptions(sampler="gp", search="grid"),
      "--sampler gp is Optuna's, so it needs --search optuna; this study searches with grid"),
     (RunOptions(sampler="random", scheduler="pbt"), "this study searches with random"),
+    (RunOptions(threshold="sensitivity:1.5"),
+     "--threshold must be youden, sensitivity:S, specificity:S"),
 ])
 def test_check_options_refuses_with_the_flag_and_value(opts: RunOptions, message: str) -> None:
     with pytest.raises(StudyError, match=message.replace("(", r"\(")):

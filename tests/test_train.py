@@ -292,10 +292,17 @@ def test_test_predictions_are_those_of_the_kept_weights(small: DeviceData,
     correct = ((state.test_prob >= 0.5).long() == labels).double().mean(1) * 100
     final = state.history[-1]["seed_metrics"]
     assert correct.tolist() == pytest.approx(final["test_accuracy"])
+    # the same kept weights on validation: their accuracy is the one they were kept by
+    assert state.val_prob is not None and state.val_prob.shape == (3, len(small.val))
+    val_correct = ((state.val_prob >= 0.5).long() == small.val.labels).double().mean(1) * 100
+    assert val_correct.tolist() == pytest.approx([v["val_accuracy"] for v in state.best_val])
     path = tmp_path / "p.npz"
-    save_predictions(path, state.test_prob, labels, config.seeds)
+    save_predictions(path, state.test_prob, labels, config.seeds, state.val_prob,
+                     small.val.labels)
     with np.load(path, allow_pickle=False) as saved:
         assert saved["prob"].dtype == np.float16 and saved["seeds"].tolist() == [1, 2, 3]
         hits = (saved["predicted"] == saved["labels"]).mean(1) * 100
+        assert saved["val_prob"].shape == (3, len(small.val))
+        assert saved["val_labels"].tolist() == small.val.labels.tolist()
     assert hits.tolist() == pytest.approx(final["test_accuracy"])
-    assert path.stat().st_size < 2000 + 4 * 3 * len(labels)
+    assert path.stat().st_size < 2000 + 4 * 3 * (len(labels) + len(small.val))

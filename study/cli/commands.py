@@ -379,10 +379,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.results_dir)
     if not path.is_dir():
         raise StudyError(f"RESULTS_DIR {path}: no such folder")
+    if args.threshold is not None:
+        from study.core.threshold import parse_threshold
+
+        try:
+            parse_threshold(args.threshold)
+        except ValueError as exc:
+            raise StudyError(f"--threshold {exc}") from None
     from study.core.display import SummaryProgress
 
     with SummaryProgress() as show:
-        summary = write_report(path, out=Path(args.out) if args.out else None, progress=show)
+        summary = write_report(path, out=Path(args.out) if args.out else None, progress=show,
+                               threshold=args.threshold)
     _print_best(summary)
     for line in summary.get("missing", []):
         print(f"Missing: {line}")

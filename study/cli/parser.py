@@ -11,6 +11,7 @@ import argparse
 from dataclasses import fields
 
 from study.core.names import SAMPLERS
+from study.core.threshold import RULE_HELP
 from study.engine.options import SCHEDULERS, SEARCHES, RunOptions
 from study.errors import StudyError
 from study.search.seed_rule import parse_repeats
@@ -86,6 +87,8 @@ def add_run_flags(p: argparse.ArgumentParser, job: bool = False) -> None:
     add("--sampler", choices=SAMPLERS,
         help="Optuna's sampler under --search optuna: tpe (multivariate, constant liar; the "
         "default), gp (Gaussian process) or random; study.json records its every setting")
+    add("--threshold", help=f"the report's operating threshold on P(pneumonia): {RULE_HELP}; "
+        "a rule is applied to each run's validation scores (default 0.5, the trials' own)")
     add("--scheduler", choices=SCHEDULERS,
         help="early stopping / population scheduler: asha by default, fifo for --search grid, "
         "whose arms and repeats must all train to the end")
@@ -165,6 +168,8 @@ def _add_report_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="the experiment folder")
     p.add_argument("--out", help="where to write (by default RESULTS_DIR/summary)")
+    p.add_argument("--threshold", help=f"the operating threshold: {RULE_HELP} (by default the "
+                   "study's --threshold)")
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
 from study.core.names import SAMPLERS
+from study.core.threshold import parse_threshold
 from study.errors import StudyError
 from study.search.seed_rule import AUTO, DEFAULT_MAX_REPEATS, Rule
 
@@ -34,6 +35,7 @@ class RunOptions:
     data: str = "synthetic"  # a data spec (study.training.data)
     search: str | None = None  # optuna; random under PBT (PBT takes no searcher)
     sampler: str = "tpe"  # Optuna's sampler under --search optuna: tpe, gp or random
+    threshold: str = "0.5"  # the report's operating threshold rule (study.core.threshold)
     scheduler: str | None = None  # asha; fifo for grid (its arms must all train to the end)
     num_samples: int | None = None  # 20 for optuna/random, 1 pass for grid
     max_epochs: int | None = None  # overrides the space's epochs
@@ -106,6 +108,10 @@ def check_options(opts: RunOptions) -> None:
     if opts.sampler != "tpe" and search != "optuna":
         raise StudyError(f"--sampler {opts.sampler} is Optuna's, so it needs --search optuna; "
                          f"this study searches with {search}")
+    try:
+        parse_threshold(opts.threshold)
+    except ValueError as exc:
+        raise StudyError(f"--threshold {exc}") from None
     if opts.scheduler is not None and opts.scheduler not in SCHEDULERS:
         raise StudyError(
             f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {opts.scheduler!r}"

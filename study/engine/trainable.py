@@ -157,7 +157,8 @@ def train_trial(
                 torch.save(state.state_dict(), Path(folder) / TRIAL_STATE_FILE)
                 if last and state.test_prob is not None:  # the kept weights' test predictions
                     save_predictions(Path(folder) / PREDICTIONS_FILE, state.test_prob,
-                                     device_data.test.labels, cfg.seeds)
+                                     device_data.test.labels, cfg.seeds, state.val_prob,
+                                     device_data.val.labels)
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         started = time.perf_counter()
 

@@ -34,19 +34,28 @@ def save_model(path: Path, model_state: dict[str, torch.Tensor], config: TrialCo
 
 
 def save_predictions(path: Path, prob: torch.Tensor, labels: torch.Tensor,
-                     seeds: list[int]) -> None:
+                     seeds: list[int], val_prob: torch.Tensor | None = None,
+                     val_labels: torch.Tensor | None = None) -> None:
     """Write each seed's test P(pneumonia) per image, (K, N), with the decision and the labels,
-    as a small .npz (about 3 bytes per image and seed) that numpy reads without pickle."""
+    and (given) the same weights' on validation, from which the report chooses an operating
+    threshold, as a small .npz (about 3 bytes per image and seed) that numpy reads without
+    pickle."""
     import io
 
     import numpy as np
 
-    prob = prob.detach().cpu().to(torch.float64)
+    def cpu(t: torch.Tensor) -> np.ndarray:
+        return t.detach().cpu().to(torch.float64).numpy()
+
+    extra = {}
+    if val_prob is not None and val_labels is not None:
+        extra = {"val_prob": cpu(val_prob).astype(np.float16),
+                 "val_labels": cpu(val_labels).astype(np.uint8)}
     buffer = io.BytesIO()
-    np.savez(buffer, prob=prob.numpy().astype(np.float16),
-             predicted=(prob >= THRESHOLD).numpy().astype(np.uint8),
-             labels=labels.detach().cpu().numpy().astype(np.uint8),
-             seeds=np.asarray(seeds, dtype=np.int64))
+    np.savez(buffer, prob=cpu(prob).astype(np.float16),
+             predicted=(cpu(prob) >= THRESHOLD).astype(np.uint8),
+             labels=cpu(labels).astype(np.uint8),
+             seeds=np.asarray(seeds, dtype=np.int64), **extra)
     write_bytes_atomic(path, buffer.getvalue())
 
 

@@ -216,10 +216,12 @@ class TrainState:
     diverged_at: list[int] = field(default_factory=list)
     diverged_test: list[dict[str, float]] = field(default_factory=list)
     # The kept weights' epoch (0: none yet) and validation metrics (KEPT_METRICS), per seed, and
-    # their test P(pneumonia) per image, (K, N), once tested (the final report's predictions).
+    # their test and validation P(pneumonia) per image, (K, N), once tested (the final report's
+    # predictions; validation's choose an operating threshold).
     best_epoch: list[int] = field(default_factory=list)
     best_val: list[dict[str, float]] = field(default_factory=list)
     test_prob: torch.Tensor | None = None
+    val_prob: torch.Tensor | None = None
     image_size: int | None = None  # the images trained on (a CNN's weights fit any size)
     # Derived from the training split, rebuilt by `new_state` (not checkpointed as state):
     augmenter: Augmenter | None = None  # the config's augmentation, or None
@@ -252,6 +254,7 @@ class TrainState:
             "best_epoch": list(self.best_epoch),
             "best_val": self.best_val,
             **({"test_prob": self.test_prob} if self.test_prob is not None else {}),
+            **({"val_prob": self.val_prob} if self.val_prob is not None else {}),
             **({"image_size": self.image_size} if self.image_size is not None else {}),
         }
 
@@ -280,7 +283,7 @@ class TrainState:
             self.best_val = [dict(d) for d in state["best_val"]]
         else:  # a checkpoint from before `best_epoch`: its history says which epoch was kept
             self.best_epoch, self.best_val = kept_from_history(self.history, seeds)
-        self.test_prob = state.get("test_prob")
+        self.test_prob, self.val_prob = state.get("test_prob"), state.get("val_prob")
 
 
 def new_state(config: TrialConfig, data: DeviceData) -> TrainState:
@@ -317,16 +320,19 @@ def evaluate_test(state: TrainState, data: DeviceData, seeds: list[int] | None =
                   ) -> list[dict[str, float]]:
     """Evaluate each seed's best-validation-loss weights on the test split; one dict per seed.
     The probabilities per image of the seeds at indices `seeds` (None: all) go into
-    `state.test_prob`."""
+    `state.test_prob`, and the same weights' on validation into `state.val_prob`."""
     model = copy.deepcopy(state.model)
     if state.best_model:
         model.load_state_dict(state.best_model)
     probs: list[torch.Tensor] = []
     raw = evaluate(model, get_loss(state.config.loss), data.test, probs)
     rows = list(range(len(state.generators))) if seeds is None else seeds
+    evaluate(model, get_loss(state.config.loss), data.val, probs)
     if state.test_prob is None:
         state.test_prob = torch.full_like(probs[0], math.nan)
-    state.test_prob[rows] = probs[0][rows]
+    if state.val_prob is None:
+        state.val_prob = torch.full_like(probs[1], math.nan)
+    state.test_prob[rows], state.val_prob[rows] = probs[0][rows], probs[1][rows]
     values = torch.stack(list(raw.values())).tolist()  # one host sync
     names = [f"test_{k}" for k in raw]
     return [dict(zip(names, column, strict=True)) for column in zip(*values, strict=True)]
