@@ -29,6 +29,8 @@ from analysis.factorial import collect_factorial, factorial_table
 from analysis.homework import BASELINE
 from analysis.html_report import write_html_report
 from analysis.optuna_study import build_study, write_optuna_db
+from analysis.pareto import FIGURE as PARETO_FIGURE
+from analysis.pareto import plot_pareto, selection_record
 from analysis.report_figures import (
     MAX_WORKERS,
     Figure,
@@ -146,6 +148,7 @@ def _best_record(summary: dict[str, Any]) -> dict[str, Any]:
         "seeds": best["seeds"],
         "trial_ids": best["trial_ids"],
         "representative_seed": best["representative_seed"],
+        **selection_record(summary.get("pareto")),  # several objectives: how it was chosen
     }
 
 
@@ -222,6 +225,10 @@ def _write_summary(exp_dir: Path, summary: dict[str, Any], out: Path, final: Pat
             figs.submit([Figure(CLINICAL_FIGURE, "The best configuration on test: ROC, "
                                 "precision-recall, confusion matrix, calibration",
                                 plot_clinical, (clinical,))], pool)
+        if summary.get("pareto") is not None:
+            figs.submit([Figure(PARETO_FIGURE, "The configurations on the first two objectives: "
+                                "the Pareto front, infeasible ones grey", plot_pareto,
+                                (summary["pareto"],), size=(6.4, 4.8))], pool)
         importance, search_figures = hpo_figures(study, epochs, trials, metric)
         log.info("drawing figures%s", f" in {workers} processes" if workers else "")
         figs.submit(search_figures, pool)

@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.clinical import Clinical, clinical_section
 from analysis.factorial import Factorial
+from analysis.pareto import pareto_section
 from analysis.report_design import factorial_section, failures_section
 from analysis.stats import mean_ci
 from analysis.summary import SUMMARY_METRICS, config_columns, seed_standings, validation_source
@@ -408,11 +409,11 @@ def render_report(summary: dict[str, Any], comparisons: list[dict[str, Any]],
         lines += [f"- {m}" for m in missing] + [""]
     lines += _best_section(summary["best"], summary["metric"], summary["mode"])
     lines += _validation_test_section(summary["best"], meta, trials)
+    lines += pareto_section(summary.get("pareto"), figures)
     lines += clinical_section(clinical, figures)
     lines += _seeds_section(summary.get("runs", trials), meta)
     lines += _homework_section(comparisons, meta.get("search"), meta.get("scheduler"))
-    lines += failures_section(comparisons)
-    lines += factorial_section(factorial)
+    lines += failures_section(comparisons) + factorial_section(factorial)
     hw_figs = [f for f in figures if f.startswith("homework_")]
     if hw_figs:
         lines += ["### Homework figures", ""]

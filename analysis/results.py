@@ -29,11 +29,12 @@ from study.core.names import (
 from study.errors import StudyError
 from study.training.config import TrialConfig
 
-RUN_METRICS = ("val_accuracy", "val_loss", "val_auroc", "train_accuracy", "train_loss",
-               "test_accuracy", "test_auroc", "test_sensitivity", "test_specificity")
+RUN_METRICS = ("val_accuracy", "val_loss", "val_auroc", "val_sensitivity", "val_specificity",
+               "train_accuracy", "train_loss", "test_accuracy", "test_auroc", "test_sensitivity",
+               "test_specificity")
 # Validation metrics scored on the weights a run keeps, tests and exports (those of its epoch
 # with the best validation loss): under their own names, with the last epoch's as `last_<name>`.
-KEPT_METRICS = ("val_loss", "val_accuracy", "val_auroc")
+KEPT_METRICS = ("val_loss", "val_accuracy", "val_auroc", "val_sensitivity", "val_specificity")
 # The configuration of a trial: TrialConfig's fields, but `repeats` (how many seeds a trial
 # trains), which is counted from its results instead.
 CONFIG_KEYS = tuple(f.name for f in fields(TrialConfig) if f.name != "repeats")

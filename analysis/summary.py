@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.pareto import collect_front, mark_leaderboard, objectives_of
 from analysis.results import CONFIG_KEYS, collect_runs, collect_trials, column_name, read_meta
 from analysis.stats import mean_ci
 from analysis.uncertainty import combined_half_width, test_set_ci
@@ -48,7 +49,8 @@ def leaderboard(trials: pd.DataFrame, metric: str, mode: str, searched: list[str
 
 
 def best_configuration(trials: pd.DataFrame, metric: str, mode: str,
-                       n_test: int | None = None) -> dict[str, Any] | None:
+                       n_test: int | None = None, chosen: tuple[Any, ...] | None = None
+                       ) -> dict[str, Any] | None:
     """Pick the configuration with the best mean `metric` over its seeds (validation only).
 
     `trials` holds one row per run (`collect_runs`: a trial and seed). Completed runs count
@@ -59,7 +61,8 @@ def best_configuration(trials: pd.DataFrame, metric: str, mode: str,
     validation-test gap (`gap_values`, both on the tested weights), the seeds and trial ids, and
     the run whose checkpoint best represents it (`trial_dir` and `seed`). The config's `seed`
     and `repeats` are those of the representative's trial, so `study train --config` retrains
-    that trial: every seed it stacked, the representative among them.
+    that trial: every seed it stacked, the representative among them. `chosen` (the config
+    columns' values, `analysis.pareto.Front.key`) names the configuration instead.
     """
     if trials.empty or metric not in trials:
         return None
@@ -75,11 +78,14 @@ def best_configuration(trials: pd.DataFrame, metric: str, mode: str,
     keys = config_columns(usable)
     groups = usable.groupby(keys, dropna=False, sort=False)
     scores = groups[metric].mean()
-    best_key = scores.idxmin() if mode == "min" else scores.idxmax()
+    best_key = chosen if chosen is not None else (
+        scores.idxmin() if mode == "min" else scores.idxmax())
     best_key = best_key if isinstance(best_key, tuple) else (best_key,)
     members = usable
     for key, value in zip(keys, best_key, strict=True):
         members = members[members[key].isna()] if _isnan(value) else members[members[key] == value]
+    if members.empty:  # `chosen` names no configuration judged here: the best by `metric`
+        return best_configuration(trials, metric, mode, n_test)
     config = {}
     for key, value in zip(keys, best_key, strict=True):
         if _isnan(value):
@@ -211,6 +217,9 @@ def summarise(exp_dir: Path) -> dict[str, Any]:
                          f"{searched!r:.100}")
     trials = collect_trials(exp_dir)
     runs = collect_runs(trials=trials)
+    objectives = objectives_of(meta, str(where))  # None: one objective, no constraints
+    front = collect_front(runs, *objectives) if objectives else None
+    board = leaderboard(runs, metric, mode, searched)
     return {
         "experiment": str(exp_dir.resolve()),
         "metric": metric,
@@ -218,6 +227,8 @@ def summarise(exp_dir: Path) -> dict[str, Any]:
         "meta": meta,
         "trials": trials,  # one row per trial: what the searcher saw (seed-means)
         "runs": runs,  # one row per (trial, seed), duplicates counted once
-        "leaderboard": leaderboard(runs, metric, mode, searched),
-        "best": best_configuration(runs, metric, mode, (meta.get("data_sizes") or {}).get("test")),
+        "leaderboard": board if front is None else mark_leaderboard(board, runs, front),
+        "best": best_configuration(runs, metric, mode, (meta.get("data_sizes") or {}).get("test"),
+                                   front.key if front is not None else None),
+        "pareto": front,  # analysis.pareto.Front for several objectives or constraints
     }

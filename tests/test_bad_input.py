@@ -105,6 +105,14 @@ SPACE_ERRORS = {
     "test metric": ("metric: test_accuracy\nparams: {}\n",
                     ["metric must be one of", "'test_accuracy'"]),
     "searched epochs": ("params:\n  epochs: {int: [2, 5]}\n", ["epochs must be fixed"]),
+    "unreported objective": ("metric: [val_auroc, val_recall]\nmode: [max, max]\n",
+                             ["metric must be one of", "'val_recall'"]),
+    "modes short": ("metric: [val_auroc, val_sensitivity]\nmode: [max]\n",
+                    ["mode must give one mode per metric", "['max']"]),
+    "constraint on unknown metric": ("constraints: {val_ppv: '>= 0.9'}\n",
+                                     ["constraints.val_ppv", "unknown metric 'val_ppv'"]),
+    "malformed bound": ("constraints: {val_sensitivity: 'at least 0.9'}\n",
+                        ["constraints.val_sensitivity", "'at least 0.9'"]),
 }
 
 

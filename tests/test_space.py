@@ -218,6 +218,64 @@ def test_metric_and_mode_defaults() -> None:
     assert parse_space({"metric": "val_auroc", "mode": "max"}).mode == "max"
 
 
+def test_several_objectives_and_constraints_are_read() -> None:
+    space = parse_space({"metric": ["val_auroc", "val_sensitivity"], "mode": ["max", "max"],
+                         "constraints": {"val_sensitivity": ">= 0.90", "val_loss": "<0.7"}})
+    # the first objective is what Ray Tune's schedulers and the progress display judge
+    assert (space.metric, space.mode) == ("val_auroc", "max")
+    assert space.metrics == ["val_auroc", "val_sensitivity"] and space.modes == ["max", "max"]
+    sens, loss = space.constraints
+    assert (sens.metric, sens.op, sens.bound) == ("val_sensitivity", ">=", 0.9)
+    assert (loss.metric, loss.op, loss.bound) == ("val_loss", "<", 0.7)
+    # Optuna's convention: <= 0 is feasible, the distance to the bound otherwise
+    assert sens.violation(0.8) == pytest.approx(0.1) and sens.violation(0.95) < 0
+    assert loss.violation(0.9) == pytest.approx(0.2) and loss.violation(float("nan")) == np.inf
+    assert sens.holds(0.9) and not sens.holds(0.89) and not loss.holds(0.7)
+    assert not sens.holds(float("nan"))
+    assert str(sens) == "val_sensitivity >= 0.9"
+    # modes default per metric; overrides keep the objectives
+    assert parse_space({"metric": ["val_auroc", "val_loss"]}).modes == ["max", "min"]
+    assert space.with_fixed(epochs=2).metrics == space.metrics
+    assert space.with_fixed(epochs=2).constraints == space.constraints
+
+
+def test_a_single_metric_space_is_as_before() -> None:
+    space = parse_space({"metric": "val_sensitivity", "mode": "max"})
+    assert (space.metric, space.mode, space.objectives, space.constraints) == (
+        "val_sensitivity", "max", (), ())
+    assert space.metrics == ["val_sensitivity"] and space.modes == ["max"]
+    assert parse_space({"metric": ["val_auroc"], "mode": ["min"]}).metric == "val_auroc"
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"metric": ["val_auroc", "test_auroc"]}, "metric must be one of .* got 'test_auroc'"),
+        ({"metric": ["val_auroc", "val_loss"], "mode": ["max"]},
+         r"mode must give one mode per metric \(2 for metric"),
+        ({"metric": ["val_auroc", "val_loss"], "mode": "max"}, "one mode per metric"),
+        ({"metric": "val_auroc", "mode": ["max"]}, "one mode per metric"),
+        ({"metric": ["val_auroc", "val_loss"], "mode": ["max", "up"]},
+         "mode must be max or min, got 'up'"),
+        ({"metric": ["val_auroc", "val_auroc"]}, "metric must list distinct metrics"),
+        ({"metric": []}, "metric must list distinct metrics"),
+        ({"constraints": {"val_recall": ">= 0.9"}},
+         "constraints.val_recall: unknown metric 'val_recall'"),
+        ({"constraints": {"test_sensitivity": ">= 0.9"}}, "unknown metric 'test_sensitivity'"),
+        ({"constraints": {"val_sensitivity": "=> 0.9"}},
+         "constraints.val_sensitivity: bound must be an operator .* got '=> 0.9'"),
+        ({"constraints": {"val_sensitivity": 0.9}}, "bound must be an operator .* got 0.9"),
+        ({"constraints": {"val_sensitivity": ">= high"}}, "got '>= high'"),
+        ({"constraints": {"val_sensitivity": "== 0.9"}}, "got '== 0.9'"),
+        ({"constraints": ["val_sensitivity"]}, "constraints must map metrics to bounds"),
+    ],
+)
+def test_bad_objectives_and_constraints_are_refused(raw: dict[str, Any], match: str) -> None:
+    with pytest.raises(StudyError, match=match) as info:
+        parse_space(raw, source="s.yaml")
+    assert str(info.value).startswith("s.yaml: ") and "\n" not in str(info.value)
+
+
 # --- Optuna (define-by-run) -------------------------------------------------------------
 
 

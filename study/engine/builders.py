@@ -147,10 +147,15 @@ def optuna_searcher(space: SearchSpace, opts: RunOptions,
         settings["seed"] += len(optuna.load_study(study_name=opts.name,
                                                   storage=live_storage(storage_file)).trials)
     # Ray never hands TuneConfig's metric/mode to a searcher built with a define-by-run space
-    # (it has no param_space to pass), so OptunaSearch takes them from the same SearchSpace.
+    # (it has no param_space to pass), so OptunaSearch takes them from the same SearchSpace:
+    # every objective (lists: a multi-objective Optuna study); TuneConfig, the schedulers and
+    # the progress display judge the first only. Constraints are set on each told trial.
+    several = len(space.metrics) > 1
     return StudyOptunaSearch(space=optuna_space(space), sampler=make_sampler(settings),
-                             metric=space.metric, mode=space.mode, storage_file=storage_file,
-                             study_name=opts.name)
+                             metric=space.metrics if several else space.metric,
+                             mode=space.modes if several else space.mode,
+                             storage_file=storage_file, study_name=opts.name,
+                             constraints=space.constraints)
 
 
 def build_search(opts: RunOptions, space: SearchSpace, slots: int,

@@ -12,7 +12,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study.core.names import SAMPLERS
 from study.core.ray_compat import optuna_trial, optuna_trial_open, tell_optuna
-from study.search.space import PARAM_NAMES
+from study.search.space import PARAM_NAMES, Constraint
 
 
 class StudyOptunaSearch(OptunaSearch):
@@ -31,10 +31,19 @@ class StudyOptunaSearch(OptunaSearch):
     `study_name`; a searcher built on a file that already holds the study continues it, every
     earlier trial seen by TPE.
     Each Optuna trial carries the Ray trial id as its user attribute `trial_id`.
+
+    With a list of metrics (and modes) the Optuna study is multi-objective. With
+    `constraints`, each trial's constraint values are set on it (`Trial.set_constraint`, one
+    per constraint, named as written: `val_sensitivity >= 0.9`; <= 0 is feasible) before it is
+    told, where TPE and GP learn the feasible region from (Optuna 5 deprecates the samplers'
+    `constraints_func` for this). A trial whose objective or constrained metric is not finite
+    is told as FAIL.
     """
 
     def __init__(self, *args: Any, storage_file: str | Path | None = None,
-                 study_name: str | None = None, **kwargs: Any) -> None:
+                 study_name: str | None = None, constraints: tuple[Constraint, ...] = (),
+                 **kwargs: Any) -> None:
+        self.study_constraints = tuple(constraints)
         if storage_file is not None:
             kwargs["storage"] = live_storage(storage_file)
             kwargs["study_name"] = study_name or Path(storage_file).resolve().parent.name
@@ -77,14 +86,24 @@ class StudyOptunaSearch(OptunaSearch):
             not error and "epoch" in result and planned is not None
             and result["epoch"] < planned and "diverged" not in result
         )
-        value = result.get(self.metric)
-        bad_value = ((isinstance(value, float) and not math.isfinite(value))
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [result.get(m) for m in [*metrics, *(c.metric for c in self.study_constraints)]]
+        bad_value = (any(isinstance(v, float) and not math.isfinite(v) for v in values)
                      or bool(result.get("diverged")))
+        ot_trial = optuna_trial(self, trial_id)
+        if self.study_constraints and result and not bad_value and ot_trial is not None \
+                and optuna_trial_open(self, trial_id):
+            for c in self.study_constraints:
+                ot_trial.set_constraint(str(c), c.violation(_number(result.get(c.metric))))
         if (stopped_early or bad_value) and optuna_trial_open(self, trial_id):
             states = optuna.trial.TrialState
             tell_optuna(self, trial_id, states.PRUNED if stopped_early else states.FAIL)
             return
         super().on_trial_complete(trial_id, result=result or None, error=error)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 def live_storage(path: str | Path) -> optuna.storages.BaseStorage:

@@ -6,7 +6,10 @@ Ray Tune domains or a grid.
 Schema (read by `study.core.files.load_yaml`, a safe loader that reads `1e-5` as a number):
 
     metric: val_accuracy          # what selection maximises or minimises (validation only)
-    mode: max
+    mode: max                     # several objectives: metric: [val_auroc, val_sensitivity]
+    #                               with mode: [max, max] (Optuna's multi-objective search)
+    constraints:                  # optional: bounds a configuration must meet to be chosen
+      val_sensitivity: ">= 0.90"  # >=, <=, > or < and a number
     params:                       # searched
       loss: {choice: [bce, ce]}
       depth: {int: [1, 5]}        # inclusive; `log: true` and `step: N` allowed
@@ -24,7 +27,9 @@ Parameter names are `TrialConfig` fields; every value is checked against it when
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+import operator
+import re
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,7 +40,11 @@ from study.core.files import load_yaml
 from study.errors import StudyError
 from study.training.config import TrialConfig, check_cnn_fits
 
-METRICS = ("val_accuracy", "val_loss", "val_auroc")
+# What a trial reports on validation each epoch (its sensitivity and specificity at the 0.5
+# threshold); only these select, never a test metric.
+METRICS = ("val_accuracy", "val_loss", "val_auroc", "val_sensitivity", "val_specificity")
+OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+_BOUND = re.compile(r"\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
 MODES = ("max", "min")
 KINDS = ("choice", "int", "uniform", "loguniform", "per_layer", "by_depth")
 PARAM_NAMES = tuple(f.name for f in fields(TrialConfig))
@@ -61,15 +70,49 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """A bound on a reported metric, `metric op bound` (e.g. val_sensitivity >= 0.9)."""
+
+    metric: str
+    op: str  # a key of OPERATORS
+    bound: float
+
+    def holds(self, value: float) -> bool:
+        """Whether `value` meets the bound (a NaN never does)."""
+        return math.isfinite(value) and OPERATORS[self.op](value, self.bound)
+
+    def violation(self, value: float) -> float:
+        """Optuna's constraint value: <= 0 when met, else how far off (inf for NaN)."""
+        if not math.isfinite(value):
+            return math.inf
+        return self.bound - value if self.op in (">=", ">") else value - self.bound
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """A loaded, checked search space."""
 
-    metric: str
+    metric: str  # the (first) objective: what Ray Tune's schedulers and progress judge
     mode: str
     params: dict[str, Param]  # searched (and fixed values written under params)
     fixed: dict[str, Param]
     source: str  # file path, for messages and reports
     raw: dict[str, Any]  # the YAML as loaded, kept in the study's metadata
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) each; () means (metric, mode)
+    constraints: tuple[Constraint, ...] = ()
+
+    @property
+    def metrics(self) -> list[str]:
+        """Every objective's metric, the first one first."""
+        return [m for m, _ in self.objectives] or [self.metric]
+
+    @property
+    def modes(self) -> list[str]:
+        """Every objective's mode, in the order of `metrics`."""
+        return [m for _, m in self.objectives] or [self.mode]
 
     def with_fixed(self, **overrides: Any) -> SearchSpace:
         """Return a copy with `overrides` fixed (e.g. `--max-epochs`), no longer searched."""
@@ -78,7 +121,7 @@ class SearchSpace:
         for name, value in overrides.items():
             _check_value(name, value, f"override {name}")
             fixed[name] = Param(name, "fixed", value=value)
-        return SearchSpace(self.metric, self.mode, params, fixed, self.source, self.raw)
+        return replace(self, params=params, fixed=fixed)
 
     @property
     def searched(self) -> list[str]:
@@ -178,17 +221,12 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
     """Check a loaded YAML document and return the SearchSpace."""
     if not isinstance(raw, dict):
         raise StudyError(f"{source}: a search space must be a mapping, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - {"metric", "mode", "params", "fixed"})
+    unknown = sorted(set(raw) - {"metric", "mode", "params", "fixed", "constraints"})
     if unknown:
-        raise StudyError(
-            f"{source}: unknown top-level key {unknown[0]!r}; expected metric, mode, params, fixed"
-        )
-    metric = raw.get("metric", "val_accuracy")
-    if metric not in METRICS:
-        raise StudyError(f"{source}: metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    mode = raw.get("mode", "min" if metric == "val_loss" else "max")
-    if mode not in MODES:
-        raise StudyError(f"{source}: mode must be max or min, got {mode!r}")
+        raise StudyError(f"{source}: unknown top-level key {unknown[0]!r}; expected metric, mode, "
+                         "params, fixed, constraints")
+    objectives = parse_objectives(raw, source)
+    constraints = parse_constraints(raw.get("constraints"), source)
     sections: dict[str, dict[str, Param]] = {}
     for section in ("params", "fixed"):
         body = raw.get(section) or {}
@@ -209,9 +247,55 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
     both = sorted(set(sections["params"]) & set(sections["fixed"]))
     if both:
         raise StudyError(f"{source}: {both[0]!r} is both searched (params) and fixed")
-    space = SearchSpace(metric, mode, sections["params"], sections["fixed"], source, raw)
+    (metric, mode), several = objectives[0], len(objectives) > 1
+    space = SearchSpace(metric, mode, sections["params"], sections["fixed"], source, raw,
+                        objectives if several else (), constraints)
     _check_depth_rules(space)
     return space
+
+
+def parse_objectives(raw: dict[str, Any], source: str) -> tuple[tuple[str, str], ...]:
+    """The (metric, mode) pairs of a space's `metric:` and `mode:` (`raw`: the YAML as loaded),
+    each a name or a list of names."""
+    metric = raw.get("metric", "val_accuracy")
+    several = isinstance(metric, list)
+    metrics = metric if several else [metric]
+    if not metrics or len(set(map(str, metrics))) != len(metrics):
+        raise StudyError(f"{source}: metric must list distinct metrics, got {metric!r}")
+    for name in metrics:
+        if name not in METRICS:
+            raise StudyError(f"{source}: metric must be one of {', '.join(METRICS)}, got "
+                             f"{name!r}")
+    default = ["min" if m == "val_loss" else "max" for m in metrics]
+    mode = raw.get("mode", default if several else default[0])
+    modes = mode if isinstance(mode, list) else [mode]
+    if isinstance(mode, list) != several or len(modes) != len(metrics):
+        raise StudyError(f"{source}: mode must give one mode per metric ({len(metrics)} for "
+                         f"metric {metric!r}), got {mode!r}")
+    for value in modes:
+        if value not in MODES:
+            raise StudyError(f"{source}: mode must be max or min, got {value!r}")
+    return tuple(zip(metrics, modes, strict=True))
+
+
+def parse_constraints(body: Any, source: str) -> tuple[Constraint, ...]:
+    """A space's `constraints: {metric: ">= 0.9", ...}` (`body`; None: none) as Constraints."""
+    if body is None:
+        return ()
+    if not isinstance(body, dict):
+        raise StudyError(f"{source}: constraints must map metrics to bounds such as \">= 0.9\", "
+                         f"got {body!r}")
+    out = []
+    for name, bound in body.items():
+        if name not in METRICS:
+            raise StudyError(f"{source}: constraints.{name}: unknown metric {name!r}; known: "
+                             f"{', '.join(METRICS)}")
+        match = _BOUND.fullmatch(bound) if isinstance(bound, str) else None
+        if match is None or not math.isfinite(float(match.group(2))):
+            raise StudyError(f"{source}: constraints.{name}: bound must be an operator (>=, <=, "
+                             f"> or <) and a number such as \">= 0.9\", got {bound!r}")
+        out.append(Constraint(name, match.group(1), float(match.group(2))))
+    return tuple(out)
 
 
 def _check_depth_rules(space: SearchSpace) -> None:
@@ -325,4 +409,4 @@ def fit_image_size(space: SearchSpace, data_size: int) -> SearchSpace:
         return space.with_fixed(image_size=values[0])
     params = dict(space.params)
     params["image_size"] = Param("image_size", "choice", values=tuple(values))
-    return SearchSpace(space.metric, space.mode, params, space.fixed, space.source, space.raw)
+    return replace(space, params=params)

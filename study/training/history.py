@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auroc")
+# Sensitivity and specificity (fractions) at the 0.5 threshold, as the decision rule reads it.
+EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auroc",
+                 "val_sensitivity", "val_specificity")
 TEST_METRICS = ("test_loss", "test_accuracy", "test_auroc", "test_sensitivity", "test_specificity")
 # The validation metrics of the kept weights (the best-validation-loss epoch), in the final report
 # as `kept_<name>` beside `kept_epoch`.
-KEPT_METRICS = ("val_loss", "val_accuracy", "val_auroc")
+KEPT_METRICS = ("val_loss", "val_accuracy", "val_auroc", "val_sensitivity", "val_specificity")
 
 
 def kept_from_history(history: list[dict[str, Any]], seeds: int
@@ -25,7 +27,7 @@ def kept_from_history(history: list[dict[str, Any]], seeds: int
             if math.isfinite(loss) and math.isfinite(metrics["train_loss"][i]) \
                     and loss < best[i]:
                 best[i], epochs[i] = loss, int(entry["epoch"])
-                values[i] = {k: metrics[k][i] for k in KEPT_METRICS}
+                values[i] = {k: metrics[k][i] for k in KEPT_METRICS if k in metrics}
     return epochs, values
 
 

@@ -386,7 +386,8 @@ def fit(
         )
         val = evaluate(state.model, loss, data.val)
         values = torch.stack(
-            [train["loss"], train["accuracy"], val["loss"], val["accuracy"], val["auroc"]]
+            [train["loss"], train["accuracy"], val["loss"], val["accuracy"], val["auroc"],
+             val["sensitivity"], val["specificity"]]
         ).tolist()  # the one host sync of the epoch
         state.epoch += 1
         per_seed = [dict(zip(EPOCH_METRICS, column, strict=True))
