@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -69,15 +70,20 @@ def _ignore_sigint() -> None:
 
 
 def worker_count(jobs: int) -> int:
-    """How many worker processes drawing `jobs` pays for: one per usable core, none on one core
-    or while Ray runs in this process (forking its threads is unsafe; the figures are then
-    drawn here, one after another)."""
+    """How many worker processes drawing `jobs` pays for: one per usable core, none on one core,
+    while Ray runs in this process, or while any other thread does (a forked child gets a copy
+    of every lock those threads hold, and libraries' threads - Ray's, W&B's, MLflow's - hold
+    some; the figures are then drawn here, one after another)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     ray = sys.modules.get("ray")
     if cores < 2 or jobs < 2 or (ray is not None and ray.is_initialized()):
+        return 0
+    if threading.active_count() > 1:
+        log.info("drawing in this process: %d other thread(s) run, so forking is unsafe",
+                 threading.active_count() - 1)
         return 0
     return min(cores, jobs, MAX_WORKERS)
 

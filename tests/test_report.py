@@ -62,6 +62,18 @@ def test_no_workers_on_one_core_or_for_one_figure(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(report_figures.os, "sched_getaffinity", lambda _pid: set(range(64)))
     assert report_figures.worker_count(1) == 0
     assert report_figures.worker_count(13) == report_figures.MAX_WORKERS
+    # another thread alive (a library's): no fork, the figures are drawn in this process
+    import threading
+
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, daemon=True)
+    other.start()
+    try:
+        assert report_figures.worker_count(13) == 0
+    finally:
+        release.set()
+        other.join()
+    assert report_figures.worker_count(13) == report_figures.MAX_WORKERS
 
 
 def test_model_file_name_is_the_checkpoint_modules() -> None:
