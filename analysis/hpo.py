@@ -59,7 +59,9 @@ def collect_params(study: optuna.Study) -> pd.DataFrame:
                      "state": STATE_NAMES.get(t.state, str(t.state)),
                      "status": t.user_attrs.get("status", ""),
                      "value": t.value if t.value is not None else math.nan, **t.params})
-    return pd.DataFrame(rows)
+    # no trial yet (a study stopped as its first trial started): the columns all the same
+    return pd.DataFrame(rows, columns=None if rows else
+                        ["number", "trial_id", "state", "status", "value"])
 
 
 def param_distributions(study: optuna.Study) -> dict[str, Any]:

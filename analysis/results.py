@@ -432,6 +432,8 @@ def collect_runs(exp_dir: Path | None = None, trials: pd.DataFrame | None = None
     runs = pd.DataFrame(rows)
     if runs.empty:
         return runs.drop(columns=["_per_seed"], errors="ignore")
+    if "seed" not in runs:  # only trials that never started (no folder or an empty one yet)
+        runs["seed"] = None
     config = [column_name(k) for k in CONFIG_KEYS if k != "seed" and column_name(k) in runs]
     runs["_rank"] = runs["status"].map(STATUS_RANK).fillna(4)
     runs = runs.sort_values(["_rank", "epochs", "_order"], ascending=[True, False, False],

@@ -323,8 +323,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     Exit status 0 when every requested trial ended (completed, stopped early, diverged or
     errored), 130 when the study was interrupted (Ctrl-C), 143 when it was stopped by SIGTERM
-    (`kill`, `timeout`, Slurm, Kubernetes), handled like Ctrl-C: what finished is saved, the
-    partial summary written and the message says how to resume.
+    (`kill`, `timeout`, Slurm, Kubernetes), 129 by SIGHUP (its terminal closed), handled like
+    Ctrl-C: what finished is saved, the partial summary written and the message says how to
+    resume.
     """
 
     opts = _options(args)
@@ -386,11 +387,16 @@ def cmd_report(args: argparse.Namespace) -> int:
             parse_threshold(args.threshold)
         except ValueError as exc:
             raise StudyError(f"--threshold {exc}") from None
+    from study.cli.run_report import check_summary_target, summary_fault
     from study.core.display import SummaryProgress
 
-    with SummaryProgress() as show:
-        summary = write_report(path, out=Path(args.out) if args.out else None, progress=show,
-                               threshold=args.threshold)
+    out = Path(args.out) if args.out else None
+    check_summary_target(path, out or path / SUMMARY_DIR)
+    try:
+        with SummaryProgress() as show:
+            summary = write_report(path, out=out, progress=show, threshold=args.threshold)
+    except OSError as exc:  # a full disk, a folder made read-only: one line, what to do
+        raise summary_fault(path, out or path / SUMMARY_DIR, exc) from None
     _print_best(summary)
     for line in summary.get("missing", []):
         print(f"Missing: {line}")

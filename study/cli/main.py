@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from study.cli.parser import build_parser
+from study.core.secrets import redact
 from study.errors import StudyError
 
 
@@ -25,12 +26,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from study.cli import commands as cli_commands
     from study.cli import jobs
 
-    args.command_line = "study " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.command_line = redact("study " + " ".join(sys.argv[1:] if argv is None else argv))
     commands = {"train": cli_commands.cmd_train, "evaluate": cli_commands.cmd_evaluate,
                 "run": cli_commands.cmd_run, "report": cli_commands.cmd_report,
                 "slurm": jobs.cmd_slurm, "kuberay": jobs.cmd_kuberay}
     try:
         return commands[args.command](args)
     except StudyError as exc:
-        print(f"study: error: {exc}", file=sys.stderr)
+        print(f"study: error: {redact(str(exc))}", file=sys.stderr)
         return 2

@@ -59,6 +59,9 @@ HOOKS = {
         "a trial keeping its starting worker (keep_starting_workers)",
     "ray.tune.execution.tune_controller.TuneController()._actor_manager":
         "a trial keeping its starting worker (keep_starting_workers)",
+    "ray.air.integrations.wandb.WandbLoggerCallback._start_logging_actor":
+        "W&B's logging actors started without the API key in Ray's runtime_env "
+        "(wandb_key_kept_from_runtime_env)",
 }
 # Ray resolves `_node_ip_address="127.0.0.1"` to the machine's network address (and its
 # servers then listen on every interface) unless it believes it runs without a cluster, which
@@ -393,3 +396,36 @@ def keep_starting_workers() -> Iterator[None]:
         yield
     finally:
         setattr(controller, method, original)
+
+
+_WANDB_START = "ray.air.integrations.wandb.WandbLoggerCallback._start_logging_actor"
+WANDB_KEY_ENV = "WANDB_API_KEY"
+
+
+@contextmanager
+def wandb_key_kept_from_runtime_env() -> Iterator[None]:
+    """Inside this block, Ray's W&B logger starts its logging actors without the API key.
+
+    Ray's WandbLoggerCallback copies WANDB_API_KEY into the actors' `runtime_env`, which Ray's
+    runtime-env agent writes in plain text into session_*/logs/runtime_env_agent.log (a
+    file others may read). The actors run on the driver's node: on a local Ray they inherit
+    the key from the environment the driver started Ray with; on a cluster, the node's own
+    environment or `wandb login` there provides it (see README).
+    """
+    original = hook(_WANDB_START)  # checked before anything is patched
+    owner = hook(_WANDB_START.rsplit(".", 1)[0])
+    method = _WANDB_START.rsplit(".", 1)[1]
+
+    def start_logging_actor(self: Any, *args: Any, **kwargs: Any) -> Any:
+        key = os.environ.pop(WANDB_KEY_ENV, None)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            if key is not None:
+                os.environ[WANDB_KEY_ENV] = key
+
+    setattr(owner, method, start_logging_actor)
+    try:
+        yield
+    finally:
+        setattr(owner, method, original)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from study.core.names import META_FILE, OPTUNA_DB, OPTUNA_JOURNAL, STATE_GLOB, TUNER_FILE
+from study.core.secrets import redacted
 from study.engine.cluster import is_local_path
 from study.engine.options import RunOptions
 from study.errors import StudyError
@@ -60,7 +61,7 @@ def study_record(opts: RunOptions, space: Any, data: Any, epochs: int, expected:
 
     from study.engine.builders import sampler_of
 
-    return {
+    return redacted({  # no password of a URI (a command, an option) is ever recorded
         "command": command,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "options": asdict(opts),
@@ -81,7 +82,7 @@ def study_record(opts: RunOptions, space: Any, data: Any, epochs: int, expected:
         "ray_version": ray_version,
         **({SEEDS_ON_DEMAND: Rule(opts.target_ci, opts.max_repeats).to_dict()}
            if opts.repeats == AUTO and opts.target_ci is not None else {}),
-    }
+    })
 
 
 def remove_unstarted(exp_dir: Path) -> None:

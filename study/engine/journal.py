@@ -20,6 +20,7 @@ from pathlib import Path
 
 from study.core.files import write_json_atomic
 from study.core.names import META_FILE, OPTUNA_JOURNAL
+from study.core.secrets import redact
 from study.engine.resume import read_study_meta
 from study.errors import StudyError
 
@@ -117,7 +118,7 @@ def begin_extension(exp_dir: Path, num_samples: int, expected: int, command: str
     record = read_study_meta(exp_dir)
     record[EXTENDING] = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          "num_samples": num_samples, "expected_trials": expected,
-                         "command": command}
+                         "command": redact(command)}
     write_json_atomic(exp_dir / META_FILE, record)
 
 

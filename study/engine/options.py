@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
 from study.core.names import SAMPLERS
+from study.core.secrets import has_password, redact
 from study.core.threshold import parse_threshold
 from study.errors import StudyError
 from study.search.seed_rule import AUTO, DEFAULT_MAX_REPEATS, Rule
@@ -128,7 +129,8 @@ def check_options(opts: RunOptions) -> None:
                              ("--max-concurrent", opts.max_concurrent, 1),
                              ("--max-failures", opts.max_failures, 0),
                              ("--checkpoint-every", opts.checkpoint_every, 0),
-                             ("--seed", opts.seed, 0)):
+                             ("--seed", opts.seed, 0),
+                             ("--num-cpus", opts.num_cpus, 0)):
         if value is not None and value < low:
             raise StudyError(f"{flag} must be >= {low}, got {value}")
     for flag, value in (("--cpus-per-trial", opts.cpus_per_trial),
@@ -146,6 +148,20 @@ def check_options(opts: RunOptions) -> None:
                          f"got {len(os.fsencode(opts.name))} bytes ({opts.name[:40]!r}...)")
     if opts.resume and not opts.name:
         raise StudyError("--resume needs --name: the experiment to continue")
+    for flag, text in (("--storage-path", opts.storage_path), ("--name", opts.name or "")):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # bytes of another encoding, as os.fsdecode keeps them
+            raise StudyError(
+                f"{flag} {text!r}: not UTF-8 (byte 0x{ord(text[exc.start]) - 0xDC00:02x} at "
+                f"{exc.start}); Ray takes only UTF-8 paths: rename the folder or choose another"
+            ) from None
+    if has_password(opts.storage_path):
+        raise StudyError(
+            f"--storage-path {redact(opts.storage_path)}: a password in the storage URI would "
+            "be saved in Ray's experiment files; give it the storage's own way (for S3: "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and the URI without it"
+        )
     from study.engine.tracking import check_tracking
 
     check_tracking(opts.wandb, opts.mlflow)

@@ -47,6 +47,7 @@ from study.engine.journal import (
 from study.engine.options import RunOptions, check_options, command_line, resolved
 from study.engine.resume import check_resumable
 from study.engine.signals import sigterm_as_interrupt
+from study.engine.tracking import take_credentials
 from study.errors import StudyError
 from study.search.space import SearchSpace, fit_image_size
 from study.training.data import Dataset, load_data, resolve_spec
@@ -82,6 +83,8 @@ def run_study(opts: RunOptions, command: str | None = None) -> StudyRun:
     if opts.address is None and os.environ.get(RAY_ADDRESS_ENV):
         # ray.init would connect there by itself: it is this study's --address, checked as one.
         opts = replace(opts, address=os.environ[RAY_ADDRESS_ENV])
+    # A password in --mlflow goes into MLflow's environment; only the masked URI goes on.
+    opts = replace(opts, mlflow=take_credentials(opts.mlflow))
     check_options(opts)
     opts = resolved(opts)
     check_address(opts.address)  # an unreachable --address fails before data or Ray load
@@ -137,6 +140,7 @@ def _run_claimed(plan: Plan) -> StudyRun:
         keep_starting_workers,
         safe_checkpoint_deletion,
         shutdown_ray,
+        wandb_key_kept_from_runtime_env,
     )
     from study.engine.ray_session import init_ray
 
@@ -144,7 +148,8 @@ def _run_claimed(plan: Plan) -> StudyRun:
     importing.join()
     try:
         tuner = _tuner(plan, data)
-        with safe_checkpoint_deletion(), keep_starting_workers():
+        with safe_checkpoint_deletion(), keep_starting_workers(), \
+                wandb_key_kept_from_runtime_env() if opts.wandb else nullcontext():
             results = _fit(tuner)
         statuses = ({k: v["status"] for k, v in read_trial_states(plan.exp_dir).items()}
                     if plan.local else {})
