@@ -22,7 +22,7 @@ from analysis.results import CONFIG_KEYS, column_name
 from study.core.names import FIGURES_DIR, RunStatus
 from study.search.space import Constraint, parse_constraints, parse_objectives
 
-FIGURE = "hpo_pareto"  # figures/hpo_pareto.png
+FIGURE = "pareto_front"  # figures/pareto_front.png (its own section, not among hpo_*)
 RULE = ("the best first objective among the feasible configurations on the Pareto front "
         "(ties: the next objective)")
 NONE_FEASIBLE = ("no configuration meets the constraints: the least-violating one (smallest "

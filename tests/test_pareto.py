@@ -142,7 +142,7 @@ def test_the_leaderboard_is_marked_per_run() -> None:
 
 def test_the_report_section_and_the_figure() -> None:
     front = collect_front(RUNS, ["val_auroc", "val_sensitivity"], MAXMAX, SENSITIVE)
-    lines = pareto_section(front, {"hpo_pareto.png": "the front"})
+    lines = pareto_section(front, {"pareto_front.png": "the front"})
     text = "\n".join(lines)
     assert "Objectives: val_auroc (max), val_sensitivity (max); constraints: " \
         "val_sensitivity >= 0.9" in text
@@ -153,7 +153,7 @@ def test_the_report_section_and_the_figure() -> None:
                     "| 0.3 | 0.8 | 0.99 | yes | 1 | c |  |"]
     assert f"Chosen by the rule: {RULE}." in text
     assert "This configuration (b): val_auroc 0.89, val_sensitivity 0.93; it meets " in text
-    assert "![the front](figures/hpo_pareto.png)" in text
+    assert "![the front](figures/pareto_front.png)" in text
     assert pareto_section(None, {}) == []
     fig, ax = plt.subplots()
     plot_pareto(front, ax=ax)

@@ -280,6 +280,17 @@ def _best_note(summary: dict, epochs: Any = None) -> str | None:
     top = scored.iloc[0]  # the leaderboard is sorted best first
     if top["trial_id"] in best.get("trial_ids", []):
         return _best_epoch_note(summary, epochs)
+    if summary.get("pareto") is not None:  # several objectives or constraints chose it
+        from analysis.pareto import NONE_FEASIBLE, RULE
+
+        front = summary["pareto"]
+        feasible = "" if "feasible" not in board else (
+            "" if bool(board.loc[board["trial_id"] == top["trial_id"], "feasible"].all())
+            else ", but it does not meet the constraints")
+        return (f"  (Trial {top['trial_id']} scored a higher {metric}, "
+                f"{format_value(metric, float(top[metric]))}{feasible}; with several "
+                f"objectives or constraints the best configuration is "
+                f"{RULE if front.any_feasible else NONE_FEASIBLE}: see report.md.)")
     why = {RunStatus.STOPPED: "was stopped early by the scheduler, so its score is not a final "
            "one", RunStatus.UNFINISHED: "did not finish", RunStatus.DIVERGED: "diverged",
            RunStatus.ERROR: "errored"}.get(str(top.get("status")), f"is {top.get('status')}")
