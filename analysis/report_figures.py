@@ -81,6 +81,11 @@ def worker_count(jobs: int) -> int:
     ray = sys.modules.get("ray")
     if cores < 2 or jobs < 2 or (ray is not None and ray.is_initialized()):
         return 0
+    if "torch" in sys.modules:
+        # PyTorch's thread pools do not survive a fork: a forked worker that exports model.pt
+        # (torch again) can hang or die. Only `study report` on its own never imports torch.
+        log.info("drawing in this process: PyTorch is loaded here, so forking is unsafe")
+        return 0
     if threading.active_count() > 1:
         log.info("drawing in this process: %d other thread(s) run, so forking is unsafe",
                  threading.active_count() - 1)

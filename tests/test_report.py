@@ -57,6 +57,9 @@ def test_worker_processes_draw_the_same_pngs(tmp_path: Path) -> None:
 
 
 def test_no_workers_on_one_core_or_for_one_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # as in `study report` on its own
     monkeypatch.setattr(report_figures.os, "sched_getaffinity", lambda _pid: {0})
     assert report_figures.worker_count(13) == 0
     monkeypatch.setattr(report_figures.os, "sched_getaffinity", lambda _pid: set(range(64)))
@@ -74,6 +77,9 @@ def test_no_workers_on_one_core_or_for_one_figure(monkeypatch: pytest.MonkeyPatc
         release.set()
         other.join()
     assert report_figures.worker_count(13) == report_figures.MAX_WORKERS
+    # PyTorch loaded here (`study run`'s driver): its thread pools do not survive a fork
+    monkeypatch.setitem(sys.modules, "torch", sys)
+    assert report_figures.worker_count(13) == 0
 
 
 def test_model_file_name_is_the_checkpoint_modules() -> None:

@@ -391,11 +391,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.results_dir)
     if not path.is_dir():
         raise StudyError(f"RESULTS_DIR {path}: no such folder")
-    if args.threshold is not None:
+    threshold = getattr(args, "threshold", None)  # callers building a Namespace may leave it
+    if threshold is not None:
         from study.core.threshold import parse_threshold
 
         try:
-            parse_threshold(args.threshold)
+            parse_threshold(threshold)
         except ValueError as exc:
             raise StudyError(f"--threshold {exc}") from None
     from study.cli.run_report import check_summary_target, summary_fault
@@ -405,7 +406,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_summary_target(path, out or path / SUMMARY_DIR)
     try:
         with SummaryProgress() as show:
-            summary = write_report(path, out=out, progress=show, threshold=args.threshold)
+            summary = write_report(path, out=out, progress=show, threshold=threshold)
     except OSError as exc:  # a full disk, a folder made read-only: one line, what to do
         raise summary_fault(path, out or path / SUMMARY_DIR, exc) from None
     _print_best(summary)
