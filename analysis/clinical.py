@@ -26,9 +26,10 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from analysis.plotting import plt
+from analysis.predictions import from_predictions
 from analysis.stats import mean_ci
 from analysis.uncertainty import combined_half_width
-from study.core.names import FIGURES_DIR, PREDICTIONS_FILE
+from study.core.names import FIGURES_DIR
 from study.core.threshold import ThresholdRule, parse_threshold
 
 DECISION_THRESHOLD = 0.5  # the trials' rule (study.training.metrics.THRESHOLD; that imports torch)
@@ -63,21 +64,17 @@ class Clinical(NamedTuple):
 
 def read_scores(trial_dir: Path, seed: Any) -> SeedScores | None:
     """Seed `seed`'s saved test scores from the trial's last checkpoint that holds them; None
-    where none does or the file cannot be read (numpy only, never pickle)."""
-    for path in sorted(Path(trial_dir).glob(f"checkpoint_*/{PREDICTIONS_FILE}"), reverse=True):
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                seeds = [int(s) for s in saved["seeds"]]
-                index = seeds.index(int(seed)) if seed is not None and int(seed) in seeds else 0
-                val = (saved["val_prob"][index].astype(float), saved["val_labels"].astype(bool)
-                       ) if "val_prob" in saved.files and "val_labels" in saved.files else (None,
-                                                                                          None)
-                return SeedScores(seeds[index], saved["prob"][index].astype(float),
-                                  saved["predicted"][index].astype(bool),
-                                  saved["labels"].astype(bool), *val)
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
-            continue
-    return None
+    where none does or the file cannot be read (`predictions.from_predictions`)."""
+    def scores(saved: Any) -> SeedScores:
+        seeds = [int(s) for s in saved["seeds"]]
+        index = seeds.index(int(seed)) if seed is not None and int(seed) in seeds else 0
+        val = ((saved["val_prob"][index].astype(float), saved["val_labels"].astype(bool))
+               if "val_prob" in saved.files and "val_labels" in saved.files else (None, None))
+        return SeedScores(seeds[index], saved["prob"][index].astype(float),
+                          saved["predicted"][index].astype(bool), saved["labels"].astype(bool),
+                          *val)
+
+    return from_predictions(trial_dir, scores)
 
 
 # --- the numbers ----------------------------------------------------------------------------

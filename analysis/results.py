@@ -13,14 +13,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from analysis.predictions import read_predictions
 from study.core.files import read_trial_states
 from study.core.names import (
     META_FILE,
     PARAMS_FILE,
-    PREDICTIONS_FILE,
     RESULT_FILE,
     STATE_GLOB,
     RunStatus,
@@ -310,20 +309,6 @@ def collect_trials(exp_dir: Path) -> pd.DataFrame:
                          "status": info["status"].lower() or RunStatus.PENDING.value,
                          "reason": "never started", "epochs": 0})
     return pd.DataFrame(rows)
-
-
-def read_predictions(trial_dir: Path) -> dict[int, np.ndarray]:
-    """Each seed's per-image test correctness (bool, in the test set's order) of its kept
-    weights, from the trial's last checkpoint that holds PREDICTIONS_FILE; {} where none does
-    (older experiments) or the file cannot be read. numpy only, never pickle."""
-    for path in sorted(Path(trial_dir).glob(f"checkpoint_*/{PREDICTIONS_FILE}"), reverse=True):
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                correct = saved["predicted"] == saved["labels"][None, :]
-                return {int(s): correct[i] for i, s in enumerate(saved["seeds"])}
-        except (OSError, ValueError, KeyError, IndexError):
-            continue
-    return {}
 
 
 def _per_seed_rows(results: list[dict[str, Any]], config: dict[str, Any], seeds: list[Any],
