@@ -116,16 +116,23 @@ SPACE_ERRORS = {
 }
 
 
-@pytest.mark.parametrize("case", SPACE_ERRORS, ids=list(SPACE_ERRORS))
-def test_bad_search_space(case: str, tmp_path: Path,
-                          capsys: pytest.CaptureFixture[str]) -> None:
-    text, needles = SPACE_ERRORS[case]
+def refused_space(text: str, needles: list[str], tmp_path: Path,
+                  capsys: pytest.CaptureFixture[str]) -> Path:
+    """`study run` on a space file holding `text`: refused with one line naming the file and
+    holding `needles`; returns the storage path the run was given."""
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     storage = tmp_path / "results"
     err = refused(capsys, ["run", "--space", str(path), "--data", TINY_DATA,
                            "--storage-path", str(storage), "--name", "s", "--quiet"], *needles)
     assert str(path) in err
+    return storage
+
+
+@pytest.mark.parametrize("case", SPACE_ERRORS, ids=list(SPACE_ERRORS))
+def test_bad_search_space(case: str, tmp_path: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    storage = refused_space(*SPACE_ERRORS[case], tmp_path, capsys)
     assert not storage.exists()
 
 
@@ -996,13 +1003,7 @@ MODEL_ERRORS = {
 @pytest.mark.parametrize("case", MODEL_ERRORS, ids=list(MODEL_ERRORS))
 def test_bad_model_family_values(case: str, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
-    text, needles = MODEL_ERRORS[case]
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    storage = tmp_path / "results"
-    err = refused(capsys, ["run", "--space", str(path), "--data", TINY_DATA,
-                           "--storage-path", str(storage), "--name", "s", "--quiet"], *needles)
-    assert str(path) in err
+    storage = refused_space(*MODEL_ERRORS[case], tmp_path, capsys)
     assert not storage.exists() or not any(storage.rglob("*.json"))
 
 
