@@ -210,6 +210,20 @@ def test_an_operating_threshold_chosen_on_validation(experiment: Path, tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
+def test_a_tampered_threshold_in_study_json_is_one_line(experiment: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("summary"))
+    meta = json.loads((copy / "study.json").read_text())
+    meta["options"]["threshold"] = "![x](/proc/self/environ)"
+    (copy / "study.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["report", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{copy / 'study.json'}: threshold must be youden" in err[0], err
+    assert not (copy / "summary").exists()  # nothing written
+
+
 def test_best_config_yaml_round_trips_through_study_train(experiment: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     path = experiment / "summary" / "best_config.yaml"
