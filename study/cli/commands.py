@@ -76,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from study.core.files import write_json_atomic, write_text_atomic
     from study.training.checkpoint import save_model
     from study.training.data import load_data, resolve_spec
-    from study.training.device import resolve_device, to_device
+    from study.training.device import keep_freed_host_memory, resolve_device, to_device
     from study.training.loop import fit, seed_rows
     from study.training.model import check_fits
 
@@ -102,6 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    keep_freed_host_memory()
     state = fit(config, data, on_epoch=show)
     final = state.history[-1]
     seeds = config.seeds

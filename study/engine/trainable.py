@@ -116,9 +116,11 @@ def train_trial(
     from ray import tune
 
     from study.training.checkpoint import save_predictions
+    from study.training.device import keep_freed_host_memory
     from study.training.loop import fit, new_state
 
     torch.set_num_threads(max(1, threads))
+    keep_freed_host_memory()
     cfg = trial_config(config)
     device = trial_device(ray.get_gpu_ids())
     device_data = resident_data(data, data_key, cfg.image_size, device)

@@ -81,3 +81,29 @@ def class_weights(split: DeviceSplit) -> torch.Tensor:
         raise StudyError(f"class_weight balanced: the training split has no example of class "
                          f"{int((counts == 0).nonzero()[0])} (counts {counts.int().tolist()})")
     return len(split) / (2 * counts)
+
+
+# glibc's malloc hands each freed block of more than its (adaptive) threshold back to the
+# kernel, and trims the heap top past twice that, so a training step that frees and
+# reallocates megabytes of maps page-faults every page again (thousands of faults a step for
+# a stacked CNN at batch 32). Neither PyTorch nor Python sets malloc's thresholds: libc's
+# mallopt does, through ctypes.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+_MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit: bigger blocks are still mapped
+_TRIM_THRESHOLD = 256 << 20  # at most this much freed memory stays with the process
+
+
+def keep_freed_host_memory() -> bool:
+    """Let this process reuse the host memory its training steps free, instead of handing it
+    back to the kernel and faulting it in again next step; True where the C library took the
+    setting (glibc), False elsewhere (macOS, musl: nothing changes). Process-wide and lasting,
+    so it is called where a training process starts, not by the training loop."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+                and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
