@@ -1,9 +1,9 @@
 """A small convolutional network, plain and stacked over seeds like the MLP.
 
-Standardize -> [Conv2d -> BatchNorm2d (optional) -> ReLU -> max or average pool /2] x depth ->
-global average pooling -> Dropout -> Linear head. Global average pooling makes the head's size
-independent of the image's, so one architecture fits any image size; each block halves the
-image, so a depth needs images of at least 2**depth pixels a side
+Standardize -> [Conv2d -> BatchNorm2d (optional) -> max pool /2 -> ReLU, or ReLU -> average
+pool /2] x depth -> global average pooling -> Dropout -> Linear head. Global average pooling
+makes the head's size independent of the image's, so one architecture fits any image size; each
+block halves the image, so a depth needs images of at least 2**depth pixels a side
 (`config.check_cnn_fits`).
 
 The stacked CNN runs K seeds' convolutions as one grouped convolution (groups=K) over their
@@ -59,7 +59,10 @@ def build_cnn(
                              bias=not batchnorm))
         if batchnorm:
             layers.append(nn.BatchNorm2d(channels))
-        layers += [nn.ReLU(), nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)]
+        # ReLU and max pooling commute exactly (values and gradients: ReLU is monotone), so max
+        # pooling goes first and ReLU runs on a quarter of the map; average pooling does not.
+        layers += ([nn.MaxPool2d(2), nn.ReLU()] if pool == "max"
+                   else [nn.ReLU(), nn.AvgPool2d(2)])
         previous = channels
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                nn.Linear(previous, out_features)]
