@@ -13,6 +13,8 @@ norm, CE, Adam), one torch thread as a trial with `--cpus-per-trial 1` runs:
   channels-last maps, on which PyTorch's CPU pooling and batch norm are much faster: the plain
   loop on our own modules (`plain_same_module`) is in the details, so the loop's share and the
   layout's share can be told apart.
+Our sides keep the host memory their steps free, as a trial does (`keep_freed_host_memory`);
+the plain loop runs in a process of its own, malloc as PyTorch leaves it, as a user's script.
 The sides alternate epoch by epoch after a warm-up, so load changes hit both alike; medians.
 Also at batch 128 and 8 (details only), since the step's fixed costs weigh differently there.
 
@@ -32,9 +34,13 @@ from runner import BENCH, log, now, run_child
 CNN = {"model": "cnn", "depth": 3, "width": 16, "kernel_size": 3, "loss": "ce", "lr": 1e-3}
 DATA = "synthetic:size=28,n=1000,n_test=200"
 SEEDS = 3
+PLAINS = ("plain", "plain_same_module")
 
 
-def _batch(batch_size: int, reps: int) -> dict[str, Any]:
+def _plain_sides(conn: Any, batch_size: int, threads: int) -> None:
+    """The plain loop's two sides, in a process of their own (malloc as PyTorch leaves it, as
+    in a user's script): build them, then run one epoch of the side named on `conn` each time
+    and send back its seconds, until None."""
     import torch
     from torch import nn
 
@@ -44,10 +50,47 @@ def _batch(batch_size: int, reps: int) -> dict[str, Any]:
     from study.training.config import TrialConfig
     from study.training.data import load_data
     from study.training.device import to_device
-    from study.training.loop import evaluate, new_state, train_one_epoch
+    from study.training.loop import new_state
     from study.training.losses import get_loss
     from study.training.model import build_model
 
+    torch.set_num_threads(threads)
+    raw = load_data(DATA)
+    config = {**CNN, "batch_size": batch_size}
+    data = to_device(raw, torch.device("cpu"))
+    seed0 = new_state(TrialConfig(seed=0, **config), data)
+    # The same network with seed 0's initial weights and standardisation, fed by a
+    # DataLoader, PyTorch's default Adam; as torch.nn builds it (nn.Conv2d: NCHW maps, the
+    # plain user's) and as ours builds it (channels-last maps), one optimizer each.
+    torch.manual_seed(0)
+    ours_model = build_model(TrialConfig(**config), data.image_size)
+    ours_model.load_state_dict({k: v[0] for k, v in seed0.model.state_dict().items()})
+    torch_model = nn.Sequential(*[_torch_layer(m) for m in ours_model])
+    torch_model.load_state_dict(ours_model.state_dict())
+    loader = hw.make_loader(raw.train.images, raw.train.labels, batch_size)
+    criterion = get_loss("ce").criterion()
+    plains = {name: (model, torch.optim.Adam(model.parameters(), lr=config["lr"]))
+              for name, model in (("plain", torch_model), ("plain_same_module", ours_model))}
+    while (name := conn.recv()) is not None:
+        model, optimizer = plains[name]
+        start = now()
+        hw.train_epoch(model, loader, criterion, optimizer, torch.device("cpu"), "ce")
+        conn.send(now() - start)
+
+
+def _batch(batch_size: int, reps: int) -> dict[str, Any]:
+    import multiprocessing
+
+    import torch
+
+    from study.training.config import TrialConfig
+    from study.training.data import load_data
+    from study.training.device import keep_freed_host_memory, to_device
+    from study.training.loop import evaluate, new_state, train_one_epoch
+    from study.training.losses import get_loss
+
+    # Our sides run as a trial does (study/engine/trainable.py): freed host memory kept.
+    kept = keep_freed_host_memory()
     raw = load_data(DATA)
     data = to_device(raw, torch.device("cpu"))
     loss = get_loss("ce")
@@ -65,36 +108,31 @@ def _batch(batch_size: int, reps: int) -> dict[str, Any]:
         torch.stack(values).tolist()  # the epoch's one sync
         return now() - start
 
-    # The plain loop: the same network, seed 0's initial weights and standardisation, fed by
-    # a DataLoader, PyTorch's default Adam; as torch.nn builds it (nn.Conv2d: NCHW maps, the
-    # plain user's) and as ours builds it (channels-last maps), one optimizer each.
-    torch.manual_seed(0)
-    ours_model = build_model(TrialConfig(**config), data.image_size)
-    ours_model.load_state_dict({k: v[0] for k, v in separate[0].model.state_dict().items()})
-    torch_model = nn.Sequential(*[_torch_layer(m) for m in ours_model])
-    torch_model.load_state_dict(ours_model.state_dict())
-    loader = hw.make_loader(raw.train.images, raw.train.labels, batch_size)
-    criterion = loss.criterion()
-    plains = {name: (model, torch.optim.Adam(model.parameters(), lr=config["lr"]))
-              for name, model in (("plain", torch_model), ("plain_same_module", ours_model))}
+    context = multiprocessing.get_context("spawn")
+    conn, child_conn = context.Pipe()
+    child = context.Process(target=_plain_sides,
+                            args=(child_conn, batch_size, torch.get_num_threads()))
+    child.start()
 
     def plain(name: str) -> float:
-        model, optimizer = plains[name]
-        start = now()
-        hw.train_epoch(model, loader, criterion, optimizer, torch.device("cpu"), "ce")
-        return now() - start
+        conn.send(name)
+        return conn.recv()
 
-    epoch(stacked), [epoch(s) for s in separate], [plain(n) for n in plains]  # warm-up
-    times: dict[str, list[float]] = {"stacked": [], "separate": [], "ours": [], "plain": [],
-                                     "plain_same_module": []}
-    for _ in range(reps):
-        times["stacked"].append(epoch(stacked))
-        times["separate"].append(sum(epoch(s) for s in separate))
-        for name in plains:
-            times[name].append(plain(name))
-        times["ours"].append(epoch(separate[0], validate=False))
+    try:
+        epoch(stacked), [epoch(s) for s in separate], [plain(n) for n in PLAINS]  # warm-up
+        times: dict[str, list[float]] = {"stacked": [], "separate": [], "ours": [],
+                                         **{name: [] for name in PLAINS}}
+        for _ in range(reps):  # the sides alternate epoch by epoch
+            times["stacked"].append(epoch(stacked))
+            times["separate"].append(sum(epoch(s) for s in separate))
+            for name in PLAINS:
+                times[name].append(plain(name))
+            times["ours"].append(epoch(separate[0], validate=False))
+    finally:
+        conn.send(None)
+        child.join()
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"batch_size": batch_size, "seconds": times,
+    return {"batch_size": batch_size, "seconds": times, "freed_memory_kept": kept,
             **{f"{k}_s_per_epoch": v for k, v in med.items()},
             "repeats_speedup": med["separate"] / med["stacked"],
             "plain_over_ours": med["plain"] / med["ours"],
@@ -118,7 +156,7 @@ def phase_cnn(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:  # one thread, as a trial runs; --threads 0 keeps PyTorch's default
         torch.set_num_threads(args.threads)
-    reps = 3 if args.quick else 6
+    reps = 5 if args.quick else 9
     rows = {f"bs{b}": _batch(b, reps) for b in (32, 128, 8)}
     return {"config": CNN, "data": DATA, "seeds": SEEDS, "reps": reps,
             "threads": torch.get_num_threads(), **rows,
