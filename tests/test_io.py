@@ -64,3 +64,40 @@ def test_an_aborted_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -
 
 def test_yaml_reads_exponents_as_floats() -> None:
     assert load_yaml("lr: 1e-5\nn: 3\ns: 1e5x") == {"lr": 1e-5, "n": 3, "s": "1e5x"}
+
+
+class _FullDisk:
+    """A file object on a disk with no room left: every write and flush fails as ENOSPC."""
+
+    def __init__(self, handle: object) -> None:
+        self.handle = handle
+
+    def write(self, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(28, "No space left on device")
+
+    def close(self) -> None:
+        self.handle.close()  # type: ignore[attr-defined]
+        raise OSError(28, "No space left on device")
+
+    def fileno(self) -> int:
+        return self.handle.fileno()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("step", ["write", "close"])
+def test_a_refused_write_leaves_no_temporary_file(tmp_path: Path, step: str) -> None:
+    # A caller that never closes a stream whose write failed (pyarrow, for Ray's writes) must
+    # not leave the temporary file behind, nor one whose close (its flush) failed.
+    target = tmp_path / "state.json"
+    target.write_text("before")
+    out = AtomicWriter(target)
+    out.handle = _FullDisk(out.handle)  # type: ignore[assignment]
+    with pytest.raises(OSError, match="No space left"):
+        if step == "write":
+            out.write(b"after")
+        else:
+            out.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    assert target.read_text() == "before"

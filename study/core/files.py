@@ -138,10 +138,20 @@ class AtomicWriter:
         self.closed = False
 
     def write(self, data: bytes) -> int:
-        return self.handle.write(data)
+        try:
+            return self.handle.write(data)
+        except BaseException:
+            # A full disk or a lost permission: the temporary file goes now, since a caller
+            # (pyarrow, for Ray's writes) may never close a stream whose write failed.
+            self.abort()
+            raise
 
     def flush(self) -> None:
-        self.handle.flush()
+        try:
+            self.handle.flush()
+        except BaseException:
+            self.abort()
+            raise
 
     def tell(self) -> int:
         return self.handle.tell()
@@ -167,8 +177,12 @@ class AtomicWriter:
             self._discard()
 
     def _discard(self) -> None:
-        self.handle.close()
-        Path(self.tmp).unlink(missing_ok=True)
+        try:
+            self.handle.close()  # flushes what is buffered: fails again on a full disk
+        except OSError:
+            pass
+        finally:
+            Path(self.tmp).unlink(missing_ok=True)
 
     def __enter__(self) -> AtomicWriter:
         return self
