@@ -617,3 +617,140 @@ def test_the_wandb_key_is_out_of_the_environment_only_while_an_actor_starts(
         assert os.environ["WANDB_API_KEY"] == "k" * 40
     assert seen == [None, None]
     assert WandbLoggerCallback._start_logging_actor is start
+
+
+# --- the storage path refuses writes while the trials run ----------------------------------
+
+
+def _chattr(flag: str, path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True, text=True)
+
+
+def _can_make_immutable(tmp_path: Path) -> None:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if shutil.which("chattr") is None or _chattr("+i", probe).returncode != 0:
+        pytest.skip("cannot make a folder immutable here (needs root, chattr and a file "
+                    "system with the immutable flag)")
+    _chattr("-i", probe)
+
+
+def _temporary_files(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.rglob(".study-tmp-*"))
+
+
+def _top_files(exp: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_an_experiment_made_immutable_mid_run_stops_and_resumes(tmp_path: Path) -> None:
+    """`chattr +i` on the experiment folder once a trial reports: Ray's next state save is
+    refused. The study stops as on Ctrl-C with one line naming the file, why, and the resume
+    command, exit 2, no traceback; every file in the folder is as it was, no temporary file
+    is left; made writable again, `--resume` finishes every trial (Ray had logged the refusal
+    and carried on, trials shown finished whose results never reached the disk)."""
+    _can_make_immutable(tmp_path)
+    space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": 8})
+    storage, name = tmp_path / "results", "frozen"
+    exp = storage / name
+    args = run_args(space, storage, name, "--num-samples", "3", "--scheduler", "fifo",
+                    "--max-concurrent", "1")
+    with study_process(args, tmp_path / "logs") as run:
+
+        def reporting() -> bool:
+            run.tree()
+            assert run.proc.poll() is None, run.output()
+            return (any(exp.glob("experiment_state-*.json"))
+                    and any(p.stat().st_size > 0 for p in exp.glob("train_*/result.json")))
+
+        wait_for(reporting, START_S, interval=0.1, what="a trial's first epoch")
+        assert _chattr("+i", exp).returncode == 0
+        try:
+            before = _top_files(exp)
+            status = run.wait(300)
+            out, err = run.stdout(), run.stderr()
+            after = _top_files(exp)
+        finally:
+            _chattr("-i", exp)
+    assert status == 2, run.output()
+    no_traceback(out, err)
+    line = [x for x in err.splitlines() if x.startswith("study: error: ")]
+    assert len(line) == 1, err[-3000:]
+    assert line[0].startswith(f"study: error: {exp}/"), line
+    assert "could not be written (Operation not permitted), so the study stopped" in line[0]
+    assert f"continue with: study run --resume --name {name} --storage-path {storage}" \
+        in line[0], line
+    assert after == before  # nothing in the folder changed, nothing was lost
+    assert _temporary_files(storage) == []
+
+    done = subprocess.run([sys.executable, "-m", "study", *run_args(space, storage, name,
+                                                                      "--resume")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    no_traceback(done.stdout, done.stderr)
+    assert "3 trials (0 errored)" in done.stdout, done.stdout[-2000:]
+    results = sorted(exp.glob("train_*/result.json"))
+    assert len(results) == 3
+    for path in results:
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        assert rows and rows[-1]["epoch"] == 8, path
+    assert _temporary_files(storage) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_disk_filling_up_during_the_trials_stops_and_resumes(tmp_path: Path) -> None:
+    """The storage path's disk fills up once a trial reports (a tmpfs topped up with a
+    filler): whichever write is refused first (a trial's checkpoint in its worker, Ray's
+    state or result.json, the Optuna journal), the study stops as on Ctrl-C with one line
+    saying the disk is full and how to continue, exit 2, no traceback and no temporary file
+    (it was a KeyError, 13 empty `.study-tmp-*.tmp` files, a trial shown finished whose
+    result.json never reached the disk); with room made, `--resume` finishes every trial."""
+    space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": 8})
+    with _tmpfs(tmp_path / "disk", "20m") as disk:
+        name = "full"
+        exp = disk / name
+        args = run_args(space, disk, name, "--num-samples", "3", "--scheduler", "fifo",
+                        "--max-concurrent", "1")
+        with study_process(args, tmp_path / "logs") as run:
+
+            def reporting() -> bool:
+                run.tree()
+                assert run.proc.poll() is None, run.output()
+                return (any(exp.glob("experiment_state-*.json"))
+                        and any(p.stat().st_size > 0 for p in exp.glob("train_*/result.json")))
+
+            wait_for(reporting, START_S, interval=0.1, what="a trial's first epoch")
+            free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+            with open(disk / "filler", "wb") as filler:
+                try:
+                    filler.write(b"\0" * free)
+                except OSError:
+                    pass  # full: what matters
+            status = run.wait(300)
+            out, err = run.stdout(), run.stderr()
+        assert status == 2, run.output()
+        no_traceback(out, err)
+        line = [x for x in err.splitlines() if x.startswith("study: error: ")]
+        assert len(line) == 1, err[-3000:]
+        assert "could not be written (No space left on device), so the study stopped" \
+            in line[0], line
+        assert f"continue with: study run --resume --name {name} --storage-path {disk}" \
+            in line[0], line
+        assert _temporary_files(disk) == []
+
+        (disk / "filler").unlink()
+        done = subprocess.run([sys.executable, "-m", "study",
+                               *run_args(space, disk, name, "--resume")],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        no_traceback(done.stdout, done.stderr)
+        assert "3 trials (0 errored)" in done.stdout, done.stdout[-2000:]
+        results = sorted(exp.glob("train_*/result.json"))
+        assert len(results) == 3
+        for path in results:
+            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            assert rows and rows[-1]["epoch"] == 8, path
+        assert _temporary_files(disk) == []

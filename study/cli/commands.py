@@ -324,12 +324,6 @@ def _best_epoch_note(summary: dict, epochs: Any) -> str | None:
             "keeps (each seed's best-validation-loss epoch), averaged over its seeds.)")
 
 
-def _resume_command(name: str, storage: str | Path) -> str:
-    """The `study run --resume` command, quoted so that it can be pasted into a shell."""
-    return shlex.join(["study", "run", "--resume", "--name", name, "--storage-path",
-                       str(storage)])
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """`study run`: run the study, then write and show its summary.
 
@@ -348,7 +342,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, opts: RunOptions, stop: Any) -> int:
     """`cmd_run` with `stop` (a signals.Stop) telling which signal interrupted it."""
     from study.cli.run_report import SummaryInterrupted, run_and_report
-    from study.engine.experiment import experiment_dir, storage_root
+    from study.engine.experiment import experiment_dir, resume_command, storage_root
 
     start = time.monotonic()
     try:
@@ -362,7 +356,7 @@ def _run(args: argparse.Namespace, opts: RunOptions, stop: Any) -> int:
         exp_dir = experiment_dir(opts)
         if opts.resume or exp_dir is None or exp_dir.exists():
             print(f"\nInterrupted. Finished trials are saved; continue with: "
-                  f"{_resume_command(opts.name, storage_root(opts.storage_path))}",
+                  f"{resume_command(opts.name, storage_root(opts.storage_path))}",
                   file=sys.stderr)
         else:
             print("\nInterrupted before the study started; nothing was saved. Run the same "
@@ -380,7 +374,7 @@ def _run(args: argparse.Namespace, opts: RunOptions, stop: Any) -> int:
           f"{run.path / SUMMARY_DIR / REPORT_HTML} in a browser)")
     if run.interrupted:
         print(f"\nInterrupted: the study did not finish; what finished is saved. Continue "
-              f"with: {_resume_command(run.path.name, run.path.parent)}", file=sys.stderr)
+              f"with: {resume_command(run.path.name, run.path.parent)}", file=sys.stderr)
         return stop.status
     return 0
 

@@ -10,7 +10,10 @@ version intact.
 
 Whoever needs to know when a file has landed (`study.core.ray_compat` holds back checkpoint
 deletions until a saved experiment state no longer names them) registers with `observe_writes`
-for the length of a study.
+for the length of a study. A write the file system refuses (a full disk, a folder made
+read-only) raises for Ray as before, which logs it and carries on; `failed_writes` keeps it, so
+the study can stop and say so (`study.engine.storage_faults`); so does `note_refused_write`
+for the study's other writers.
 """
 
 from __future__ import annotations
@@ -31,6 +34,25 @@ from study.core.files import AtomicWriter
 WriteObserver = Callable[[str, float], None]
 _lock = threading.Lock()
 _observers: list[WriteObserver] = []
+_failures: list[tuple[str, OSError]] = []  # (path, why), this process's refused writes
+
+
+def failed_writes() -> list[tuple[str, OSError]]:
+    """The writes through the filesystem that the file system refused, oldest first."""
+    with _lock:
+        return list(_failures)
+
+
+def note_refused_write(path: str, exc: OSError) -> None:
+    """Keep a refused write of another writer to the storage path (the Optuna journal) with
+    those of this filesystem, so that it stops the study the same way."""
+    with _lock:
+        _failures.append((path, exc))
+
+
+def _failed(path: str, exc: BaseException) -> None:
+    if isinstance(exc, OSError):
+        note_refused_write(path, exc)
 
 
 @contextmanager
@@ -50,7 +72,11 @@ class _AtomicFile(AtomicWriter):
 
     def __init__(self, path: str) -> None:
         self.began = time.monotonic()
-        super().__init__(path)
+        try:
+            super().__init__(path)
+        except BaseException as exc:  # the folder refuses a new file
+            _failed(path, exc)
+            raise
 
     def writable(self) -> bool:
         return True
@@ -61,10 +87,28 @@ class _AtomicFile(AtomicWriter):
     def readable(self) -> bool:
         return False
 
+    def write(self, data: bytes) -> int:
+        try:
+            return super().write(data)
+        except BaseException as exc:
+            _failed(self.path, exc)
+            raise
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except BaseException as exc:
+            _failed(self.path, exc)
+            raise
+
     def close(self) -> None:
         if self.closed:
             return
-        super().close()
+        try:
+            super().close()
+        except BaseException as exc:
+            _failed(self.path, exc)
+            raise
         with _lock:
             observers = list(_observers)
         for observer in observers:

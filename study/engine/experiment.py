@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import uuid
 from datetime import datetime, timezone
@@ -29,6 +30,12 @@ def storage_root(storage_path: str) -> str:
         return storage_path
     path = storage_path[len("file://"):] if storage_path.startswith("file://") else storage_path
     return str(Path(path).expanduser().resolve())
+
+
+def resume_command(name: str, storage: str | Path) -> str:
+    """The `study run --resume` command, quoted so that it can be pasted into a shell."""
+    return shlex.join(["study", "run", "--resume", "--name", name, "--storage-path",
+                       str(storage)])
 
 
 def experiment_dir(opts: RunOptions) -> Path | None:

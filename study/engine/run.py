@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from study.core.files import read_trial_states
-from study.core.names import FINISHED, TrialStatus
+from study.core.names import FINISHED, STATE_GLOB, TrialStatus
 from study.engine.builders import (
     budget_epochs,
     build_search,
@@ -35,6 +35,7 @@ from study.engine.experiment import (
     check_writable,
     live_optuna_file,
     remove_unstarted,
+    resume_command,
     storage_root,
     study_record,
 )
@@ -136,6 +137,7 @@ def _run_claimed(plan: Plan) -> StudyRun:
     data = load_data(plan.data_spec)
     plan = replace(plan, space=fit_image_size(plan.space, data.image_size))
 
+    from study.core.atomic_fs import failed_writes
     from study.core.ray_compat import (
         keep_starting_workers,
         safe_checkpoint_deletion,
@@ -143,14 +145,19 @@ def _run_claimed(plan: Plan) -> StudyRun:
         wandb_key_kept_from_runtime_env,
     )
     from study.engine.ray_session import init_ray
+    from study.engine.storage_faults import refused_write, storage_fault
 
     started = init_ray(opts)
     importing.join()
     try:
         tuner = _tuner(plan, data)
+        refused_before = len(failed_writes())
         with safe_checkpoint_deletion(), keep_starting_workers(), \
                 wandb_key_kept_from_runtime_env() if opts.wandb else nullcontext():
             results = _fit(tuner)
+        fault = storage_fault(refused_before, plan.exp_dir, _resume(plan))
+        if fault is not None:
+            raise fault
         statuses = ({k: v["status"] for k, v in read_trial_states(plan.exp_dir).items()}
                     if plan.local else {})
         if plan.local:
@@ -158,9 +165,27 @@ def _run_claimed(plan: Plan) -> StudyRun:
         unfinished = sum(1 for s in statuses.values() if s not in FINISHED)
         return StudyRun(plan.exp_dir, len(results), len(results.errors), interrupted=(
             unfinished > 0 or len(statuses) < expected_trials(opts, plan.space)))
+    except OSError as exc:
+        # One of the study's own files (study.json, the Optuna journal) refused: the same
+        # line as for Ray's, where the file is in the experiment folder.
+        if plan.local and exc.filename and _inside(exc.filename, plan.exp_dir):
+            raise refused_write(plan.exp_dir, str(exc.filename), exc, _resume(plan)) from None
+        raise
     finally:
         if started:
             shutdown_ray()
+
+
+def _resume(plan: Plan) -> str | None:
+    """The command that continues the study, or None where Ray saved nothing to continue."""
+    if plan.opts.resume or any(plan.exp_dir.glob(STATE_GLOB)):
+        return resume_command(plan.exp_dir.name, plan.root)
+    return None
+
+
+def _inside(path: str | os.PathLike[str], folder: Path) -> bool:
+    """Whether `path` lies in `folder` (both made absolute, links left as they are)."""
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
 
 
 def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:
@@ -268,6 +293,7 @@ def _tuner(plan: Plan, data: Dataset) -> Any:
     from study.engine.cluster import check_storage_path, check_trial_resources, reachable_resources
     from study.engine.progress import StudyProgress, earlier_sessions
     from study.engine.ray_session import trial_slots
+    from study.engine.storage_faults import StorageFaultStopper
     from study.engine.tracking import tracking_callbacks
     from study.engine.trainable import train_trial
 
@@ -310,6 +336,8 @@ def _tuner(plan: Plan, data: Dataset) -> Any:
             name=opts.name,
             storage_path=root,
             storage_filesystem=storage_fs,
+            # A refused write to the storage path stops the study as Ctrl-C would.
+            stop=StorageFaultStopper() if local else None,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             progress_reporter=_reporter(space),
@@ -338,8 +366,12 @@ def _tuner(plan: Plan, data: Dataset) -> Any:
 
 def _fit(tuner: Any) -> Any:
     """`tuner.fit()` without Ray's "Tuner.restore(...)" hint (the CLI prints `--resume`)."""
-    hint = _NoRestoreHint()
+    from study.engine.storage_faults import RAY_FAULT_LOGS, TrialStorageFaults
+
+    hint, faults = _NoRestoreHint(), TrialStorageFaults()
     logging.getLogger("ray.tune.tune").addFilter(hint)
+    for name in RAY_FAULT_LOGS:
+        logging.getLogger(name).addFilter(faults)
     try:
         # On Ctrl-C, Ray stops the trials, saves the experiment state and returns. SIGTERM
         # is taken back from the handler ray.init installed, and handled the same way.
@@ -347,6 +379,8 @@ def _fit(tuner: Any) -> Any:
             return tuner.fit()
     finally:
         logging.getLogger("ray.tune.tune").removeFilter(hint)
+        for name in RAY_FAULT_LOGS:
+            logging.getLogger(name).removeFilter(faults)
 
 
 def _reporter(space: SearchSpace) -> Any:

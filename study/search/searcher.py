@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from study.core.atomic_fs import note_refused_write
 from study.core.names import SAMPLERS
 from study.core.ray_compat import optuna_trial, optuna_trial_open, tell_optuna
 from study.search.space import PARAM_NAMES, Constraint
@@ -54,9 +55,13 @@ class StudyOptunaSearch(OptunaSearch):
 
         Ray merges the define-by-run function's return value over every name suggested to
         Optuna, so per-layer widths would also arrive as `width_0`, `width_1`, ... and a choice
-        of width lists as `width_index`, which are not TrialConfig fields.
+        of width lists as `width_index`, which are not TrialConfig fields. Where the live
+        storage refuses the write (`_refused`), no trial is suggested for now.
         """
-        config = super().suggest(trial_id)
+        try:
+            config = super().suggest(trial_id)
+        except OSError as exc:
+            return _refused(exc)
         ot_trial = optuna_trial(self, trial_id)
         if ot_trial is not None and "trial_id" not in ot_trial.user_attrs:
             ot_trial.set_user_attr("trial_id", trial_id)
@@ -76,9 +81,17 @@ class StudyOptunaSearch(OptunaSearch):
                 super().on_trial_result(trial_id, result)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass
+            except OSError as exc:
+                _refused(exc)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
+        try:
+            self._complete(trial_id, result, error)
+        except OSError as exc:
+            _refused(exc)
+
+    def _complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         result = result or {}
         # Ray hands searchers the result flattened (`config/epochs`); accept the nested form too.
         planned = result.get("config/epochs", (result.get("config") or {}).get("epochs"))
@@ -100,6 +113,13 @@ class StudyOptunaSearch(OptunaSearch):
             tell_optuna(self, trial_id, states.PRUNED if stopped_early else states.FAIL)
             return
         super().on_trial_complete(trial_id, result=result or None, error=error)
+
+
+def _refused(exc: OSError) -> None:
+    """The live storage refused a write (a full disk, a folder made read-only): kept with the
+    storage path's refused writes, which stop the study (`study.engine.storage_faults`);
+    raised in Ray's run loop it would end the study with a traceback instead."""
+    note_refused_write(str(exc.filename or "the Optuna storage"), exc)
 
 
 def _number(value: Any) -> float:
