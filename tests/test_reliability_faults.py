@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _proc import TINY_DATA, study_process, wait_for, write_space
@@ -639,6 +640,40 @@ def _temporary_files(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob(".study-tmp-*"))
 
 
+def _three_trials(space: Path, storage: Path, name: str) -> list[str]:
+    """`study run` of 3 trials one at a time, run to the end (FIFO)."""
+    return run_args(space, storage, name, "--num-samples", "3", "--scheduler", "fifo",
+                    "--max-concurrent", "1")
+
+
+def _wait_until_saved_and_reporting(run: Any, exp: Path) -> None:
+    """Until Ray saved an experiment state and a trial reported its first epoch."""
+
+    def reporting() -> bool:
+        run.tree()
+        assert run.proc.poll() is None, run.output()
+        return (any(exp.glob("experiment_state-*.json"))
+                and any(p.stat().st_size > 0 for p in exp.glob("train_*/result.json")))
+
+    wait_for(reporting, START_S, interval=0.1, what="a trial's first epoch")
+
+
+def _resumes_to_the_end(space: Path, storage: Path, name: str) -> None:
+    """`--resume` of the 3-trial, 8-epoch study: exit 0, every trial run to its last epoch."""
+    done = subprocess.run([sys.executable, "-m", "study",
+                           *run_args(space, storage, name, "--resume")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    no_traceback(done.stdout, done.stderr)
+    assert "3 trials (0 errored)" in done.stdout, done.stdout[-2000:]
+    results = sorted((storage / name).glob("train_*/result.json"))
+    assert len(results) == 3
+    for path in results:
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        assert rows and rows[-1]["epoch"] == 8, path
+    assert _temporary_files(storage) == []
+
+
 def _top_files(exp: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()}
 
@@ -655,17 +690,8 @@ def test_an_experiment_made_immutable_mid_run_stops_and_resumes(tmp_path: Path) 
     space = write_space(tmp_path / "space.yaml", LR, {**SLOW_NET, "epochs": 8})
     storage, name = tmp_path / "results", "frozen"
     exp = storage / name
-    args = run_args(space, storage, name, "--num-samples", "3", "--scheduler", "fifo",
-                    "--max-concurrent", "1")
-    with study_process(args, tmp_path / "logs") as run:
-
-        def reporting() -> bool:
-            run.tree()
-            assert run.proc.poll() is None, run.output()
-            return (any(exp.glob("experiment_state-*.json"))
-                    and any(p.stat().st_size > 0 for p in exp.glob("train_*/result.json")))
-
-        wait_for(reporting, START_S, interval=0.1, what="a trial's first epoch")
+    with study_process(_three_trials(space, storage, name), tmp_path / "logs") as run:
+        _wait_until_saved_and_reporting(run, exp)
         assert _chattr("+i", exp).returncode == 0
         try:
             before = _top_files(exp)
@@ -685,18 +711,7 @@ def test_an_experiment_made_immutable_mid_run_stops_and_resumes(tmp_path: Path) 
     assert after == before  # nothing in the folder changed, nothing was lost
     assert _temporary_files(storage) == []
 
-    done = subprocess.run([sys.executable, "-m", "study", *run_args(space, storage, name,
-                                                                      "--resume")],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    no_traceback(done.stdout, done.stderr)
-    assert "3 trials (0 errored)" in done.stdout, done.stdout[-2000:]
-    results = sorted(exp.glob("train_*/result.json"))
-    assert len(results) == 3
-    for path in results:
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        assert rows and rows[-1]["epoch"] == 8, path
-    assert _temporary_files(storage) == []
+    _resumes_to_the_end(space, storage, name)
 
 
 @pytest.mark.slow
@@ -712,17 +727,8 @@ def test_a_disk_filling_up_during_the_trials_stops_and_resumes(tmp_path: Path) -
     with _tmpfs(tmp_path / "disk", "20m") as disk:
         name = "full"
         exp = disk / name
-        args = run_args(space, disk, name, "--num-samples", "3", "--scheduler", "fifo",
-                        "--max-concurrent", "1")
-        with study_process(args, tmp_path / "logs") as run:
-
-            def reporting() -> bool:
-                run.tree()
-                assert run.proc.poll() is None, run.output()
-                return (any(exp.glob("experiment_state-*.json"))
-                        and any(p.stat().st_size > 0 for p in exp.glob("train_*/result.json")))
-
-            wait_for(reporting, START_S, interval=0.1, what="a trial's first epoch")
+        with study_process(_three_trials(space, disk, name), tmp_path / "logs") as run:
+            _wait_until_saved_and_reporting(run, exp)
             free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
             with open(disk / "filler", "wb") as filler:
                 try:
@@ -742,15 +748,4 @@ def test_a_disk_filling_up_during_the_trials_stops_and_resumes(tmp_path: Path) -
         assert _temporary_files(disk) == []
 
         (disk / "filler").unlink()
-        done = subprocess.run([sys.executable, "-m", "study",
-                               *run_args(space, disk, name, "--resume")],
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-        no_traceback(done.stdout, done.stderr)
-        assert "3 trials (0 errored)" in done.stdout, done.stdout[-2000:]
-        results = sorted(exp.glob("train_*/result.json"))
-        assert len(results) == 3
-        for path in results:
-            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-            assert rows and rows[-1]["epoch"] == 8, path
-        assert _temporary_files(disk) == []
+        _resumes_to_the_end(space, disk, name)

@@ -62,6 +62,10 @@ HOOKS = {
     "ray.air.integrations.wandb.WandbLoggerCallback._start_logging_actor":
         "W&B's logging actors started without the API key in Ray's runtime_env "
         "(wandb_key_kept_from_runtime_env)",
+    "ray.tune.execution.tune_controller.TuneController._trial_task_failure":
+        "a trial failed by a refused write, read off the log it writes (fault_logs)",
+    "ray.tune.execution.experiment_state._ExperimentCheckpointManager":
+        "a refused save of the experiment state, read off the log it writes (fault_logs)",
 }
 # Ray resolves `_node_ip_address="127.0.0.1"` to the machine's network address (and its
 # servers then listen on every interface) unless it believes it runs without a cluster, which
@@ -429,3 +433,12 @@ def wandb_key_kept_from_runtime_env() -> Iterator[None]:
         yield
     finally:
         setattr(owner, method, original)
+
+
+def fault_logs() -> tuple[str, ...]:
+    """The loggers to which Ray's run loop logs, with a traceback, a trial's failure
+    (TuneController._trial_task_failure) and a failed save of the experiment state (the
+    checkpoint manager's): their modules' loggers."""
+    names = ("ray.tune.execution.tune_controller.TuneController._trial_task_failure",
+             "ray.tune.execution.experiment_state._ExperimentCheckpointManager")
+    return tuple(hook(name).__module__ for name in names)

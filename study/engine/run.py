@@ -366,11 +366,12 @@ def _tuner(plan: Plan, data: Dataset) -> Any:
 
 def _fit(tuner: Any) -> Any:
     """`tuner.fit()` without Ray's "Tuner.restore(...)" hint (the CLI prints `--resume`)."""
-    from study.engine.storage_faults import RAY_FAULT_LOGS, TrialStorageFaults
+    from study.core.ray_compat import fault_logs
+    from study.engine.storage_faults import TrialStorageFaults
 
     hint, faults = _NoRestoreHint(), TrialStorageFaults()
     logging.getLogger("ray.tune.tune").addFilter(hint)
-    for name in RAY_FAULT_LOGS:
+    for name in fault_logs():
         logging.getLogger(name).addFilter(faults)
     try:
         # On Ctrl-C, Ray stops the trials, saves the experiment state and returns. SIGTERM
@@ -379,7 +380,7 @@ def _fit(tuner: Any) -> Any:
             return tuner.fit()
     finally:
         logging.getLogger("ray.tune.tune").removeFilter(hint)
-        for name in RAY_FAULT_LOGS:
+        for name in fault_logs():
             logging.getLogger(name).removeFilter(faults)
 
 

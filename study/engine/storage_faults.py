@@ -49,15 +49,13 @@ class StorageFaultStopper(Stopper):
 
 # The file system's refusals: no room, or no right to write (a folder made read-only).
 REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
-# Where Ray logs, with a traceback, a trial's failure and a failed save of the experiment state.
-RAY_FAULT_LOGS = ("ray.tune.execution.tune_controller", "ray.tune.execution.experiment_state")
 
 
 class TrialStorageFaults(logging.Filter):
-    """A filter for Ray's run loop's logs: a trial failed by a refused write (Ray logs it with
-    the worker's traceback), or a refused save of the experiment state, is kept as a refused
-    write, which stops the study with one line, instead of printed; anything else is printed
-    as Ray prints it."""
+    """A filter for Ray's run loop's logs (`ray_compat.fault_logs`): a trial failed by a
+    refused write (Ray logs it with the worker's traceback), or a refused save of the
+    experiment state, is kept as a refused write, which stops the study with one line,
+    instead of printed; anything else is printed as Ray prints it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
