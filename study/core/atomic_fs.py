@@ -50,11 +50,6 @@ def note_refused_write(path: str, exc: OSError) -> None:
         _failures.append((path, exc))
 
 
-def _failed(path: str, exc: BaseException) -> None:
-    if isinstance(exc, OSError):
-        note_refused_write(path, exc)
-
-
 @contextmanager
 def observe_writes(observer: WriteObserver) -> Iterator[None]:
     """Call `observer(path, began)` for every file this process writes through the filesystem."""
@@ -68,15 +63,15 @@ def observe_writes(observer: WriteObserver) -> Iterator[None]:
 
 
 class _AtomicFile(AtomicWriter):
-    """An AtomicWriter that tells the observers when it has landed."""
+    """An AtomicWriter that tells the observers when it has landed, and keeps a refusal of
+    the file system (`failed_writes`)."""
 
     def __init__(self, path: str) -> None:
         self.began = time.monotonic()
-        try:
-            super().__init__(path)
-        except BaseException as exc:  # the folder refuses a new file
-            _failed(path, exc)
-            raise
+        super().__init__(path)
+
+    def refused(self, exc: OSError) -> None:
+        note_refused_write(self.path, exc)
 
     def writable(self) -> bool:
         return True
@@ -87,28 +82,10 @@ class _AtomicFile(AtomicWriter):
     def readable(self) -> bool:
         return False
 
-    def write(self, data: bytes) -> int:
-        try:
-            return super().write(data)
-        except BaseException as exc:
-            _failed(self.path, exc)
-            raise
-
-    def flush(self) -> None:
-        try:
-            super().flush()
-        except BaseException as exc:
-            _failed(self.path, exc)
-            raise
-
     def close(self) -> None:
         if self.closed:
             return
-        try:
-            super().close()
-        except BaseException as exc:
-            _failed(self.path, exc)
-            raise
+        super().close()
         with _lock:
             observers = list(_observers)
         for observer in observers:

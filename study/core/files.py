@@ -134,24 +134,36 @@ class AtomicWriter:
                 break
             except FileExistsError:
                 continue
+            except OSError as exc:  # the folder refuses a new file
+                self.refused(exc)
+                raise
         self.handle = os.fdopen(fd, "wb")
         self.closed = False
+
+    def refused(self, exc: OSError) -> None:
+        """Called when the file system refuses this file (a full disk, a lost permission),
+        before the error is raised; a subclass that must know overrides it."""
 
     def write(self, data: bytes) -> int:
         try:
             return self.handle.write(data)
-        except BaseException:
-            # A full disk or a lost permission: the temporary file goes now, since a caller
-            # (pyarrow, for Ray's writes) may never close a stream whose write failed.
-            self.abort()
+        except BaseException as exc:
+            self._fail(exc)
             raise
 
     def flush(self) -> None:
         try:
             self.handle.flush()
-        except BaseException:
-            self.abort()
+        except BaseException as exc:
+            self._fail(exc)
             raise
+
+    def _fail(self, exc: BaseException) -> None:
+        # The temporary file goes now, since a caller (pyarrow, for Ray's writes) may never
+        # close a stream whose write failed.
+        self.abort()
+        if isinstance(exc, OSError):
+            self.refused(exc)
 
     def tell(self) -> int:
         return self.handle.tell()
@@ -166,8 +178,10 @@ class AtomicWriter:
             os.fsync(self.handle.fileno())
             self.handle.close()
             os.replace(self.tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
             self._discard()
+            if isinstance(exc, OSError):
+                self.refused(exc)
             raise
 
     def abort(self) -> None:

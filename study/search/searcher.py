@@ -61,7 +61,8 @@ class StudyOptunaSearch(OptunaSearch):
         try:
             config = super().suggest(trial_id)
         except OSError as exc:
-            return _refused(exc)
+            _refused(exc)
+            return None
         ot_trial = optuna_trial(self, trial_id)
         if ot_trial is not None and "trial_id" not in ot_trial.user_attrs:
             ot_trial.set_user_attr("trial_id", trial_id)
