@@ -10,10 +10,17 @@ import pytest
 import torch
 
 from study.training.config import TrialConfig
-from study.training.cuda_graph import CapturedSteps, set_lr
+from study.training.cuda_graph import CapturedSteps, capture_steps, set_lr
 from study.training.data import load_data
 from study.training.device import to_device
-from study.training.loop import epoch_steps, fit, new_state, train_one_epoch, train_step
+from study.training.loop import (
+    epoch_steps,
+    fit,
+    last_batch_stop,
+    new_state,
+    train_one_epoch,
+    train_step,
+)
 from study.training.losses import get_loss
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -101,3 +108,41 @@ def test_a_resumed_run_recaptures_and_continues_as_one_run() -> None:
     resumed = fit(config, data, state=state)
     assert [h["train_loss"] for h in resumed.history] == pytest.approx(
         [h["train_loss"] for h in whole.history], rel=1e-4, abs=1e-6)
+
+
+@cuda
+def test_a_step_that_cannot_be_captured_trains_eagerly_and_says_why(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A step that reads a value on the host runs eagerly but cannot be captured: CUDA refuses
+    the copy while the stream captures. `capture_steps` says so in one warning, leaves the
+    model and optimizer as they were, and the epoch then trained eagerly is the eager one."""
+    device = torch.device("cuda")
+    data = to_device(load_data("synthetic:size=16,n=18,n_test=10,seed=3"), device)
+    config = TrialConfig(batch_size=8, depth=2, width=32, dropout=0.0, epochs=1, lr=1e-2, seed=5)
+    loss = get_loss(config.loss)
+    reference = new_state(config, data)
+    expected = train_one_epoch(reference.model, loss, reference.optimizer, data.train, 8,
+                               reference.generators)
+    state = new_state(config, data)
+    before = {key: value.clone() for key, value in state.model.state_dict().items()}
+
+    def syncing_step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        losses, probs, labels = train_step(state.model, loss, state.optimizer, data.train, idx)
+        losses.sum().item()  # a host sync: fine eagerly, refused while the stream captures
+        return losses, probs, labels
+
+    n = len(data.train)
+    order = torch.arange(n, device=device).expand(1, n)
+    with caplog.at_level(logging.INFO, logger="study.training.cuda_graph"):
+        steps = capture_steps(syncing_step, state.model, state.optimizer, order,
+                              last_batch_stop(state.model, n, 8), 8, data.train.labels.dtype)
+    assert steps is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("training eagerly: capturing the step as a CUDA graph failed")
+    for key, value in state.model.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)
+    assert not isinstance(state.optimizer.param_groups[0]["lr"], torch.Tensor)
+    got = train_one_epoch(state.model, loss, state.optimizer, data.train, 8, state.generators)
+    torch.testing.assert_close(got["loss"], expected["loss"])
+    torch.testing.assert_close(got["accuracy"], expected["accuracy"])
