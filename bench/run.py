@@ -7,7 +7,8 @@ also written to `bench/results/<date-time>/` (git-ignored) and `bench/results/la
     python bench/run.py --quick --json out.json      # the CPU keys, < 15 minutes on 2 cores
     python bench/run.py                              # more seeds and repetitions
     python bench/run.py --only epoch,memory          # a subset
-    python bench/run.py --gpu --json gpu.json        # the GPU keys only, < 5 minutes, one GPU
+    python bench/run.py --gpu --json gpu.json        # the GPU keys only, < 7 minutes, one GPU
+    python bench/run.py --gpu --device cpu --quick   # the GPU phases checked on a CPU, keys null
 
 Keys (numbers; null where not measured, e.g. the GPU keys without a GPU):
 - overhead_ratio: wall time of `run_study` with Ray already started / ideal, where
@@ -50,10 +51,16 @@ GPU keys (`--gpu`, one GPU; each phase has a time limit and leaves its key null 
 - epoch_speedup_gpu_bs2, _bs16, _bs32, _bs128: seconds per epoch of the lab's loop / ours (the
   training step captured as a CUDA graph, `training.cuda_graph`) at 256x256, 1,600 images, the
   lab's model; interleaved epochs after a warm-up, medians.
+- gpu_repeats_epoch_ratio, gpu_cnn_repeats_epoch_ratio: seconds per epoch (training, then
+  validation, one host sync) of 3 seeds stacked in one model / of one seed, the step captured
+  on both sides, batch 32: the lab's MLP at 256x256, the CNN (3 blocks of 16 channels) at 64x64.
 - gpu_study_wall_s: `bench/gpu_check.py --epochs 10 --batch-size 32 --n 1000
   --cpus-per-trial 1` (16 trials at 0.125 GPU, 64x64): its run_study wall time.
 - gpu_grid_wall_s: the homework grid x 3 seeds (stacked) at 256x256 on 1000 + 1000 synthetic
   training images, 0.125 GPU and 1 CPU a trial: run_study's wall time, Ray's start included.
+Beside them, `gpu_profile` (no key): one epoch under torch.profiler, ours at batch 2 and 128 and
+the lab's at 2: the device's busy share of the epoch, the CUDA API calls counted and the busiest
+ops (`profile_*.txt` in the results folder), so that a missed target comes with its profile.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -85,7 +93,8 @@ PHASE_FUNCS = {"epoch": phase_epoch.phase_epoch,
                "fraction": phase_fraction.phase_fraction,
                "memory_study": phase_memory.phase_memory_study,
                "repeats": phase_repeats.phase_repeats, "cnn": phase_cnn.phase_cnn,
-               "gpu_epoch": phase_gpu.phase_gpu_epoch, "gpu_grid": phase_gpu.phase_gpu_grid}
+               "gpu_epoch": phase_gpu.phase_gpu_epoch, "gpu_stacked": phase_gpu.phase_gpu_stacked,
+               "gpu_profile": phase_gpu.phase_gpu_profile, "gpu_grid": phase_gpu.phase_gpu_grid}
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,7 +135,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     if "cnn" in only:
         phase_cnn.measure(args, out_dir, keys, details)
     if args.gpu:
-        phase_gpu.measure(args, only, out_dir, keys, details)
+        report["failed_phases"] = phase_gpu.measure(args, only, out_dir, keys, details)
 
     report["total_s"] = now() - started
     report["machine"]["loadavg_end"] = list(os.getloadavg())
@@ -142,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer repetitions and seeds (< 15 min)")
     p.add_argument("--json", metavar="FILE", help="also write the results to FILE")
     p.add_argument("--gpu", action="store_true",
-                   help=f"the GPU keys only ({', '.join(GPU_PHASES)}; < 5 minutes on one GPU)")
+                   help=f"the GPU keys only ({', '.join(GPU_PHASES)}; < 7 minutes on one GPU)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="with --gpu: where the GPU phases run; cpu checks them on a machine "
+                   "without a GPU (their figures in the details, the GPU keys null)")
     p.add_argument("--only", help=f"comma-separated phases of {', '.join(PHASES)}")
     p.add_argument("--seeds", type=int, help="search seeds for the epoch fraction (3 quick, 5)")
     # Internal: one phase in a child process.
@@ -157,8 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         out = PHASE_FUNCS[args.phase](args)
         Path(args.phase_out).write_text(json.dumps(out, indent=2, default=str))
         return 0
-    run_all(args)
-    return 0
+    # A time limit's SIGTERM unwinds as an exit, so that the phase running stops with us.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.device != "cuda" and not args.gpu:
+        p.error("--device goes with --gpu")
+    report = run_all(args)
+    return 1 if report.get("failed_phases") else 0
 
 
 if __name__ == "__main__":

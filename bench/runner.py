@@ -8,6 +8,7 @@ Imports nothing heavy at module level: the phases' children import what they tim
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,7 +30,7 @@ ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 RUN_SCRIPT = BENCH / "run.py"  # the children run `run.py --phase NAME`
 PHASES = ("epoch", "overhead", "optuna", "fraction", "memory", "repeats", "report", "cnn")
-GPU_PHASES = ("gpu_epoch", "gpu_study", "gpu_grid")  # `--gpu`: these only
+GPU_PHASES = ("gpu_epoch", "gpu_stacked", "gpu_profile", "gpu_study", "gpu_grid")  # `--gpu`
 GPU_BATCHES = (2, 16, 32, 128)
 TARGETS = {  # key: (comparison, target); the CPU keys on a 2-core CPU machine, the GPU keys
     "overhead_ratio": ("<=", 2.0),  # on one GPU
@@ -44,6 +45,8 @@ TARGETS = {  # key: (comparison, target); the CPU keys on a 2-core CPU machine, 
     "epoch_speedup_gpu_bs16": (">=", 8.0),
     "epoch_speedup_gpu_bs32": (">=", 8.0),
     "epoch_speedup_gpu_bs128": (">=", 30.0),
+    "gpu_repeats_epoch_ratio": ("<=", 1.3),
+    "gpu_cnn_repeats_epoch_ratio": ("<=", 1.3),
     "gpu_study_wall_s": ("<=", 15.0),
     "gpu_grid_wall_s": ("<=", 45.0),
 }
@@ -141,6 +144,9 @@ def run_child(phase: str, out_dir: Path, extra: list[str] | None = None,
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait()
             return {"stopped": True, "child_wall_s": now() - start}
+        except BaseException:  # stopped ourselves (SIGTERM, Ctrl-C): the child goes too
+            stop_group(proc)
+            raise
         finally:
             if sampler:
                 sampler.stop()
@@ -154,6 +160,16 @@ def run_child(phase: str, out_dir: Path, extra: list[str] | None = None,
     if sampler:
         out.update(sampler.peaks())
     return out
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a child started in a session of its own, and everything it started (a Ray)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _descendants(root: int) -> list[int]:
@@ -278,6 +294,39 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return "null" if value is None else f"{value:.{digits}f}"
 
 
+def _captured(captured: bool, device: str) -> str:
+    if captured:
+        return "captured step"
+    return "eager: the CPU" if device == "cpu" else "eager: capture failed"
+
+
+def profile_lines(details: dict[str, Any]) -> list[str]:
+    """The `gpu_profile` phase's epochs, a table: wall time, the device's busy share, launches."""
+    p = details.get("gpu_profile")
+    if not p or "error" in p or p.get("stopped"):
+        return []
+    size = p["image_size"]
+    lines = ["", f"One epoch under torch.profiler ({p['device']}, {size}x{size}; tables in "
+             "`profile_*.txt`):", "",
+             "| epoch | steps | wall s | device busy s | busy share | kernel launches | "
+             "graph launches | copies | synchronisations |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, e in p.items():
+        if not isinstance(e, dict) or "wall_s" not in e:
+            continue
+        calls = e["cuda_api_calls"]
+
+        def count(*names: str, calls: dict[str, int] = calls) -> int:
+            return sum(n for k, n in calls.items() if k.startswith(names))
+
+        share = e["device_busy_fraction"]
+        syncs = count("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+        lines.append(f"| {name} | {e['steps']} | {e['wall_s']:.4f} | {e['device_busy_s']:.4f} | "
+                     f"{_fmt(share)} | {count('cudaLaunchKernel', 'cuLaunchKernel')} | "
+                     f"{count('cudaGraphLaunch')} | {count('cudaMemcpy')} | {syncs} |")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The results as a Markdown table, with what each number compares."""
     d = report.get("details", {})
@@ -362,22 +411,37 @@ def markdown(report: dict[str, Any]) -> str:
                              f"lab loop {b['lab_s_per_epoch']:.4f} s / ours "
                              f"{b['ours_s_per_epoch']:.4f} s per epoch ({e['image_size']}x"
                              f"{e['image_size']}, {e['train_images']:,} images, batch {batch}, "
-                             f"{'captured step' if b['captured'] else 'eager: capture failed'}"
+                             f"{_captured(b['captured'], e['device'])}"
                              f"; {e['device']})"))
+    if "gpu_stacked" in d:
+        s = d["gpu_stacked"]
+        for family, key, what in (("mlp", "gpu_repeats_epoch_ratio", "the lab's MLP"),
+                                  ("cnn", "gpu_cnn_repeats_epoch_ratio", "CNN 3 x 16 channels")):
+            f = s.get(family)
+            if f:
+                captured = _captured(all(f["captured"].values()), s["device"])
+                size = f["image_size"]
+                rows.append((key, f"{s['seeds']} stacked seeds {f['stacked_s_per_epoch']:.4f} s "
+                             f"/ one seed {f['single_s_per_epoch']:.4f} s per epoch ({what}, "
+                             f"{size}x{size}, batch 32, {captured}; {s['device']})"))
     if "gpu_study" in d:
         g = d["gpu_study"]
         if g.get("wall_s") is not None:
             rows.append(("gpu_study_wall_s", f"bench/gpu_check.py: {g.get('trials')} trials x 10 "
-                         f"epochs at 0.125 GPU, batch 32, 64x64; trials' window "
+                         f"epochs at {g.get('gpus_per_trial', 0.125):g} GPU, batch 32, 64x64; "
+                         "trials' window "
                          f"{g.get('trials_window_s', math.nan):.1f} s, summed training "
                          f"{g.get('sum_train_s', math.nan):.1f} s, setup "
                          f"{g.get('sum_setup_s', math.nan):.1f} s"))
     if "gpu_grid" in d:
         g = d["gpu_grid"]
-        rows.append(("gpu_grid_wall_s", "homework grid x 3 seeds stacked, 256x256, 0.125 GPU a "
+        share = g.get("gpus_per_trial", 0.125)
+        rows.append(("gpu_grid_wall_s", f"homework grid x 3 seeds stacked, "
+                     f"{'32x32' if share == 0 else '256x256'}, {share:g} GPU a "
                      "trial, Ray start and stop included"
                      + (f"; {g['trials']} trials on {', '.join(g['devices'])}"
-                        if "trials" in g else "; stopped at its time limit")))
+                        if "trials" in g else "; failed (details JSON)" if "error" in g
+                        else "; stopped at its time limit")))
     shown = {key for key, _ in rows}
     rows += [(key, gpu or "not measured: its phase failed or ran out of time (details JSON)")
              for key in GPU_KEYS if key not in shown]
@@ -387,7 +451,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| `{key}` | {_fmt(report.get(key))} | "
                      f"{f'{target[0]} {target[1]:g}' if target else ''} | "
                      f"{met(key) if target else ''} | {what} |")
-    lines += concurrency_lines(d)
+    lines += concurrency_lines(d) + profile_lines(d)
     m = report["machine"]
     lines.append("")
     lines.append(f"{report['date']}, {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; "
