@@ -279,7 +279,7 @@ def phase_gpu_grid(args: argparse.Namespace) -> dict[str, Any]:
                                for r in t)}
 
 
-# Each phase's time limit in seconds: the whole stays within about 6 minutes on one GPU.
+# Each phase's time limit in seconds: together about 7 minutes at most on one GPU.
 LIMITS = {"gpu_epoch": 90, "gpu_stacked": 60, "gpu_profile": 60, "gpu_study": 90,
           "gpu_grid": 110}
 
