@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from concurrency import concurrency
+from gpu_table import GPU_BATCHES
 from phase_epoch import lab_model
 from runner import (
     BENCH,
-    GPU_BATCHES,
     ROOT,
     data_256,
     log,

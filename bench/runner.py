@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from concurrency import concurrency_lines
+from gpu_table import gpu_rows, profile_lines
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -31,7 +31,6 @@ RESULTS = BENCH / "results"
 RUN_SCRIPT = BENCH / "run.py"  # the children run `run.py --phase NAME`
 PHASES = ("epoch", "overhead", "optuna", "fraction", "memory", "repeats", "report", "cnn")
 GPU_PHASES = ("gpu_epoch", "gpu_stacked", "gpu_profile", "gpu_study", "gpu_grid")  # `--gpu`
-GPU_BATCHES = (2, 16, 32, 128)
 TARGETS = {  # key: (comparison, target); the CPU keys on a 2-core CPU machine, the GPU keys
     "overhead_ratio": ("<=", 2.0),  # on one GPU
     "optuna_wall_ratio": ("<=", 1.0),
@@ -294,39 +293,6 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return "null" if value is None else f"{value:.{digits}f}"
 
 
-def _captured(captured: bool, device: str) -> str:
-    if captured:
-        return "captured step"
-    return "eager: the CPU" if device == "cpu" else "eager: capture failed"
-
-
-def profile_lines(details: dict[str, Any]) -> list[str]:
-    """The `gpu_profile` phase's epochs, a table: wall time, the device's busy share, launches."""
-    p = details.get("gpu_profile")
-    if not p or "error" in p or p.get("stopped"):
-        return []
-    size = p["image_size"]
-    lines = ["", f"One epoch under torch.profiler ({p['device']}, {size}x{size}; tables in "
-             "`profile_*.txt`):", "",
-             "| epoch | steps | wall s | device busy s | busy share | kernel launches | "
-             "graph launches | copies | synchronisations |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, e in p.items():
-        if not isinstance(e, dict) or "wall_s" not in e:
-            continue
-        calls = e["cuda_api_calls"]
-
-        def count(*names: str, calls: dict[str, int] = calls) -> int:
-            return sum(n for k, n in calls.items() if k.startswith(names))
-
-        share = e["device_busy_fraction"]
-        syncs = count("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
-        lines.append(f"| {name} | {e['steps']} | {e['wall_s']:.4f} | {e['device_busy_s']:.4f} | "
-                     f"{_fmt(share)} | {count('cudaLaunchKernel', 'cuLaunchKernel')} | "
-                     f"{count('cudaGraphLaunch')} | {count('cudaMemcpy')} | {syncs} |")
-    return lines
-
-
 def markdown(report: dict[str, Any]) -> str:
     """The results as a Markdown table, with what each number compares."""
     d = report.get("details", {})
@@ -402,46 +368,7 @@ def markdown(report: dict[str, Any]) -> str:
                                           ours=r["ours_s_per_epoch"])
                          + " (28x28, 3 x 16-channel blocks, batch 32, one thread)"))
     gpu = report.get("gpu_note")
-    if "gpu_epoch" in d:
-        e = d["gpu_epoch"]
-        for batch in GPU_BATCHES:
-            b = e.get(f"bs{batch}")
-            if b:
-                rows.append((f"epoch_speedup_gpu_bs{batch}",
-                             f"lab loop {b['lab_s_per_epoch']:.4f} s / ours "
-                             f"{b['ours_s_per_epoch']:.4f} s per epoch ({e['image_size']}x"
-                             f"{e['image_size']}, {e['train_images']:,} images, batch {batch}, "
-                             f"{_captured(b['captured'], e['device'])}"
-                             f"; {e['device']})"))
-    if "gpu_stacked" in d:
-        s = d["gpu_stacked"]
-        for family, key, what in (("mlp", "gpu_repeats_epoch_ratio", "the lab's MLP"),
-                                  ("cnn", "gpu_cnn_repeats_epoch_ratio", "CNN 3 x 16 channels")):
-            f = s.get(family)
-            if f:
-                captured = _captured(all(f["captured"].values()), s["device"])
-                size = f["image_size"]
-                rows.append((key, f"{s['seeds']} stacked seeds {f['stacked_s_per_epoch']:.4f} s "
-                             f"/ one seed {f['single_s_per_epoch']:.4f} s per epoch ({what}, "
-                             f"{size}x{size}, batch 32, {captured}; {s['device']})"))
-    if "gpu_study" in d:
-        g = d["gpu_study"]
-        if g.get("wall_s") is not None:
-            rows.append(("gpu_study_wall_s", f"bench/gpu_check.py: {g.get('trials')} trials x 10 "
-                         f"epochs at {g.get('gpus_per_trial', 0.125):g} GPU, batch 32, 64x64; "
-                         "trials' window "
-                         f"{g.get('trials_window_s', math.nan):.1f} s, summed training "
-                         f"{g.get('sum_train_s', math.nan):.1f} s, setup "
-                         f"{g.get('sum_setup_s', math.nan):.1f} s"))
-    if "gpu_grid" in d:
-        g = d["gpu_grid"]
-        share = g.get("gpus_per_trial", 0.125)
-        rows.append(("gpu_grid_wall_s", f"homework grid x 3 seeds stacked, "
-                     f"{'32x32' if share == 0 else '256x256'}, {share:g} GPU a "
-                     "trial, Ray start and stop included"
-                     + (f"; {g['trials']} trials on {', '.join(g['devices'])}"
-                        if "trials" in g else "; failed (details JSON)" if "error" in g
-                        else "; stopped at its time limit")))
+    rows += gpu_rows(d)
     shown = {key for key, _ in rows}
     rows += [(key, gpu or "not measured: its phase failed or ran out of time (details JSON)")
              for key in GPU_KEYS if key not in shown]
