@@ -17,6 +17,16 @@ def _captured(captured: bool, device: str) -> str:
     return "eager: the CPU" if device == "cpu" else "eager: capture failed"
 
 
+# The profile table's columns of CUDA API calls: the call names each one counts.
+CALL_COLUMNS = (("cudaLaunchKernel", "cuLaunchKernel"), ("cudaGraphLaunch",), ("cudaMemcpy",),
+                ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"))
+
+
+def _calls(calls: dict[str, int], names: tuple[str, ...]) -> int:
+    """How many of the counted calls have a name starting with one of `names`."""
+    return sum(n for key, n in calls.items() if key.startswith(names))
+
+
 def profile_lines(details: dict[str, Any]) -> list[str]:
     """The `gpu_profile` phase's epochs, a table: wall time, the device's busy share, launches."""
     p = details.get("gpu_profile")
@@ -31,17 +41,11 @@ def profile_lines(details: dict[str, Any]) -> list[str]:
     for name, e in p.items():
         if not isinstance(e, dict) or "wall_s" not in e:
             continue
-        calls = e["cuda_api_calls"]
-
-        def count(*names: str, calls: dict[str, int] = calls) -> int:
-            return sum(n for k, n in calls.items() if k.startswith(names))
-
+        counts = [_calls(e["cuda_api_calls"], names) for names in CALL_COLUMNS]
         share = e["device_busy_fraction"]
-        syncs = count("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
         share_text = "null" if share is None else f"{share:.2f}"
         lines.append(f"| {name} | {e['steps']} | {e['wall_s']:.4f} | {e['device_busy_s']:.4f} | "
-                     f"{share_text} | {count('cudaLaunchKernel', 'cuLaunchKernel')} | "
-                     f"{count('cudaGraphLaunch')} | {count('cudaMemcpy')} | {syncs} |")
+                     f"{share_text} | {' | '.join(map(str, counts))} |")
     return lines
 
 
@@ -81,10 +85,10 @@ def gpu_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
                          f"{g.get('sum_setup_s', math.nan):.1f} s"))
     if "gpu_grid" in d:
         g = d["gpu_grid"]
-        share = g.get("gpus_per_trial", 0.125)
-        rows.append(("gpu_grid_wall_s", f"homework grid x 3 seeds stacked, "
-                     f"{'32x32' if share == 0 else '256x256'}, {share:g} GPU a "
-                     "trial, Ray start and stop included"
+        size = g.get("image_size", 256)
+        rows.append(("gpu_grid_wall_s", f"homework grid x 3 seeds stacked, {size}x{size}, "
+                     f"{g.get('gpus_per_trial', 0.125):g} GPU a trial, Ray start and stop "
+                     "included"
                      + (f"; {g['trials']} trials on {', '.join(g['devices'])}"
                         if "trials" in g else "; failed (details JSON)" if "error" in g
                         else "; stopped at its time limit")))

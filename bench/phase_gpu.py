@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,9 @@ from runner import (
 STACKED = 3  # seeds of the stacked side of `gpu_stacked`
 CNN = {"model": "cnn", "depth": 3, "width": 16, "kernel_size": 3, "loss": "ce"}
 CNN_DATA = "synthetic:size=64,n=1000,n_test=200"
-CPU_DATA = "synthetic:size=32,n=1000,n_test=200,seed=0"  # --device cpu: the phases checked
+# The phases' images: 256x256 on a GPU; on the CPU, which only checks the phases, 32x32.
+IMAGE_SIZE = {"cuda": 256, "cpu": 32}
+CPU_DATA = f"synthetic:size={IMAGE_SIZE['cpu']},n=1000,n_test=200,seed=0"
 PROFILED = ((2, "ours"), (128, "ours"), (2, "lab"))  # gpu_profile: (batch size, loop)
 # The CUDA runtime and driver calls gpu_profile counts (kernel names never start so).
 API_CALLS = ("cudaLaunch", "cudaGraph", "cudaMemcpy", "cudaMemset", "cudaStream", "cudaEvent",
@@ -53,7 +54,7 @@ API_CALLS = ("cudaLaunch", "cudaGraph", "cudaMemcpy", "cudaMemset", "cudaStream"
 
 
 def _data(args: argparse.Namespace, out_dir: Path | None = None) -> str:
-    """The phases' data: 256x256 on a GPU; on the CPU, which only checks the phases, 32x32."""
+    """The phases' data, of IMAGE_SIZE[args.device]: a cached .npz on a GPU, a spec on the CPU."""
     if args.device == "cuda":
         return str(data_256(out_dir or Path(args.out)))
     return CPU_DATA
@@ -269,7 +270,7 @@ def phase_gpu_grid(args: argparse.Namespace) -> dict[str, Any]:
     wall = now() - start
     trials = trial_results(run.path)
     shutil.rmtree(storage, ignore_errors=True)
-    return {"wall_s": wall, "data": _data(args), "gpus_per_trial": gpus,
+    return {"wall_s": wall, "image_size": IMAGE_SIZE[args.device], "gpus_per_trial": gpus,
             "trials": len(trials), "errors": run.num_errors,
             "devices": sorted({t[-1].get("device", "?") for t in trials}),
             # 0.125 GPU and 1 CPU a trial: 8 at once where there are 8 CPUs
@@ -297,7 +298,7 @@ def measure(args: argparse.Namespace, only: set[str], out_dir: Path, keys: dict[
         return []
     extra = ["--device", args.device] + (["--quick"] if args.quick else [])
     scale = 1 if args.device == "cuda" else 10  # the same work on a CPU takes longer
-    size = "256x256" if args.device == "cuda" else "32x32 (the CPU)"
+    size = f"{IMAGE_SIZE[args.device]}x{IMAGE_SIZE[args.device]}"
     found: dict[str, Any] = {}
     failed = []
 
@@ -371,9 +372,8 @@ def _gpu_study(args: argparse.Namespace, out_dir: Path, limit: float) -> dict[st
         try:
             rc = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:  # stop it and the Ray it started
-            os.killpg(proc.pid, signal.SIGTERM)
-            rc = proc.wait()
-            stopped = True
+            stop_group(proc)
+            rc, stopped = proc.returncode, True
         except BaseException:
             stop_group(proc)
             raise

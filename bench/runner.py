@@ -140,8 +140,7 @@ def run_child(phase: str, out_dir: Path, extra: list[str] | None = None,
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
+            stop_group(proc)
             return {"stopped": True, "child_wall_s": now() - start}
         except BaseException:  # stopped ourselves (SIGTERM, Ctrl-C): the child goes too
             stop_group(proc)
