@@ -24,27 +24,35 @@ if [ $# -lt 1 ]; then
   echo "usage: bash bench/gpu_all.sh OUT [tests|bench|study ...]" >&2
   exit 2
 fi
-out="$(mkdir -p "$1" && cd "$1" && pwd)"
+out_arg="$1"
 shift
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(tests bench study)
 declare -A limit=([tests]=60 [bench]=420 [study]=110)
 for stage in "${stages[@]}"; do
-  if [ -z "${limit[$stage]:-}" ]; then
-    echo "unknown stage '$stage': tests, bench or study" >&2
-    exit 2
-  fi
+  case "$stage" in
+    tests|bench|study) ;;
+    *) echo "gpu_all.sh: unknown stage '$stage': tests, bench or study" >&2; exit 2 ;;
+  esac
 done
 device="${DEVICE:-cuda}"
 case "$device" in
   cuda) gpus=0.125; scale=1 ;;
   cpu) gpus=0; scale=4 ;;  # a CPU takes longer over the same stages
-  *) echo "DEVICE must be cuda or cpu, got '$device'" >&2; exit 2 ;;
+  *) echo "gpu_all.sh: DEVICE must be cuda or cpu, got '$device'" >&2; exit 2 ;;
 esac
+# OUT and WORK (everything the stages write; OUT gets it packed), as absolute folders.
+folder() {
+  if ! mkdir -p -- "$2" 2>/dev/null || ! [ -w "$2" ]; then
+    echo "gpu_all.sh: $1 '$2' is not a folder this user can write" >&2
+    exit 2
+  fi
+  (cd -- "$2" && pwd)
+}
+out="$(folder OUT "$out_arg")" || exit 2
+work="$(folder WORK "${WORK:-/tmp/gpu_all}")" || exit 2
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
-work="${WORK:-/tmp/gpu_all}"  # everything the stages write; OUT gets it packed
-mkdir -p "$work"
 export python work gpus device
 
 {
@@ -76,12 +84,15 @@ stage_tests() {
 }
 
 stage_bench() {
-  rm -rf "$work/bench-results"
+  rm -rf "$work/bench-results" "$work/gpu.json" "$work/gpu.md"
+  touch "$work/bench.started"
   "$python" bench/run.py --gpu --quick --device "$device" --json "$work/gpu.json"
   local rc=$?
-  # The run's folder: every phase's log and JSON, the profile tables, the table as gpu.md.
+  # This run's folder (none from an earlier run): every phase's log and JSON, the profile
+  # tables, the table as gpu.md.
   local run_dir
-  run_dir="$(ls -td bench/results/2*/ 2>/dev/null | head -n 1)"
+  run_dir="$(find bench/results -mindepth 1 -maxdepth 1 -type d -name '2*' \
+    -newer "$work/bench.started" 2>/dev/null | sort | tail -n 1)"
   if [ -n "$run_dir" ]; then
     cp -r "$run_dir" "$work/bench-results"
     [ -f "$run_dir/results.md" ] && cp "$run_dir/results.md" "$work/gpu.md"
