@@ -46,6 +46,7 @@ CNN = {"model": "cnn", "depth": 3, "width": 16, "kernel_size": 3, "loss": "ce"}
 CNN_DATA = "synthetic:size=64,n=1000,n_test=200"
 # The phases' images: 256x256 on a GPU; on the CPU, which only checks the phases, 32x32.
 IMAGE_SIZE = {"cuda": 256, "cpu": 32}
+GPU_SHARE = {"cuda": 0.125, "cpu": 0.0}  # the grid's GPUs a trial
 CPU_DATA = f"synthetic:size={IMAGE_SIZE['cpu']},n=1000,n_test=200,seed=0"
 PROFILED = ((2, "ours"), (128, "ours"), (2, "lab"))  # gpu_profile: (batch size, loop)
 # The CUDA runtime and driver calls gpu_profile counts (kernel names never start so).
@@ -261,7 +262,7 @@ def phase_gpu_grid(args: argparse.Namespace) -> dict[str, Any]:
     from study.engine.run import run_study
 
     storage = Path(tempfile.mkdtemp(prefix="gpu-grid-", dir=args.out))
-    gpus = 0.125 if args.device == "cuda" else 0.0
+    gpus = GPU_SHARE[args.device]
     start = now()
     run = run_study(RunOptions(space="homework", data=_data(args),
                                search="grid", scheduler="fifo", repeats=3, gpus_per_trial=gpus,
@@ -340,7 +341,8 @@ def measure(args: argparse.Namespace, only: set[str], out_dir: Path, keys: dict[
         elif not g.get("stopped"):
             failed.append("gpu_study")
     if "gpu_grid" in only:
-        log(f"gpu_grid: homework grid x 3 seeds (stacked), {size}, 0.125 GPU a trial")
+        log(f"gpu_grid: homework grid x 3 seeds (stacked), {size}, "
+            f"{GPU_SHARE[args.device]:g} GPU a trial")
         _data(args, out_dir)
         g = child("gpu_grid")
         if "wall_s" in g:
