@@ -224,6 +224,17 @@ def finished_trials(exp_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return {name: rows for name, rows in trial_results(exp_dir).items() if _complete(rows)}
 
 
+def saved_finished_trials(exp_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """The finished trials that Ray's newest saved experiment state also records as TERMINATED.
+
+    Only these are safe from running again on resume: result.json gets a trial's last report
+    a little before Ray registers its checkpoint and marks it terminated, and a study stopped
+    in between resumes that trial from its previous checkpoint."""
+    terminated = terminated_trials(exp_dir)
+    return {name: rows for name, rows in finished_trials(exp_dir).items()
+            if rows[-1].get("trial_id") in terminated}
+
+
 def running_trial(exp_dir: Path, min_epoch: int) -> dict[str, Any] | None:
     """The last row of a trial that reported at least `min_epoch` epochs and is not complete."""
     for rows in trial_results(exp_dir).values():

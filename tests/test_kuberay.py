@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from _proc import finished_trials, trial_results
+from _proc import finished_trials, saved_finished_trials, trial_results
 from _slurm import MARKER, stop_marked
 
 from study.cli.main import main
@@ -219,19 +219,21 @@ def test_entrypoint_run_again_resumes_the_experiment(ray_head: dict[str, str],
     command = ["sh", "-c", job["spec"]["entrypoint"]]
     exp = volume / "again"
     # First submission: stopped (as `ray job stop` does: SIGTERM to its process group) once
-    # a trial has finished.
+    # a trial has finished and Ray's saved experiment state says so.
     logs = tmp_path / "first.log"
     with logs.open("w") as out:
         first = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True)
     deadline = time.monotonic() + 180
-    while not (exp.is_dir() and finished_trials(exp) and list(exp.glob("experiment_state-*"))):
+    while not (exp.is_dir() and saved_finished_trials(exp)):
         assert first.poll() is None and time.monotonic() < deadline, logs.read_text()[-4000:]
         time.sleep(0.3)
     os.killpg(first.pid, signal.SIGTERM)
     assert first.wait(timeout=120) == 143, logs.read_text()[-4000:]
     assert "Starting the study again" in logs.read_text()
-    before = {name: (exp / name / "result.json").read_bytes() for name in finished_trials(exp)}
+    before = {name: (exp / name / "result.json").read_bytes()
+              for name in saved_finished_trials(exp)}
+    assert before, trial_results(exp)
     record = (exp / "study.json").read_bytes()
     # The retried submission runs the same entrypoint: it resumes and finishes the study.
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _proc import finished_trials
+from _proc import saved_finished_trials
 from _slurm import Slurm, missing_binaries, start_slurm, stop_slurm
 
 from study.cli.main import main
@@ -135,11 +135,12 @@ def _stopped_mid_study(slurm: Slurm, name: str, stop: list[str]) -> str:
     job_id = slurm.submit(script)
     deadline = time.monotonic() + JOB_TIMEOUT_S
     # Stop once a trial has finished and Ray has saved the experiment's state.
-    while not (exp.is_dir() and finished_trials(exp) and list(exp.glob("experiment_state-*"))):
+    while not (exp.is_dir() and saved_finished_trials(exp)):
         assert time.monotonic() < deadline, _output(slurm, job_id)
         assert slurm.job(job_id).get("JobState") in ("PENDING", "RUNNING"), _output(slurm, job_id)
         time.sleep(0.5)
-    before = {trial: (exp / trial / "result.json").read_bytes() for trial in finished_trials(exp)}
+    before = {trial: (exp / trial / "result.json").read_bytes()
+              for trial in saved_finished_trials(exp)}
     record = (exp / "study.json").read_bytes()
     stopped_at = time.monotonic() - start
     done = slurm.run(*(word.replace("JOBID", job_id) for word in stop))
